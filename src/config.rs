@@ -1,0 +1,327 @@
+//! Plugin configuration: JSON (as Istio passes `pluginConfig`), parsed and validated once
+//! into [`Settings`]. Every error names the field; no error repeats a secret.
+
+use crate::cookie::{CookieSpec, Lifetime, SameSite};
+use crate::duration;
+use crate::keyring::Keyring;
+use serde_json::{Map, Value};
+
+pub const DEFAULT_COOKIE_NAME: &str = "tether";
+pub const DEFAULT_HOST_HEADER: &str = "x-tether-host";
+pub const DEFAULT_KEY_HEADER: &str = "x-tether-key";
+pub const DEFAULT_ABSOLUTE_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Browsers cap cookie lifetimes at 400 days (RFC 6265bis).
+pub const MAX_ABSOLUTE_TIMEOUT_SECS: u64 = 400 * 86_400;
+
+/// The validated runtime configuration, built once per `on_configure`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub cookie: CookieSpec,
+    pub absolute_timeout_secs: u64,
+    pub keyring: Keyring,
+    /// Request header read by stateful_session (base64 `ip:port` of the owner).
+    pub host_header: String,
+    /// Request header the cluster's hash policy reads (the session id).
+    pub key_header: String,
+    /// Keys came inline in the configuration: fine for demos, not for production.
+    pub inline_keys: bool,
+}
+
+/// A refused configuration: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: `{}`: {}", self.field, self.reason)
+    }
+}
+
+fn fail<T>(field: &str, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError { field: field.to_string(), reason: reason.into() })
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "cookie",
+    "absoluteTimeout",
+    "keys",
+    "keysFromEnv",
+    "signingKeyId",
+    "hostHeader",
+    "keyHeader",
+];
+const COOKIE_FIELDS: &[&str] =
+    &["name", "path", "domain", "secure", "httpOnly", "sameSite", "lifetimeType"];
+
+/// Parses and validates the plugin configuration. `env` looks up environment variables
+/// (the VM's `environment_variables`), injected so tests need no process environment.
+pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    let text = std::str::from_utf8(raw).or_else(|_| fail("(root)", "not UTF-8"))?;
+    let root: Value = if text.trim().is_empty() {
+        return fail("keys", "no configuration given; at least `keys` or `keysFromEnv` is required");
+    } else {
+        serde_json::from_str(text).or_else(|e| fail("(root)", format!("not valid JSON: {e}")))?
+    };
+    let Value::Object(top) = root else {
+        return fail("(root)", "must be a JSON object");
+    };
+    check_known(&top, TOP_FIELDS, "")?;
+
+    let empty = Map::new();
+    let cookie = match top.get("cookie") {
+        None => &empty,
+        Some(Value::Object(map)) => map,
+        Some(_) => return fail("cookie", "must be an object"),
+    };
+    check_known(cookie, COOKIE_FIELDS, "cookie.")?;
+
+    let name = string(cookie, "name", "cookie.name")?.unwrap_or(DEFAULT_COOKIE_NAME);
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(is_token_char) {
+        return fail("cookie.name", "must be 1-64 characters of an HTTP token (no spaces, separators or control characters)");
+    }
+    let path = string(cookie, "path", "cookie.path")?.unwrap_or("/");
+    if !path.starts_with('/') || !path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';') {
+        return fail("cookie.path", "must start with `/` and hold only visible ASCII other than `;`");
+    }
+    let domain = string(cookie, "domain", "cookie.domain")?.filter(|d| !d.is_empty());
+    if let Some(d) = domain {
+        let ok = d.len() <= 253
+            && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !ok {
+            return fail("cookie.domain", "must be a host name (letters, digits, `.` and `-`)");
+        }
+    }
+    let secure = boolean(cookie, "secure", "cookie.secure")?;
+    let http_only = boolean(cookie, "httpOnly", "cookie.httpOnly")?.unwrap_or(true);
+    let same_site = match string(cookie, "sameSite", "cookie.sameSite")? {
+        None | Some("Lax") => Some(SameSite::Lax),
+        Some("Strict") => Some(SameSite::Strict),
+        Some("None") => Some(SameSite::None),
+        Some("Unset") => None,
+        Some(other) => {
+            return fail("cookie.sameSite", format!("`{}` is not one of Strict, Lax, None, Unset", other.escape_debug()))
+        }
+    };
+    // Browsers drop SameSite=None cookies without Secure.
+    let secure = match (same_site, secure) {
+        (Some(SameSite::None), Some(false)) => {
+            return fail("cookie.secure", "must be true when sameSite is None (browsers reject it otherwise)")
+        }
+        (Some(SameSite::None), _) => true,
+        (_, explicit) => explicit.unwrap_or(false),
+    };
+    let lifetime = match string(cookie, "lifetimeType", "cookie.lifetimeType")? {
+        None | Some("Session") => Lifetime::Session,
+        Some("Permanent") => Lifetime::Permanent,
+        Some(other) => {
+            return fail("cookie.lifetimeType", format!("`{}` is not Session or Permanent", other.escape_debug()))
+        }
+    };
+
+    let absolute_timeout_secs = match string(&top, "absoluteTimeout", "absoluteTimeout")? {
+        None => DEFAULT_ABSOLUTE_TIMEOUT_SECS,
+        Some(text) => {
+            let secs = duration::parse_seconds(text).or_else(|e| fail("absoluteTimeout", e))?;
+            if !(1..=MAX_ABSOLUTE_TIMEOUT_SECS).contains(&secs) {
+                return fail("absoluteTimeout", "must be between 1s and 9600h (400 days)");
+            }
+            secs
+        }
+    };
+
+    let signing_id = string(&top, "signingKeyId", "signingKeyId")?;
+    let inline = string(&top, "keys", "keys")?;
+    let from_env = string(&top, "keysFromEnv", "keysFromEnv")?;
+    let (keyring, inline_keys) = match (inline, from_env) {
+        (Some(_), Some(_)) => return fail("keys", "give either `keys` or `keysFromEnv`, not both"),
+        (None, None) => return fail("keys", "required: `keysFromEnv` (production) or `keys` (demos)"),
+        (Some(spec), None) => (
+            Keyring::parse(spec, signing_id).or_else(|e| fail(key_field(&e, "keys"), e))?,
+            true,
+        ),
+        (None, Some(var)) => {
+            let Some(spec) = env(var).filter(|v| !v.trim().is_empty()) else {
+                return fail(
+                    "keysFromEnv",
+                    format!("environment variable `{}` is not set or empty in the Wasm VM (vm_config.environment_variables / vmConfig.env)", var.escape_debug()),
+                );
+            };
+            let ring = Keyring::parse(&spec, signing_id)
+                .or_else(|e| fail(key_field(&e, "keysFromEnv"), format!("in `{var}`: {e}")))?;
+            (ring, false)
+        }
+    };
+
+    let host_header = header_name(&top, "hostHeader", DEFAULT_HOST_HEADER)?;
+    let key_header = header_name(&top, "keyHeader", DEFAULT_KEY_HEADER)?;
+    if host_header == key_header {
+        return fail("keyHeader", "must differ from hostHeader");
+    }
+
+    Ok(Settings {
+        cookie: CookieSpec {
+            name: name.to_string(),
+            path: path.to_string(),
+            domain: domain.map(str::to_string),
+            secure,
+            http_only,
+            same_site,
+            lifetime,
+        },
+        absolute_timeout_secs,
+        keyring,
+        host_header,
+        key_header,
+        inline_keys,
+    })
+}
+
+fn key_field(reason: &str, default: &'static str) -> &'static str {
+    if reason.starts_with("signing key") {
+        "signingKeyId"
+    } else {
+        default
+    }
+}
+
+fn check_known(map: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), ConfigError> {
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            return fail(
+                &format!("{prefix}{}", key.escape_debug()),
+                format!("unknown field; known fields are {}", known.join(", ")),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn string<'a>(map: &'a Map<String, Value>, key: &str, field: &str) -> Result<Option<&'a str>, ConfigError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => fail(field, "must be a string"),
+    }
+}
+
+fn boolean(map: &Map<String, Value>, key: &str, field: &str) -> Result<Option<bool>, ConfigError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => fail(field, "must be true or false"),
+    }
+}
+
+fn header_name(map: &Map<String, Value>, key: &str, default: &str) -> Result<String, ConfigError> {
+    let name = string(map, key, key)?.unwrap_or(default);
+    let reserved = ["cookie", "set-cookie", "host", "content-length", "transfer-encoding", "connection"];
+    if name.is_empty() || !name.bytes().all(|b| is_token_char(b) && !b.is_ascii_uppercase()) {
+        return fail(key, "must be a lowercase HTTP header name");
+    }
+    if reserved.contains(&name) {
+        return fail(key, format!("`{name}` is reserved"));
+    }
+    Ok(name.to_string())
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const K2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_str(json: &str) -> Result<Settings, ConfigError> {
+        load(json.as_bytes(), &|var| (var == "TETHER_KEYS").then(|| format!("k2={K2},k1={K1}")))
+    }
+
+    #[test]
+    fn defaults() {
+        let s = load(format!(r#"{{"keys":"demo={K1}"}}"#).as_bytes(), &no_env).unwrap();
+        assert_eq!(s.cookie.render("T", 5), "tether=T; Path=/; HttpOnly; SameSite=Lax");
+        assert_eq!(s.absolute_timeout_secs, 86_400);
+        assert_eq!(s.host_header, "x-tether-host");
+        assert_eq!(s.key_header, "x-tether-key");
+        assert!(s.inline_keys);
+    }
+
+    #[test]
+    fn every_field() {
+        let s = load_str(
+            r#"{"cookie":{"name":"sid","path":"/app","domain":"example.com","secure":true,
+                "httpOnly":false,"sameSite":"Strict","lifetimeType":"Permanent"},
+               "absoluteTimeout":"1h30m","keysFromEnv":"TETHER_KEYS","signingKeyId":"k1",
+               "hostHeader":"x-h","keyHeader":"x-k"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.cookie.render("T", 5), "sid=T; Path=/app; Domain=example.com; Max-Age=5; Secure; SameSite=Strict");
+        assert_eq!(s.absolute_timeout_secs, 5400);
+        assert_eq!(s.keyring.signing_key().unwrap().id(), "k1");
+        assert_eq!(s.keyring.key_ids(), ["k2", "k1"]);
+        assert!(!s.inline_keys);
+        assert_eq!((s.host_header.as_str(), s.key_header.as_str()), ("x-h", "x-k"));
+    }
+
+    #[test]
+    fn same_site_none_implies_secure() {
+        let s = load_str(r#"{"cookie":{"sameSite":"None"},"keysFromEnv":"TETHER_KEYS"}"#).unwrap();
+        assert!(s.cookie.secure);
+        let s = load_str(r#"{"cookie":{"sameSite":"Unset"},"keysFromEnv":"TETHER_KEYS"}"#).unwrap();
+        assert_eq!(s.cookie.render("T", 1), "tether=T; Path=/; HttpOnly");
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let k = r#""keysFromEnv":"TETHER_KEYS""#;
+        let cases = [
+            ("", "keys"),
+            ("[]", "(root)"),
+            ("{", "(root)"),
+            ("{}", "keys"),
+            (&format!(r#"{{{k},"bogus":1}}"#) as &str, "bogus"),
+            (&format!(r#"{{{k},"cookie":{{"nmae":"x"}}}}"#), "cookie.nmae"),
+            (&format!(r#"{{{k},"cookie":"x"}}"#), "cookie"),
+            (&format!(r#"{{{k},"cookie":{{"name":"a b"}}}}"#), "cookie.name"),
+            (&format!(r#"{{{k},"cookie":{{"name":"a\r\nSet-Cookie: x=1"}}}}"#), "cookie.name"),
+            (&format!(r#"{{{k},"cookie":{{"name":""}}}}"#), "cookie.name"),
+            (&format!(r#"{{{k},"cookie":{{"path":"app"}}}}"#), "cookie.path"),
+            (&format!(r#"{{{k},"cookie":{{"path":"/a;Domain=evil"}}}}"#), "cookie.path"),
+            (&format!(r#"{{{k},"cookie":{{"path":"/a\r\nx: y"}}}}"#), "cookie.path"),
+            (&format!(r#"{{{k},"cookie":{{"domain":"a.com\r\nx: y"}}}}"#), "cookie.domain"),
+            (&format!(r#"{{{k},"cookie":{{"secure":"yes"}}}}"#), "cookie.secure"),
+            (&format!(r#"{{{k},"cookie":{{"sameSite":"lax"}}}}"#), "cookie.sameSite"),
+            (&format!(r#"{{{k},"cookie":{{"sameSite":"None","secure":false}}}}"#), "cookie.secure"),
+            (&format!(r#"{{{k},"cookie":{{"lifetimeType":"Forever"}}}}"#), "cookie.lifetimeType"),
+            (&format!(r#"{{{k},"absoluteTimeout":"1d"}}"#), "absoluteTimeout"),
+            (&format!(r#"{{{k},"absoluteTimeout":"0s"}}"#), "absoluteTimeout"),
+            (&format!(r#"{{{k},"absoluteTimeout":"9601h"}}"#), "absoluteTimeout"),
+            (&format!(r#"{{{k},"absoluteTimeout":3600}}"#), "absoluteTimeout"),
+            (r#"{"keysFromEnv":"MISSING"}"#, "keysFromEnv"),
+            (&format!(r#"{{{k},"keys":"a={K1}"}}"#), "keys"),
+            (r#"{"keys":"short=AAAA"}"#, "keys"),
+            (&format!(r#"{{{k},"signingKeyId":"k9"}}"#), "signingKeyId"),
+            (&format!(r#"{{{k},"hostHeader":"X-Upper"}}"#), "hostHeader"),
+            (&format!(r#"{{{k},"hostHeader":"cookie"}}"#), "hostHeader"),
+            (&format!(r#"{{{k},"keyHeader":"x-tether-host"}}"#), "keyHeader"),
+            (&format!(r#"{{{k},"keyHeader":"x k"}}"#), "keyHeader"),
+        ];
+        for (json, field) in cases {
+            let err = load_str(json).unwrap_err();
+            assert_eq!(err.field, field, "{json}: {err}");
+            let shown = err.to_string();
+            assert!(shown.contains(field) && !shown.contains(K1) && !shown.contains(K2), "{shown}");
+        }
+    }
+}
