@@ -1,0 +1,466 @@
+//! One harness for every real-Envoy test: demo pods, Envoy built from the shipped
+//! `envoy/envoy.yaml`, readiness polling, a tiny HTTP/1.1 client, and clean-up that
+//! always runs (Drop) and prints Envoy's log when a test fails.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tether::keyring::Keyring;
+use tether::token::{self, SessionId, SessionToken};
+
+/// The demo key of `envoy/envoy.yaml` (checked against the file by `EnvoyConfig::shipped`).
+pub const DEMO_KEYS: &str = "demo=dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh";
+pub const DEMO_SECRET: &str = "dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh";
+pub const COOKIE: &str = "tether";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn demo_keyring() -> Keyring {
+    Keyring::parse(DEMO_KEYS, None).unwrap()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Opens a cookie value with the demo key, as Envoy would.
+pub fn open_demo(value: &str) -> SessionToken {
+    token::open(value.as_bytes(), &demo_keyring(), now(), 86_400)
+        .unwrap_or_else(|e| panic!("token {value} does not verify: {e:?}"))
+        .token
+}
+
+/// A demo-key token for `owner`.
+pub fn demo_token(owner: SocketAddr, session: [u8; 16]) -> String {
+    let t = SessionToken { session: SessionId(session), owner, issued_at: now(), expires_at: now() + 3600 };
+    token::seal(&t, demo_keyring().signing_key().unwrap())
+}
+
+static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A free loopback port, never handed out twice in this process.
+pub fn free_port() -> u16 {
+    let mut given = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    static COUNTER: Mutex<u32> = Mutex::new(0);
+    let mut n = COUNTER.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    let dir = repo().join("target").join("it").join(format!("{tag}-{}-{}", std::process::id(), *n));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+// ---------------------------------------------------------------- pods
+
+/// A demo pod process (`demo/pod.py`). Killed with SIGKILL on drop.
+pub struct Pod {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Pod {
+    pub fn start(name: &str) -> Pod {
+        Pod::start_on("127.0.0.1", name)
+    }
+
+    pub fn start_on(host: &str, name: &str) -> Pod {
+        let port = free_port();
+        let ip: std::net::IpAddr = host.parse().unwrap();
+        let addr = SocketAddr::new(ip, port);
+        let child = Command::new("python3")
+            .arg(repo().join("demo/pod.py"))
+            .args(["--name", name, "--port", &port.to_string(), "--host", host])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 demo/pod.py");
+        let pod = Pod { name: name.to_string(), addr, child: Some(child) };
+        wait_until(&format!("pod {name} on {addr}"), Duration::from_secs(10), || {
+            http_to(addr, "GET", "/healthz", &[]).map(|r| r.status == 200).unwrap_or(false)
+        });
+        pod
+    }
+
+    pub fn start_many(n: usize) -> Vec<Pod> {
+        (0..n).map(|i| Pod::start(&format!("pod-{}", (b'a' + i as u8) as char))).collect()
+    }
+
+    /// SIGKILL: the process dies at once, connections are reset.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- Envoy config
+
+/// `envoy/envoy.yaml` with its ports, endpoints and (optionally) plugin settings replaced,
+/// so every test runs the configuration users copy.
+#[derive(Clone)]
+pub struct EnvoyConfig {
+    pub yaml: String,
+}
+
+const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
+
+impl EnvoyConfig {
+    pub fn shipped() -> EnvoyConfig {
+        let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+        assert!(yaml.contains(DEMO_KEYS), "envoy/envoy.yaml no longer carries the demo key the tests use");
+        EnvoyConfig { yaml }
+    }
+
+    fn replace_once(mut self, from: &str, to: &str) -> Self {
+        assert_eq!(self.yaml.matches(from).count(), 1, "envoy.yaml must contain `{from}` exactly once");
+        self.yaml = self.yaml.replacen(from, to, 1);
+        self
+    }
+
+    /// Points the cluster at `pods` instead of 127.0.0.1:8081-8083.
+    pub fn endpoints(mut self, pods: &[SocketAddr]) -> Self {
+        let at = self.yaml.find(SHIPPED_ENDPOINTS_MARK).expect("lb_endpoints block") + SHIPPED_ENDPOINTS_MARK.len();
+        let tail = &self.yaml[at..];
+        assert!(tail.lines().all(|l| l.contains("- endpoint:") || l.trim().is_empty()), "lb_endpoints must end envoy.yaml");
+        self.yaml.truncate(at);
+        for pod in pods {
+            self.yaml.push_str(&format!(
+                "        - endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}\n",
+                pod.ip(),
+                pod.port()
+            ));
+        }
+        self
+    }
+
+    /// Replaces the JSON plugin configuration.
+    pub fn plugin_config(mut self, json: &str) -> Self {
+        let start = self.yaml.find("value: |\n").expect("plugin configuration") + "value: |\n".len();
+        let end = self.yaml[start..].find("          - name: envoy.filters.http.stateful_session").unwrap() + start;
+        let indented: String = json.lines().map(|l| format!("                    {l}\n")).collect();
+        self.yaml.replace_range(start..end, &indented);
+        self
+    }
+
+    /// Replaces the value of TETHER_KEYS in the VM's environment.
+    pub fn keys_env(self, spec: &str) -> Self {
+        self.replace_once(&format!("TETHER_KEYS: \"{DEMO_KEYS}\""), &format!("TETHER_KEYS: \"{spec}\""))
+    }
+
+    fn ports(self, listener: u16, admin: u16) -> Self {
+        self.replace_once("port_value: 10000", &format!("port_value: {listener}"))
+            .replace_once("port_value: 9901", &format!("port_value: {admin}"))
+    }
+}
+
+// ---------------------------------------------------------------- Envoy
+
+pub fn envoy_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ENVOY") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new(repo().join("scripts/envoy.sh")).output().expect("scripts/envoy.sh");
+    assert!(out.status.success(), "scripts/envoy.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn wasm_module() -> PathBuf {
+    let wasm = repo().join("target/wasm32-wasip1/release/tether.wasm");
+    assert!(wasm.exists(), "{} is missing: run `make build` (or `make test`)", wasm.display());
+    wasm
+}
+
+/// A running Envoy. Killed on drop; its log is printed if the test is failing.
+pub struct Envoy {
+    pub port: u16,
+    pub admin: u16,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready and sees every pod healthy.
+    pub fn start(config: EnvoyConfig, pods: &[&Pod]) -> Envoy {
+        let mut envoy = Envoy::spawn(config);
+        envoy.wait_ready();
+        for pod in pods {
+            envoy.wait_health(pod.addr, true);
+        }
+        envoy
+    }
+
+    /// Starts Envoy from the repository root (the shipped config's relative wasm path).
+    pub fn spawn(config: EnvoyConfig) -> Envoy {
+        wasm_module();
+        let (port, admin) = (free_port(), free_port());
+        let dir = scratch_dir("envoy");
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
+        let log_path = dir.join("envoy.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(envoy_binary())
+            .current_dir(repo())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", "info"])
+            .args(["--component-log-level", "wasm:debug"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start envoy");
+        Envoy { port, admin, log_path, child: Some(child) }
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits for Envoy to exit (it should, on a refused configuration) and returns its code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn wait_ready(&mut self) {
+        let admin = self.admin_addr();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("Envoy exited ({status}) before it was ready");
+                }
+            }
+            if let Ok(r) = http_to(admin, "GET", "/ready", &[]) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("Envoy not ready after 30s");
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Whether Envoy's active health check currently sees `pod` healthy.
+    pub fn is_healthy(&self, pod: SocketAddr) -> bool {
+        let clusters = self.admin_get("/clusters");
+        let key = format!("pods::{}::health_flags::", pod);
+        clusters.lines().any(|l| l.strip_prefix(&key).is_some_and(|flags| flags == "healthy"))
+    }
+
+    pub fn wait_health(&self, pod: SocketAddr, healthy: bool) {
+        wait_until(&format!("{pod} healthy={healthy} in Envoy"), Duration::from_secs(20), || {
+            self.is_healthy(pod) == healthy
+        });
+    }
+
+    pub fn admin_get(&self, path: &str) -> String {
+        http_to(self.admin_addr(), "GET", path, &[]).map(|r| r.body_text()).unwrap_or_default()
+    }
+
+    /// A counter or gauge from `/stats` (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")));
+        stats
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        http_to(self.addr(), "GET", path, headers).unwrap_or_else(|e| panic!("GET {path} via Envoy: {e}"))
+    }
+
+    /// GET with a tether cookie (if any).
+    pub fn get_with_cookie(&self, cookie: Option<&str>) -> Response {
+        match cookie {
+            Some(value) => self.get("/", &[("cookie", &format!("{COOKIE}={value}"))]),
+            None => self.get("/", &[]),
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(120)..];
+            eprintln!("---- Envoy log ({}), last {} lines ----", self.log_path.display(), tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+            eprintln!("---- end of Envoy log ----");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- HTTP client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+
+    pub fn pod(&self) -> &str {
+        self.header("x-pod").unwrap_or("(none)")
+    }
+
+    /// The whole Set-Cookie header for our cookie, if the response set it.
+    pub fn set_cookie(&self) -> Option<&str> {
+        self.all("set-cookie").into_iter().find(|v| v.starts_with(&format!("{COOKIE}=")))
+    }
+
+    /// Just the value of our cookie, if the response set it.
+    pub fn cookie_value(&self) -> Option<String> {
+        let header = self.set_cookie()?;
+        let pair = header.split(';').next()?;
+        Some(pair[COOKIE.len() + 1..].to_string())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn http_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    raw_request(addr, &req)
+}
+
+/// Sends raw request bytes and reads the response until the server closes.
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(request)?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf)?;
+    parse_response(&buf).ok_or_else(|| std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&buf))))
+}
+
+pub fn parse_response(buf: &[u8]) -> Option<Response> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Response { status, headers, body: buf[head_end + 4..].to_vec() })
+}
+
+/// Opens a WebSocket through `addr`; returns the handshake response and the first text
+/// frame the pod sends (its name).
+pub fn websocket(addr: SocketAddr, cookie: Option<&str>) -> (Response, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let cookie_line = cookie.map(|c| format!("cookie: {COOKIE}={c}\r\n")).unwrap_or_default();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nhost: app.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{cookie_line}\r\n"
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read until the handshake and one complete small frame have arrived.
+    loop {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed during WebSocket handshake: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let frame = &buf[end + 4..];
+            if frame.len() >= 2 && frame.len() >= 2 + (frame[1] & 0x7f) as usize {
+                let response = parse_response(&buf[..end + 4]).unwrap();
+                let len = (frame[1] & 0x7f) as usize;
+                let text = String::from_utf8_lossy(&frame[2..2 + len]).into_owned();
+                // Close frame (masked, as clients must).
+                let _ = stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);
+                return (response, text);
+            }
+        }
+    }
+}
+
+pub fn pod_by_name<'a>(pods: &'a [Pod], name: &str) -> &'a Pod {
+    pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod named {name}"))
+}
+
+pub fn addrs(pods: &[Pod]) -> Vec<SocketAddr> {
+    pods.iter().map(|p| p.addr).collect()
+}
