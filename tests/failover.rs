@@ -1,0 +1,200 @@
+//! The owner of a session dies: through a real Envoy with the shipped cluster, health
+//! check and retry settings, no request started after the kill fails, the dead pod's
+//! sessions are re-pinned, and two Envoys sharing a key pick the same new owner.
+
+mod common;
+
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Outcome {
+    started: Instant,
+    session: usize,
+    status: u16,
+    pod: String,
+    set_cookie: bool,
+}
+
+/// Mints `n` sessions through `envoy` and returns (cookie, owner pod name) for each.
+fn mint(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|_| {
+            let r = envoy.get_with_cookie(None);
+            assert_eq!(r.status, 200);
+            (r.cookie_value().expect("cookie"), r.pod().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
+    let mut pods = Pod::start_many(3);
+    let config = EnvoyConfig::shipped().endpoints(&addrs(&pods));
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+
+    let sessions = mint(&envoy, 24);
+    let mut per_pod: HashMap<&str, usize> = HashMap::new();
+    for (_, pod) in &sessions {
+        *per_pod.entry(pod).or_default() += 1;
+    }
+    let victim_name = per_pod.iter().max_by_key(|(_, n)| **n).map(|(p, _)| p.to_string()).unwrap();
+    let victim_index = pods.iter().position(|p| p.name == victim_name).unwrap();
+    let victim_addr = pods[victim_index].addr;
+    let victim_sessions: HashSet<usize> =
+        sessions.iter().enumerate().filter(|(_, (_, p))| *p == victim_name).map(|(i, _)| i).collect();
+    assert!(victim_sessions.len() >= 3, "{per_pod:?}");
+
+    let cookies: Arc<Vec<Mutex<String>>> = Arc::new(sessions.iter().map(|(c, _)| Mutex::new(c.clone())).collect());
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let envoy_addr = envoy.addr();
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (cookies, outcomes, stop) = (cookies.clone(), outcomes.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mine: Vec<usize> = (client..cookies.len()).step_by(4).collect();
+                // Bounded in time (the stop flag) and in count.
+                for n in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let session = mine[n % mine.len()];
+                    let cookie = cookies[session].lock().unwrap().clone();
+                    let started = Instant::now();
+                    let header = format!("{COOKIE}={cookie}");
+                    let (status, pod, new_cookie) = match http_to(envoy_addr, "GET", "/", &[("cookie", &header)]) {
+                        Ok(r) => (r.status, r.pod().to_string(), r.cookie_value()),
+                        Err(_) => (0, String::new(), None),
+                    };
+                    let set_cookie = new_cookie.is_some();
+                    if let Some(c) = new_cookie {
+                        *cookies[session].lock().unwrap() = c;
+                    }
+                    outcomes.lock().unwrap().push(Outcome { started, session, status, pod, set_cookie });
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(1000));
+    let killed_at = Instant::now();
+    pods[victim_index].kill();
+    let mut marked_down_after = None;
+    while killed_at.elapsed() < Duration::from_secs(4) {
+        if marked_down_after.is_none() && !envoy.is_healthy(victim_addr) {
+            marked_down_after = Some(killed_at.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    let outcomes = outcomes.lock().unwrap();
+    let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.started >= killed_at).collect();
+    let before_failed = outcomes.iter().filter(|o| o.started < killed_at && o.status != 200).count();
+    let after_failed: Vec<(u16, &str)> = after.iter().filter(|o| o.status != 200).map(|o| (o.status, o.pod.as_str())).collect();
+    let victim_after = after.iter().filter(|o| victim_sessions.contains(&o.session)).count();
+    let first_repin = after
+        .iter()
+        .filter(|o| victim_sessions.contains(&o.session) && o.set_cookie)
+        .map(|o| o.started.duration_since(killed_at))
+        .min();
+    let retries = envoy.stat("cluster.pods.upstream_rq_retry");
+    println!(
+        "failover: {} requests, {} started after SIGKILL of {victim_name} ({victim_after} of them for its {} sessions); \
+         failed after kill: {}; failed in flight at kill: {before_failed}; Envoy retries: {retries}; \
+         health check marked it down after {marked_down_after:?}; first re-pin {first_repin:?} after the kill",
+        outcomes.len(),
+        after.len(),
+        victim_sessions.len(),
+        after_failed.len(),
+    );
+    assert!(after.len() >= 200, "too little load after the kill: {}", after.len());
+    assert!(victim_after >= 50, "too few requests of the dead pod's sessions: {victim_after}");
+    assert!(after_failed.is_empty(), "requests failed after the kill: {after_failed:?}");
+    assert!(after.iter().all(|o| o.pod != victim_name), "a dead pod answered");
+
+    // Sessions of live pods never moved and were never re-pinned.
+    for o in outcomes.iter().filter(|o| !victim_sessions.contains(&o.session)) {
+        assert_eq!(o.pod, sessions[o.session].1, "a live pod's session moved");
+        assert!(!o.set_cookie, "a live pod's session was re-pinned");
+    }
+    // Every dead pod's session is re-pinned to a live pod and sticks there.
+    let live: HashSet<SocketAddr> = pods.iter().filter(|p| p.name != victim_name).map(|p| p.addr).collect();
+    for &i in &victim_sessions {
+        let cookie = cookies[i].lock().unwrap().clone();
+        let owner = open_demo(&cookie).owner;
+        assert!(live.contains(&owner), "session {i} still pinned to {owner}");
+        for _ in 0..3 {
+            let r = envoy.get_with_cookie(Some(&cookie));
+            assert_eq!(r.status, 200);
+            assert_eq!(pod_by_name(&pods, r.pod()).addr, owner, "re-pinned session {i} left its new owner");
+            assert_eq!(r.set_cookie(), None);
+        }
+    }
+}
+
+#[test]
+fn two_envoys_sharing_a_key_agree_on_every_session() {
+    let mut pods = Pod::start_many(3);
+    let config = EnvoyConfig::shipped().endpoints(&addrs(&pods));
+    let all: Vec<&Pod> = pods.iter().collect();
+    let one = Envoy::start(config.clone(), &all);
+    let two = Envoy::start(config, &all);
+
+    // Sessions minted by either Envoy are honoured by the other, with no new cookie.
+    let mut sessions = mint(&one, 30);
+    sessions.extend(mint(&two, 30));
+    for (cookie, pod) in &sessions {
+        for envoy in [&one, &two] {
+            let r = envoy.get_with_cookie(Some(cookie));
+            assert_eq!((r.pod(), r.set_cookie()), (pod.as_str(), None));
+        }
+    }
+
+    // Kill the pod that owns most sessions; wait until both Envoys' health checks see it.
+    let victim = {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (_, p) in &sessions {
+            *count.entry(p).or_default() += 1;
+        }
+        count.into_iter().max_by_key(|(_, n)| *n).map(|(p, _)| p.to_string()).unwrap()
+    };
+    let index = pods.iter().position(|p| p.name == victim).unwrap();
+    let victim_addr = pods[index].addr;
+    pods[index].kill();
+    one.wait_health(victim_addr, false);
+    two.wait_health(victim_addr, false);
+
+    let orphans: Vec<&(String, String)> = sessions.iter().filter(|(_, p)| *p == victim).collect();
+    assert!(orphans.len() >= 10, "{} orphaned sessions", orphans.len());
+    let mut new_owners: HashMap<String, usize> = HashMap::new();
+    for (cookie, _) in &orphans {
+        let session = open_demo(cookie).session;
+        let a = one.get_with_cookie(Some(cookie));
+        let b = two.get_with_cookie(Some(cookie));
+        assert_eq!((a.status, b.status), (200, 200));
+        assert_eq!(a.pod(), b.pod(), "the two Envoys disagree on the new owner of a session");
+        assert_ne!(a.pod(), victim);
+        for r in [&a, &b] {
+            let repinned = open_demo(&r.cookie_value().expect("an orphaned session is re-pinned"));
+            assert_eq!(repinned.session, session, "re-pinning keeps the session id");
+            assert_eq!(repinned.owner, pod_by_name(&pods, r.pod()).addr);
+        }
+        // The hash owner is stable: asking again gives the same pod.
+        assert_eq!(one.get_with_cookie(Some(cookie)).pod(), a.pod());
+        *new_owners.entry(a.pod().to_string()).or_default() += 1;
+    }
+    println!("{} sessions of {victim} moved; new owners (same on both Envoys): {new_owners:?}", orphans.len());
+    // Sessions of the surviving pods stayed put on both Envoys.
+    for (cookie, pod) in sessions.iter().filter(|(_, p)| *p != victim) {
+        assert_eq!(one.get_with_cookie(Some(cookie)).pod(), pod);
+        assert_eq!(two.get_with_cookie(Some(cookie)).pod(), pod);
+    }
+}
