@@ -26,6 +26,7 @@ unit:
 	cargo test --release --lib
 
 lint: wasm-target
+	cargo fmt --check
 	cargo clippy --release --target $(WASM_TARGET) -- -D warnings
 	cargo clippy --release --all-targets -- -D warnings
 

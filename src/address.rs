@@ -29,14 +29,8 @@ mod tests {
 
     #[test]
     fn upstream_address_parsing() {
-        assert_eq!(
-            parse_upstream_address(b"10.0.0.7:8080"),
-            Some("10.0.0.7:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse_upstream_address(b"[2001:db8::5]:443"),
-            Some("[2001:db8::5]:443".parse().unwrap())
-        );
+        assert_eq!(parse_upstream_address(b"10.0.0.7:8080"), Some("10.0.0.7:8080".parse().unwrap()));
+        assert_eq!(parse_upstream_address(b"[2001:db8::5]:443"), Some("[2001:db8::5]:443".parse().unwrap()));
         for bad in [&b""[..], b"10.0.0.7", b"pipe:/tmp/x", b"envoy://internal", b"\xff\xfe"] {
             assert_eq!(parse_upstream_address(bad), None, "{bad:?}");
         }

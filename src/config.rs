@@ -44,17 +44,9 @@ fn fail<T>(field: &str, reason: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError { field: field.to_string(), reason: reason.into() })
 }
 
-const TOP_FIELDS: &[&str] = &[
-    "cookie",
-    "absoluteTimeout",
-    "keys",
-    "keysFromEnv",
-    "signingKeyId",
-    "hostHeader",
-    "keyHeader",
-];
-const COOKIE_FIELDS: &[&str] =
-    &["name", "path", "domain", "secure", "httpOnly", "sameSite", "lifetimeType"];
+const TOP_FIELDS: &[&str] =
+    &["cookie", "absoluteTimeout", "keys", "keysFromEnv", "signingKeyId", "hostHeader", "keyHeader"];
+const COOKIE_FIELDS: &[&str] = &["name", "path", "domain", "secure", "httpOnly", "sameSite", "lifetimeType"];
 
 /// Parses and validates the plugin configuration. `env` looks up environment variables
 /// (the VM's `environment_variables`), injected so tests need no process environment.
@@ -80,7 +72,10 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
 
     let name = string(cookie, "name", "cookie.name")?.unwrap_or(DEFAULT_COOKIE_NAME);
     if name.is_empty() || name.len() > 64 || !name.bytes().all(is_token_char) {
-        return fail("cookie.name", "must be 1-64 characters of an HTTP token (no spaces, separators or control characters)");
+        return fail(
+            "cookie.name",
+            "must be 1-64 characters of an HTTP token (no spaces, separators or control characters)",
+        );
     }
     let path = string(cookie, "path", "cookie.path")?.unwrap_or("/");
     if !path.starts_with('/') || !path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';') {
@@ -88,8 +83,7 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
     }
     let domain = string(cookie, "domain", "cookie.domain")?.filter(|d| !d.is_empty());
     if let Some(d) = domain {
-        let ok = d.len() <= 253
-            && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        let ok = d.len() <= 253 && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
         if !ok {
             return fail("cookie.domain", "must be a host name (letters, digits, `.` and `-`)");
         }
@@ -102,7 +96,10 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         Some("None") => Some(SameSite::None),
         Some("Unset") => None,
         Some(other) => {
-            return fail("cookie.sameSite", format!("`{}` is not one of Strict, Lax, None, Unset", other.escape_debug()))
+            return fail(
+                "cookie.sameSite",
+                format!("`{}` is not one of Strict, Lax, None, Unset", other.escape_debug()),
+            )
         }
     };
     // Browsers drop SameSite=None cookies without Secure.
@@ -117,7 +114,10 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         None | Some("Session") => Lifetime::Session,
         Some("Permanent") => Lifetime::Permanent,
         Some(other) => {
-            return fail("cookie.lifetimeType", format!("`{}` is not Session or Permanent", other.escape_debug()))
+            return fail(
+                "cookie.lifetimeType",
+                format!("`{}` is not Session or Permanent", other.escape_debug()),
+            )
         }
     };
 
@@ -138,10 +138,9 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
     let (keyring, inline_keys) = match (inline, from_env) {
         (Some(_), Some(_)) => return fail("keys", "give either `keys` or `keysFromEnv`, not both"),
         (None, None) => return fail("keys", "required: `keysFromEnv` (production) or `keys` (demos)"),
-        (Some(spec), None) => (
-            Keyring::parse(spec, signing_id).or_else(|e| fail(key_field(&e, "keys"), e))?,
-            true,
-        ),
+        (Some(spec), None) => {
+            (Keyring::parse(spec, signing_id).or_else(|e| fail(key_field(&e, "keys"), e))?, true)
+        }
         (None, Some(var)) => {
             let Some(spec) = env(var).filter(|v| !v.trim().is_empty()) else {
                 return fail(
@@ -266,7 +265,10 @@ mod tests {
                "hostHeader":"x-h","keyHeader":"x-k"}"#,
         )
         .unwrap();
-        assert_eq!(s.cookie.render("T", 5), "sid=T; Path=/app; Domain=example.com; Max-Age=5; Secure; SameSite=Strict");
+        assert_eq!(
+            s.cookie.render("T", 5),
+            "sid=T; Path=/app; Domain=example.com; Max-Age=5; Secure; SameSite=Strict"
+        );
         assert_eq!(s.absolute_timeout_secs, 5400);
         assert_eq!(s.keyring.signing_key().unwrap().id(), "k1");
         assert_eq!(s.keyring.key_ids(), ["k2", "k1"]);

@@ -36,7 +36,10 @@ fn fresh_session_id() -> Option<SessionId> {
     match getrandom::getrandom(&mut id) {
         Ok(()) => Some(SessionId(id)),
         Err(e) => {
-            log(LogLevel::Error, &format!("no randomness for a session id ({e}); request passes without affinity"));
+            log(
+                LogLevel::Error,
+                &format!("no randomness for a session id ({e}); request passes without affinity"),
+            );
             None
         }
     }
@@ -50,7 +53,10 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
-        log(LogLevel::Info, concat!("tether ", env!("CARGO_PKG_VERSION"), " (", env!("TETHER_GIT_SHA"), ") started"));
+        log(
+            LogLevel::Info,
+            concat!("tether ", env!("CARGO_PKG_VERSION"), " (", env!("TETHER_GIT_SHA"), ") started"),
+        );
         true
     }
 
@@ -111,7 +117,12 @@ impl HttpContext for Stream {
         // Client-sent copies would let a client pick its pod without a valid token.
         for name in [&settings.host_header, &settings.key_header] {
             if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-                log(LogLevel::Error, &format!("cannot remove request header {name} ({status:?}); request passes without affinity"));
+                log(
+                    LogLevel::Error,
+                    &format!(
+                        "cannot remove request header {name} ({status:?}); request passes without affinity"
+                    ),
+                );
                 return Action::Continue;
             }
         }
@@ -128,11 +139,19 @@ impl HttpContext for Stream {
         };
         let steering = session::steering(&affinity);
         if let Some(host) = &steering.override_host {
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, &settings.host_header, Some(host)).is_err() {
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, &settings.host_header, Some(host))
+                .is_err()
+            {
                 return Action::Continue;
             }
         }
-        if hostcalls::set_map_value(MapType::HttpRequestHeaders, &settings.key_header, Some(&steering.hash_key)).is_err() {
+        if hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            &settings.key_header,
+            Some(&steering.hash_key),
+        )
+        .is_err()
+        {
             return Action::Continue;
         }
         self.affinity = Some(affinity);
@@ -165,7 +184,8 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         if let Some(cookie) = session::set_cookie(&token, now, &settings) {
-            if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie) {
+            if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie)
+            {
                 log(LogLevel::Warn, &format!("cannot add set-cookie ({status:?})"));
             }
         }

@@ -34,8 +34,8 @@ impl Key {
                 secret.len()
             ));
         }
-        let mac = HmacSha256::new_from_slice(secret)
-            .map_err(|_| format!("key `{id}` cannot key HMAC-SHA256"))?;
+        let mac =
+            HmacSha256::new_from_slice(secret).map_err(|_| format!("key `{id}` cannot key HMAC-SHA256"))?;
         Ok(Key { id: id.to_string(), mac })
     }
 
@@ -82,9 +82,8 @@ impl Keyring {
                 return Err(format!("entry {} is not `id=base64secret`", position + 1));
             };
             let id = id.trim();
-            let secret = decode_secret(secret.trim()).ok_or_else(|| {
-                format!("the secret of key `{}` is not base64", id.escape_debug())
-            })?;
+            let secret = decode_secret(secret.trim())
+                .ok_or_else(|| format!("the secret of key `{}` is not base64", id.escape_debug()))?;
             let key = Key::new(id, &secret)?;
             if keys.iter().any(|k| k.id == key.id) {
                 return Err(format!("key id `{id}` appears twice"));
@@ -125,10 +124,7 @@ impl Keyring {
 }
 
 fn decode_secret(text: &str) -> Option<Vec<u8>> {
-    STANDARD
-        .decode(text)
-        .ok()
-        .or_else(|| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok())
+    STANDARD.decode(text).ok().or_else(|| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok())
 }
 
 #[cfg(test)]

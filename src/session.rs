@@ -114,8 +114,7 @@ mod tests {
     const NOW: u64 = 1_790_000_000;
 
     fn settings(keys: &str) -> Settings {
-        config::load(format!(r#"{{"keys":"{keys}","absoluteTimeout":"1h"}}"#).as_bytes(), &|_| None)
-            .unwrap()
+        config::load(format!(r#"{{"keys":"{keys}","absoluteTimeout":"1h"}}"#).as_bytes(), &|_| None).unwrap()
     }
 
     fn token(owner: &str) -> SessionToken {

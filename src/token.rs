@@ -115,12 +115,7 @@ pub fn seal(token: &SessionToken, key: &Key) -> String {
 
 /// Decodes and verifies a token. `now` is wall-clock unix seconds; `max_lifetime` is the
 /// configured absolute timeout: a token promising a longer life than that is refused.
-pub fn open(
-    text: &[u8],
-    keyring: &Keyring,
-    now: u64,
-    max_lifetime: u64,
-) -> Result<Verified, Rejection> {
+pub fn open(text: &[u8], keyring: &Keyring, now: u64, max_lifetime: u64) -> Result<Verified, Rejection> {
     if text.is_empty() || text.len() > MAX_TOKEN_TEXT {
         return Err(Rejection::Malformed);
     }
@@ -149,8 +144,7 @@ pub fn open(
     let mut mac = key.mac();
     mac.update(bytes.get(..signed_len).ok_or(Rejection::Malformed)?);
     // Constant-time comparison of the leftmost 128 bits.
-    mac.verify_truncated_left(tag)
-        .map_err(|_| Rejection::BadSignature)?;
+    mac.verify_truncated_left(tag).map_err(|_| Rejection::BadSignature)?;
     if now >= expires_at {
         return Err(Rejection::Expired);
     }
@@ -262,10 +256,8 @@ mod tests {
             &SessionToken { issued_at: NOW + 3600, expires_at: NOW + 7200, ..sample("10.0.0.1:80") },
             &keys,
         );
-        let too_long = seal_with(
-            &SessionToken { expires_at: NOW + 30 * DAY, ..sample("10.0.0.1:80") },
-            &keys,
-        );
+        let too_long =
+            seal_with(&SessionToken { expires_at: NOW + 30 * DAY, ..sample("10.0.0.1:80") }, &keys);
         let mut v2 = URL_SAFE_NO_PAD.decode(&good).unwrap();
         v2[0] = 2;
         let v2 = URL_SAFE_NO_PAD.encode(v2);

@@ -126,7 +126,11 @@ fn bad_tokens_become_new_sessions_and_never_steer() {
             assert_eq!(r.status, 200, "{case}");
             assert_eq!(r.header("x-seen-host"), Some("-"), "{case}: a bad token must never steer");
             let minted = open_demo(&r.cookie_value().unwrap_or_else(|| panic!("{case}: no new cookie")));
-            assert_ne!(minted.session, SessionId([0x5a; 16]), "{case}: the bad token's session is not reused");
+            assert_ne!(
+                minted.session,
+                SessionId([0x5a; 16]),
+                "{case}: the bad token's session is not reused"
+            );
             assert_eq!(minted.owner, s.addr_of(r.pod()), "{case}");
             assert_eq!(r.header("x-seen-key"), Some(minted.session.to_hex().as_str()), "{case}");
             total += 1;
@@ -146,11 +150,27 @@ fn first_valid_token_wins_across_cookie_headers() {
     let s = setup();
     let a = demo_token(s.addr_of("pod-a"), [1; 16]);
     let b = demo_token(s.addr_of("pod-b"), [2; 16]);
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
-        ("bad then good, one header", vec![("cookie", format!("x=1; tether=junk; tether={a}; tether={b}"))], "pod-a"),
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Headers, &str)> = vec![
+        (
+            "bad then good, one header",
+            vec![("cookie", format!("x=1; tether=junk; tether={a}; tether={b}"))],
+            "pod-a",
+        ),
         ("quoted and spaced", vec![("cookie", format!("x=1 ;  tether = \"{b}\" ; y=2"))], "pod-b"),
-        ("several cookie headers", vec![("cookie", "tether=junk".into()), ("cookie", format!("z=9; tether={b}"))], "pod-b"),
-        ("many other cookies", vec![("cookie", (0..50).map(|i| format!("c{i}=v{i}; ")).collect::<String>() + &format!("tether={a}"))], "pod-a"),
+        (
+            "several cookie headers",
+            vec![("cookie", "tether=junk".into()), ("cookie", format!("z=9; tether={b}"))],
+            "pod-b",
+        ),
+        (
+            "many other cookies",
+            vec![(
+                "cookie",
+                (0..50).map(|i| format!("c{i}=v{i}; ")).collect::<String>() + &format!("tether={a}"),
+            )],
+            "pod-a",
+        ),
     ];
     for (case, headers, want) in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -185,7 +205,11 @@ fn client_sent_internal_headers_never_steer() {
     for _ in 0..10 {
         let r = s.envoy.get(
             "/",
-            &[("cookie", &format!("tether={a_cookie}")), ("x-tether-host", &spoofed_host), ("x-tether-key", spoofed_key)],
+            &[
+                ("cookie", &format!("tether={a_cookie}")),
+                ("x-tether-host", &spoofed_host),
+                ("x-tether-key", spoofed_key),
+            ],
         );
         assert_eq!(r.pod(), "pod-a");
         assert_eq!(r.header("x-seen-key"), Some(SessionId([3; 16]).to_hex().as_str()));

@@ -48,7 +48,8 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
         sessions.iter().enumerate().filter(|(_, (_, p))| *p == victim_name).map(|(i, _)| i).collect();
     assert!(victim_sessions.len() >= 3, "{per_pod:?}");
 
-    let cookies: Arc<Vec<Mutex<String>>> = Arc::new(sessions.iter().map(|(c, _)| Mutex::new(c.clone())).collect());
+    let cookies: Arc<Vec<Mutex<String>>> =
+        Arc::new(sessions.iter().map(|(c, _)| Mutex::new(c.clone())).collect());
     let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let envoy_addr = envoy.addr();
@@ -66,10 +67,11 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
                     let cookie = cookies[session].lock().unwrap().clone();
                     let started = Instant::now();
                     let header = format!("{COOKIE}={cookie}");
-                    let (status, pod, new_cookie) = match http_to(envoy_addr, "GET", "/", &[("cookie", &header)]) {
-                        Ok(r) => (r.status, r.pod().to_string(), r.cookie_value()),
-                        Err(_) => (0, String::new(), None),
-                    };
+                    let (status, pod, new_cookie) =
+                        match http_to(envoy_addr, "GET", "/", &[("cookie", &header)]) {
+                            Ok(r) => (r.status, r.pod().to_string(), r.cookie_value()),
+                            Err(_) => (0, String::new(), None),
+                        };
                     let set_cookie = new_cookie.is_some();
                     if let Some(c) = new_cookie {
                         *cookies[session].lock().unwrap() = c;
@@ -98,7 +100,8 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
     let outcomes = outcomes.lock().unwrap();
     let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.started >= killed_at).collect();
     let before_failed = outcomes.iter().filter(|o| o.started < killed_at && o.status != 200).count();
-    let after_failed: Vec<(u16, &str)> = after.iter().filter(|o| o.status != 200).map(|o| (o.status, o.pod.as_str())).collect();
+    let after_failed: Vec<(u16, &str)> =
+        after.iter().filter(|o| o.status != 200).map(|o| (o.status, o.pod.as_str())).collect();
     let victim_after = after.iter().filter(|o| victim_sessions.contains(&o.session)).count();
     let first_repin = after
         .iter()
@@ -182,6 +185,7 @@ fn two_envoys_sharing_a_key_agree_on_every_session() {
         assert_eq!((a.status, b.status), (200, 200));
         assert_eq!(a.pod(), b.pod(), "the two Envoys disagree on the new owner of a session");
         assert_ne!(a.pod(), victim);
+        assert!(a.header("x-tether-host").is_none() && b.header("x-tether-host").is_none());
         for r in [&a, &b] {
             let repinned = open_demo(&r.cookie_value().expect("an orphaned session is re-pinned"));
             assert_eq!(repinned.session, session, "re-pinning keeps the session id");
@@ -191,10 +195,36 @@ fn two_envoys_sharing_a_key_agree_on_every_session() {
         assert_eq!(one.get_with_cookie(Some(cookie)).pod(), a.pod());
         *new_owners.entry(a.pod().to_string()).or_default() += 1;
     }
-    println!("{} sessions of {victim} moved; new owners (same on both Envoys): {new_owners:?}", orphans.len());
+    println!(
+        "{} sessions of {victim} moved; new owners (same on both Envoys): {new_owners:?}",
+        orphans.len()
+    );
     // Sessions of the surviving pods stayed put on both Envoys.
     for (cookie, pod) in sessions.iter().filter(|(_, p)| *p != victim) {
         assert_eq!(one.get_with_cookie(Some(cookie)).pod(), pod);
         assert_eq!(two.get_with_cookie(Some(cookie)).pod(), pod);
+    }
+}
+
+#[test]
+fn local_replies_never_set_a_cookie() {
+    let mut pods = Pod::start_many(3);
+    let config = EnvoyConfig::shipped().endpoints(&addrs(&pods));
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let pinned = envoy.get_with_cookie(None).cookie_value().unwrap();
+    for pod in &mut pods {
+        pod.kill();
+    }
+    // Before and after the health checks notice, every reply is Envoy's own 503.
+    for round in 0..2 {
+        for cookie in [None, Some(pinned.as_str())] {
+            let r = envoy.get_with_cookie(cookie);
+            assert_eq!(r.status, 503, "round {round}");
+            assert_eq!(r.set_cookie(), None, "round {round}: a local reply set a cookie: {:?}", r.headers);
+            assert!(r.header("x-tether-host").is_none());
+        }
+        for pod in &pods {
+            envoy.wait_health(pod.addr, false);
+        }
     }
 }

@@ -156,9 +156,13 @@ impl EnvoyConfig {
 
     /// Points the cluster at `pods` instead of 127.0.0.1:8081-8083.
     pub fn endpoints(mut self, pods: &[SocketAddr]) -> Self {
-        let at = self.yaml.find(SHIPPED_ENDPOINTS_MARK).expect("lb_endpoints block") + SHIPPED_ENDPOINTS_MARK.len();
+        let at = self.yaml.find(SHIPPED_ENDPOINTS_MARK).expect("lb_endpoints block")
+            + SHIPPED_ENDPOINTS_MARK.len();
         let tail = &self.yaml[at..];
-        assert!(tail.lines().all(|l| l.contains("- endpoint:") || l.trim().is_empty()), "lb_endpoints must end envoy.yaml");
+        assert!(
+            tail.lines().all(|l| l.contains("- endpoint:") || l.trim().is_empty()),
+            "lb_endpoints must end envoy.yaml"
+        );
         self.yaml.truncate(at);
         for pod in pods {
             self.yaml.push_str(&format!(
@@ -173,7 +177,8 @@ impl EnvoyConfig {
     /// Replaces the JSON plugin configuration.
     pub fn plugin_config(mut self, json: &str) -> Self {
         let start = self.yaml.find("value: |\n").expect("plugin configuration") + "value: |\n".len();
-        let end = self.yaml[start..].find("          - name: envoy.filters.http.stateful_session").unwrap() + start;
+        let end =
+            self.yaml[start..].find("          - name: envoy.filters.http.stateful_session").unwrap() + start;
         let indented: String = json.lines().map(|l| format!("                    {l}\n")).collect();
         self.yaml.replace_range(start..end, &indented);
         self
@@ -393,7 +398,12 @@ impl Response {
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub fn http_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+pub fn http_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n").into_bytes();
     for (k, v) in headers {
         req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
@@ -410,7 +420,9 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response
     stream.write_all(request)?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf)?;
-    parse_response(&buf).ok_or_else(|| std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&buf))))
+    parse_response(&buf).ok_or_else(|| {
+        std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
+    })
 }
 
 pub fn parse_response(buf: &[u8]) -> Option<Response> {
