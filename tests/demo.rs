@@ -9,17 +9,20 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Group(u32);
+/// The demo's process group (the script leads it); signalled and reaped on drop.
+struct Group(std::process::Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
         // `kill -s SIG -- -PGID` signals exactly the demo's process group.
-        assert!(self.0 > 1, "refusing to signal process group {}", self.0);
+        let leader = self.0.id();
+        assert!(leader > 1, "refusing to signal process group {leader}");
         for signal in ["TERM", "KILL"] {
-            let group = format!("-{}", self.0);
+            let group = format!("-{leader}");
             let _ = Command::new("kill").args(["-s", signal, "--", &group]).stderr(Stdio::null()).status();
             std::thread::sleep(Duration::from_millis(300));
         }
+        let _ = self.0.wait();
     }
 }
 
@@ -31,14 +34,15 @@ fn make_run_demo_works_as_documented() {
             "port {port} is busy (is `make run` already running?); the demo test needs the documented ports"
         );
     }
-    let child = Command::new(repo().join("scripts/run-demo.sh"))
-        .env("ENVOY", envoy_binary())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("scripts/run-demo.sh");
-    let _group = Group(child.id());
+    let group = Group(
+        Command::new(repo().join("scripts/run-demo.sh"))
+            .env("ENVOY", envoy_binary())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("scripts/run-demo.sh"),
+    );
     let listener = SocketAddr::from(([127, 0, 0, 1], 10000));
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
@@ -56,4 +60,5 @@ fn make_run_demo_works_as_documented() {
     }
     let admin = http_to(SocketAddr::from(([127, 0, 0, 1], 9901)), "GET", "/ready", &[]).unwrap();
     assert_eq!(admin.status, 200);
+    drop(group);
 }
