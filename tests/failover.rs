@@ -112,7 +112,7 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
     println!(
         "failover: {} requests, {} started after SIGKILL of {victim_name} ({victim_after} of them for its {} sessions); \
          failed after kill: {}; failed in flight at kill: {before_failed}; Envoy retries: {retries}; \
-         health check marked it down after {marked_down_after:?}; first re-pin {first_repin:?} after the kill",
+         Envoy marked it down (ejection or health check) after {marked_down_after:?}; first re-pin {first_repin:?} after the kill",
         outcomes.len(),
         after.len(),
         victim_sessions.len(),
