@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 pub const DEFAULT_COOKIE_NAME: &str = "tether";
 pub const DEFAULT_HOST_HEADER: &str = "x-tether-host";
 pub const DEFAULT_KEY_HEADER: &str = "x-tether-key";
+pub const DEFAULT_TOKEN_HEADER: &str = "x-tether-session";
 pub const DEFAULT_ABSOLUTE_TIMEOUT_SECS: u64 = 24 * 3600;
 /// Browsers cap cookie lifetimes at 400 days (RFC 6265bis).
 pub const MAX_ABSOLUTE_TIMEOUT_SECS: u64 = 400 * 86_400;
@@ -16,8 +17,19 @@ pub const MAX_ABSOLUTE_TIMEOUT_SECS: u64 = 400 * 86_400;
 /// The validated runtime configuration, built once per `on_configure`.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub cookie: CookieSpec,
+    /// The cookie, unless the session travels in a header only.
+    pub cookie: Option<CookieSpec>,
+    /// Request/response header carrying the token (header mode), if enabled.
+    pub token_header: Option<String>,
     pub absolute_timeout_secs: u64,
+    /// Sliding expiry: a token unused for this long is expired.
+    pub idle_timeout_secs: Option<u64>,
+    /// Fixed scope tokens are bound to; `None` = the request's upstream cluster name.
+    pub scope: Option<String>,
+    /// Request header naming the session's cluster (sticky canaries), if enabled.
+    pub cluster_header: Option<String>,
+    /// Response header explaining each decision (`hit`, `new`, ...), if enabled.
+    pub debug_header: Option<String>,
     pub keyring: Keyring,
     /// Request header read by stateful_session (base64 `ip:port` of the owner).
     pub host_header: String,
@@ -44,8 +56,22 @@ fn fail<T>(field: &str, reason: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError { field: field.to_string(), reason: reason.into() })
 }
 
-const TOP_FIELDS: &[&str] =
-    &["cookie", "absoluteTimeout", "keys", "keysFromEnv", "signingKeyId", "hostHeader", "keyHeader"];
+const TOP_FIELDS: &[&str] = &[
+    "type",
+    "cookie",
+    "header",
+    "absoluteTimeout",
+    "idleTimeout",
+    "keys",
+    "keysFromEnv",
+    "signingKeyId",
+    "scope",
+    "hostHeader",
+    "keyHeader",
+    "clusterHeader",
+    "debugHeader",
+];
+const HEADER_FIELDS: &[&str] = &["name"];
 const COOKIE_FIELDS: &[&str] = &["name", "path", "domain", "secure", "httpOnly", "sameSite", "lifetimeType"];
 
 /// Parses and validates the plugin configuration. `env` looks up environment variables
@@ -132,6 +158,40 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         }
     };
 
+    let idle_timeout_secs = match string(&top, "idleTimeout", "idleTimeout")? {
+        None => None,
+        Some(text) => {
+            let secs = duration::parse_seconds(text).or_else(|e| fail("idleTimeout", e))?;
+            if secs < 2 || secs > absolute_timeout_secs {
+                return fail("idleTimeout", "must be between 2s and absoluteTimeout");
+            }
+            Some(secs)
+        }
+    };
+    let scope = string(&top, "scope", "scope")?.map(str::to_string);
+    if scope.as_ref().is_some_and(|s| s.is_empty() || s.len() > 253) {
+        return fail("scope", "must be 1-253 characters (or absent: the upstream cluster name)");
+    }
+
+    let (use_cookie, use_header) = match string(&top, "type", "type")? {
+        None | Some("Cookie") => (true, false),
+        Some("Header") => (false, true),
+        Some("CookieAndHeader") => (true, true),
+        Some(other) => {
+            return fail(
+                "type",
+                format!("`{}` is not Cookie, Header or CookieAndHeader", other.escape_debug()),
+            )
+        }
+    };
+    let header = match top.get("header") {
+        None => &empty,
+        Some(Value::Object(map)) => map,
+        Some(_) => return fail("header", "must be an object"),
+    };
+    check_known(header, HEADER_FIELDS, "header.")?;
+    let token_header = header_name(header, "name", "header.name", DEFAULT_TOKEN_HEADER)?;
+
     let signing_id = string(&top, "signingKeyId", "signingKeyId")?;
     let inline = string(&top, "keys", "keys")?;
     let from_env = string(&top, "keysFromEnv", "keysFromEnv")?;
@@ -154,14 +214,24 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         }
     };
 
-    let host_header = header_name(&top, "hostHeader", DEFAULT_HOST_HEADER)?;
-    let key_header = header_name(&top, "keyHeader", DEFAULT_KEY_HEADER)?;
-    if host_header == key_header {
-        return fail("keyHeader", "must differ from hostHeader");
+    let host_header = header_name(&top, "hostHeader", "hostHeader", DEFAULT_HOST_HEADER)?;
+    let key_header = header_name(&top, "keyHeader", "keyHeader", DEFAULT_KEY_HEADER)?;
+    let cluster_header = optional_header_name(&top, "clusterHeader")?;
+    let debug_header = optional_header_name(&top, "debugHeader")?;
+    let mut seen: Vec<(&str, &str)> = vec![("hostHeader", &host_header), ("keyHeader", &key_header)];
+    if use_header {
+        seen.push(("header.name", &token_header));
+    }
+    seen.extend(cluster_header.as_deref().map(|h| ("clusterHeader", h)));
+    seen.extend(debug_header.as_deref().map(|h| ("debugHeader", h)));
+    for (i, (field, name)) in seen.iter().enumerate() {
+        if let Some((other, _)) = seen.iter().take(i).find(|(_, n)| n == name) {
+            return fail(field, format!("`{name}` is already used by {other}"));
+        }
     }
 
     Ok(Settings {
-        cookie: CookieSpec {
+        cookie: use_cookie.then(|| CookieSpec {
             name: name.to_string(),
             path: path.to_string(),
             domain: domain.map(str::to_string),
@@ -169,13 +239,27 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
             http_only,
             same_site,
             lifetime,
-        },
+        }),
+        token_header: use_header.then_some(token_header),
         absolute_timeout_secs,
+        idle_timeout_secs,
+        scope,
+        cluster_header,
+        debug_header,
         keyring,
         host_header,
         key_header,
         inline_keys,
     })
+}
+
+impl Settings {
+    pub fn limits(&self) -> crate::token::Limits {
+        crate::token::Limits {
+            max_lifetime: self.absolute_timeout_secs,
+            idle_timeout: self.idle_timeout_secs,
+        }
+    }
 }
 
 fn key_field(reason: &str, default: &'static str) -> &'static str {
@@ -214,14 +298,26 @@ fn boolean(map: &Map<String, Value>, key: &str, field: &str) -> Result<Option<bo
     }
 }
 
-fn header_name(map: &Map<String, Value>, key: &str, default: &str) -> Result<String, ConfigError> {
-    let name = string(map, key, key)?.unwrap_or(default);
+fn optional_header_name(map: &Map<String, Value>, key: &str) -> Result<Option<String>, ConfigError> {
+    match string(map, key, key)? {
+        None => Ok(None),
+        Some(_) => header_name(map, key, key, "").map(Some),
+    }
+}
+
+fn header_name(
+    map: &Map<String, Value>,
+    key: &str,
+    field: &str,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let name = string(map, key, field)?.unwrap_or(default);
     let reserved = ["cookie", "set-cookie", "host", "content-length", "transfer-encoding", "connection"];
     if name.is_empty() || !name.bytes().all(|b| is_token_char(b) && !b.is_ascii_uppercase()) {
-        return fail(key, "must be a lowercase HTTP header name");
+        return fail(field, "must be a lowercase HTTP header name");
     }
     if reserved.contains(&name) {
-        return fail(key, format!("`{name}` is reserved"));
+        return fail(field, format!("`{name}` is reserved"));
     }
     Ok(name.to_string())
 }
@@ -249,8 +345,10 @@ mod tests {
     #[test]
     fn defaults() {
         let s = load(format!(r#"{{"keys":"demo={K1}"}}"#).as_bytes(), &no_env).unwrap();
-        assert_eq!(s.cookie.render("T", 5), "tether=T; Path=/; HttpOnly; SameSite=Lax");
+        assert_eq!(s.cookie.as_ref().unwrap().render("T", 5), "tether=T; Path=/; HttpOnly; SameSite=Lax");
         assert_eq!(s.absolute_timeout_secs, 86_400);
+        assert_eq!((s.idle_timeout_secs, s.scope.as_deref(), s.token_header.as_deref()), (None, None, None));
+        assert_eq!((s.cluster_header.as_deref(), s.debug_header.as_deref()), (None, None));
         assert_eq!(s.host_header, "x-tether-host");
         assert_eq!(s.key_header, "x-tether-key");
         assert!(s.inline_keys);
@@ -262,13 +360,17 @@ mod tests {
             r#"{"cookie":{"name":"sid","path":"/app","domain":"example.com","secure":true,
                 "httpOnly":false,"sameSite":"Strict","lifetimeType":"Permanent"},
                "absoluteTimeout":"1h30m","keysFromEnv":"TETHER_KEYS","signingKeyId":"k1",
-               "hostHeader":"x-h","keyHeader":"x-k"}"#,
+               "hostHeader":"x-h","keyHeader":"x-k","type":"CookieAndHeader","header":{"name":"x-s"},
+               "idleTimeout":"10m","scope":"checkout.shop","clusterHeader":"x-c","debugHeader":"x-d"}"#,
         )
         .unwrap();
         assert_eq!(
-            s.cookie.render("T", 5),
+            s.cookie.as_ref().unwrap().render("T", 5),
             "sid=T; Path=/app; Domain=example.com; Max-Age=5; Secure; SameSite=Strict"
         );
+        assert_eq!(s.token_header.as_deref(), Some("x-s"));
+        assert_eq!((s.idle_timeout_secs, s.scope.as_deref()), (Some(600), Some("checkout.shop")));
+        assert_eq!((s.cluster_header.as_deref(), s.debug_header.as_deref()), (Some("x-c"), Some("x-d")));
         assert_eq!(s.absolute_timeout_secs, 5400);
         assert_eq!(s.keyring.signing_key().unwrap().id(), "k1");
         assert_eq!(s.keyring.key_ids(), ["k2", "k1"]);
@@ -279,9 +381,11 @@ mod tests {
     #[test]
     fn same_site_none_implies_secure() {
         let s = load_str(r#"{"cookie":{"sameSite":"None"},"keysFromEnv":"TETHER_KEYS"}"#).unwrap();
-        assert!(s.cookie.secure);
+        assert!(s.cookie.unwrap().secure);
         let s = load_str(r#"{"cookie":{"sameSite":"Unset"},"keysFromEnv":"TETHER_KEYS"}"#).unwrap();
-        assert_eq!(s.cookie.render("T", 1), "tether=T; Path=/; HttpOnly");
+        assert_eq!(s.cookie.unwrap().render("T", 1), "tether=T; Path=/; HttpOnly");
+        let s = load_str(r#"{"type":"Header","keysFromEnv":"TETHER_KEYS"}"#).unwrap();
+        assert_eq!((s.cookie, s.token_header.as_deref()), (None, Some("x-tether-session")));
     }
 
     #[test]
@@ -318,6 +422,15 @@ mod tests {
             (&format!(r#"{{{k},"hostHeader":"cookie"}}"#), "hostHeader"),
             (&format!(r#"{{{k},"keyHeader":"x-tether-host"}}"#), "keyHeader"),
             (&format!(r#"{{{k},"keyHeader":"x k"}}"#), "keyHeader"),
+            (&format!(r#"{{{k},"type":"Both"}}"#), "type"),
+            (&format!(r#"{{{k},"header":{{"name":"X-Up"}}}}"#), "header.name"),
+            (&format!(r#"{{{k},"header":{{"nam":"x"}}}}"#), "header.nam"),
+            (&format!(r#"{{{k},"type":"Header","header":{{"name":"x-tether-key"}}}}"#), "header.name"),
+            (&format!(r#"{{{k},"idleTimeout":"1s"}}"#), "idleTimeout"),
+            (&format!(r#"{{{k},"absoluteTimeout":"1h","idleTimeout":"2h"}}"#), "idleTimeout"),
+            (&format!(r#"{{{k},"scope":""}}"#), "scope"),
+            (&format!(r#"{{{k},"clusterHeader":"x-tether-host"}}"#), "clusterHeader"),
+            (&format!(r#"{{{k},"debugHeader":"Bad Name"}}"#), "debugHeader"),
         ];
         for (json, field) in cases {
             let err = load_str(json).unwrap_err();

@@ -4,11 +4,11 @@
 
 use crate::address::parse_upstream_address;
 use crate::config::{self, Settings};
-use crate::session::{self, Affinity};
-use crate::token::SessionId;
+use crate::session::{self, Affinity, Outcome, Served};
+use crate::token::{Rejection, SessionId};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -16,7 +16,7 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         log(LogLevel::Critical, &format!("tether panicked (the VM is now unusable): {info}"));
     }));
-    proxy_wasm::set_root_context(|_| Box::new(Root { settings: None }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
 
 fn log(level: LogLevel, message: &str) {
@@ -45,8 +45,62 @@ fn fresh_session_id() -> Option<SessionId> {
     }
 }
 
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// Counters on Envoy's stats (`wasmcustom.tether.*`, `envoy_wasmcustom_tether_*`).
+struct Metrics {
+    minted: Option<u32>,
+    hits: Option<u32>,
+    repinned: Option<u32>,
+    refreshed: Option<u32>,
+    invalid: Vec<(Rejection, Option<u32>)>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let counter =
+            |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("tether.{name}")).ok();
+        Metrics {
+            minted: counter("sessions_minted"),
+            hits: counter("affinity_hits"),
+            repinned: counter("repinned"),
+            refreshed: counter("refreshed"),
+            invalid: Rejection::ALL
+                .iter()
+                .map(|r| (*r, counter(&format!("invalid_token.{}", r.as_str()))))
+                .collect(),
+        }
+    }
+
+    fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn outcome(&self, outcome: Outcome) {
+        Metrics::bump(match outcome {
+            Outcome::Hit => self.hits,
+            Outcome::New => self.minted,
+            Outcome::Repinned => self.repinned,
+            Outcome::Refreshed => self.refreshed,
+        });
+    }
+
+    fn rejected(&self, reason: Rejection) {
+        Metrics::bump(self.invalid.iter().find(|(r, _)| *r == reason).and_then(|(_, id)| *id));
+    }
+}
+
+struct Shared {
+    settings: Settings,
+    metrics: Metrics,
+}
+
 struct Root {
-    settings: Option<Rc<Settings>>,
+    shared: Option<Rc<Shared>>,
 }
 
 impl Context for Root {}
@@ -70,23 +124,18 @@ impl RootContext for Root {
         };
         match config::load(&raw, &|var| std::env::var(var).ok()) {
             Ok(settings) => {
-                let keys = settings.keyring.key_ids().join(",");
-                let signing = settings.keyring.signing_key().map_or("", |k| k.id());
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "configured: cookie `{}`, keys [{keys}] signing with `{signing}`, absolute timeout {}s, headers {} / {}",
-                        settings.cookie.name, settings.absolute_timeout_secs, settings.host_header, settings.key_header
-                    ),
-                );
+                log(LogLevel::Info, &describe(&settings));
                 if settings.inline_keys {
-                    log(LogLevel::Warn, "signing keys are inline in the configuration: for demos only, use keysFromEnv in production");
+                    log(
+                        LogLevel::Warn,
+                        "signing keys are inline in the configuration: for demos only, use keysFromEnv in production",
+                    );
                 }
-                self.settings = Some(Rc::new(settings));
+                self.shared = Some(Rc::new(Shared { settings, metrics: Metrics::define() }));
                 true
             }
             Err(error) => {
-                log(LogLevel::Error, &format!("{error}"));
+                log(LogLevel::Error, &error.to_string());
                 false
             }
         }
@@ -94,7 +143,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream { settings: self.settings.clone(), affinity: None }))
+        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, scope: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -102,20 +151,45 @@ impl RootContext for Root {
     }
 }
 
+/// The start-up line: what is configured, naming key ids and never secrets.
+fn describe(s: &Settings) -> String {
+    let keys = s.keyring.key_ids().join(",");
+    let signing = s.keyring.signing_key().map_or("", |k| k.id());
+    let carriers = match (&s.cookie, &s.token_header) {
+        (Some(c), Some(h)) => format!("cookie `{}` and header `{h}`", c.name),
+        (Some(c), None) => format!("cookie `{}`", c.name),
+        (None, Some(h)) => format!("header `{h}`"),
+        (None, None) => "nothing".into(),
+    };
+    format!(
+        "configured: {carriers}, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, headers {} / {}",
+        s.absolute_timeout_secs,
+        s.idle_timeout_secs.map_or("off".into(), |t| format!("{t}s")),
+        s.scope.as_deref().unwrap_or("(upstream cluster)"),
+        s.host_header,
+        s.key_header
+    )
+}
+
 struct Stream {
-    settings: Option<Rc<Settings>>,
+    shared: Option<Rc<Shared>>,
     affinity: Option<Affinity>,
+    /// The scope tokens of this request are bound to.
+    scope: String,
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(settings) = self.settings.clone() else {
+        let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        // Client-sent copies would let a client pick its pod without a valid token.
-        for name in [&settings.host_header, &settings.key_header] {
+        let settings = &shared.settings;
+        // Client-sent copies would let a client pick its pod (or cluster) without a token.
+        let internal =
+            [Some(&settings.host_header), Some(&settings.key_header), settings.cluster_header.as_ref()];
+        for name in internal.into_iter().flatten() {
             if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
                 log(
                     LogLevel::Error,
@@ -133,62 +207,96 @@ impl HttpContext for Stream {
                 return Action::Continue;
             }
         };
+        self.scope = match &settings.scope {
+            Some(scope) => scope.clone(),
+            None => {
+                property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default()
+            }
+        };
+        let token_header = settings
+            .token_header
+            .as_ref()
+            .and_then(|name| headers.iter().find(|(k, _)| k == name))
+            .map(|(_, v)| v.as_slice());
         let cookies = headers.iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v.as_slice());
-        let Some(affinity) = session::resolve(cookies, &settings, now_secs(), fresh_session_id) else {
+        let now = now_secs();
+        let Some(affinity) =
+            session::resolve(token_header, cookies, &self.scope, settings, now, fresh_session_id)
+        else {
             return Action::Continue;
         };
-        let steering = session::steering(&affinity);
+        if let Affinity::New { rejected: Some(reason), .. } = &affinity {
+            shared.metrics.rejected(*reason);
+        }
+        let steering = session::steering(&affinity, settings);
+        let mut set = vec![(settings.key_header.as_str(), steering.hash_key.as_str())];
         if let Some(host) = &steering.override_host {
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, &settings.host_header, Some(host))
-                .is_err()
-            {
+            set.push((&settings.host_header, host));
+        }
+        if let (Some(name), Some(cluster)) = (&settings.cluster_header, &steering.cluster) {
+            set.push((name, cluster));
+        }
+        for (name, value) in set {
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
                 return Action::Continue;
             }
-        }
-        if hostcalls::set_map_value(
-            MapType::HttpRequestHeaders,
-            &settings.key_header,
-            Some(&steering.hash_key),
-        )
-        .is_err()
-        {
-            return Action::Continue;
         }
         self.affinity = Some(affinity);
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(settings) = self.settings.clone() else {
+        let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
+        let settings = &shared.settings;
         // stateful_session announces the host it used in this header; clients need not see it.
         let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
         let Some(affinity) = &self.affinity else {
             return Action::Continue;
         };
-        // On a local reply (e.g. 503 after retries) upstream.address is the last failed host.
-        match hostcalls::get_property(vec!["response", "code_details"]) {
-            Ok(Some(details)) if details == b"via_upstream" => {}
-            _ => return Action::Continue,
-        }
-        let served_by = match hostcalls::get_property(vec!["upstream", "address"]) {
-            Ok(Some(raw)) => parse_upstream_address(&raw),
-            _ => None,
-        };
-        let Some(served_by) = served_by else {
-            return Action::Continue;
-        };
-        let now = now_secs();
-        let Some(token) = session::token_to_send(affinity, served_by, now, &settings) else {
-            return Action::Continue;
-        };
-        if let Some(cookie) = session::set_cookie(&token, now, &settings) {
-            if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie)
-            {
-                log(LogLevel::Warn, &format!("cannot add set-cookie ({status:?})"));
-            }
+        let label = self.respond(affinity, &shared);
+        if let (Some(name), Some(label)) = (&settings.debug_header, label) {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&label));
         }
         Action::Continue
+    }
+}
+
+impl Stream {
+    /// Sends the token the response needs, if any; returns the debug label.
+    fn respond(&self, affinity: &Affinity, shared: &Shared) -> Option<String> {
+        let settings = &shared.settings;
+        // On a local reply (e.g. 503 after retries) upstream.address is the last failed host.
+        if property(&["response", "code_details"]).as_deref() != Some(b"via_upstream".as_slice()) {
+            return Some("local-reply".into());
+        }
+        let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw))?;
+        let cluster = match settings.cluster_header {
+            Some(_) => {
+                property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        let now = now_secs();
+        let (outcome, token) = session::respond(affinity, &Served { by, cluster }, now, settings);
+        shared.metrics.outcome(outcome);
+        if let Some(token) = token {
+            let sealed = session::seal(&token, &self.scope, settings)?;
+            let (by_cookie, by_header) = session::carriers(affinity, settings);
+            if by_cookie {
+                if let Some(cookie) = session::set_cookie(&sealed, &token, now, settings) {
+                    if let Err(status) =
+                        hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie)
+                    {
+                        log(LogLevel::Warn, &format!("cannot add set-cookie ({status:?})"));
+                    }
+                }
+            }
+            if let (true, Some(name)) = (by_header, &settings.token_header) {
+                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&sealed));
+            }
+        }
+        Some(session::debug_label(affinity, outcome))
     }
 }

@@ -7,13 +7,20 @@ use crate::cookie;
 use crate::token::{self, Rejection, SessionId, SessionToken};
 use std::net::SocketAddr;
 
+/// How the client presented its token, and so how a new one goes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    Cookie,
+    Header,
+}
+
 /// What the request carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Affinity {
     /// A token that verified: steer to its owner.
-    Pinned { token: SessionToken, signed_by_current_key: bool },
+    Pinned { token: SessionToken, signed_by_current_key: bool, carrier: Carrier },
     /// No usable token: a new session, placed by the cluster's hash of its id.
-    /// `rejected` is why the last token of our name was refused, if there was one.
+    /// `rejected` is why the last token presented was refused, if there was one.
     New { session: SessionId, rejected: Option<Rejection> },
 }
 
@@ -26,81 +33,172 @@ impl Affinity {
     }
 }
 
-/// Finds the first valid token of our cookie name across all `Cookie` header values.
-/// `fresh_id` is called only when a new session is needed.
+/// Finds the first valid token: the token header (header mode) first, then every cookie
+/// of our name across all `Cookie` header values. `fresh_id` is called only when a new
+/// session is needed; `None` from it means no affinity for this request.
 pub fn resolve<'a>(
+    token_header: Option<&[u8]>,
     cookie_headers: impl IntoIterator<Item = &'a [u8]>,
+    scope: &str,
     settings: &Settings,
     now: u64,
     fresh_id: impl FnOnce() -> Option<SessionId>,
 ) -> Option<Affinity> {
-    let name = settings.cookie.name.as_bytes();
     let mut rejected = None;
-    for header in cookie_headers {
-        for value in cookie::values_named(header, name) {
-            match token::open(value, &settings.keyring, now, settings.absolute_timeout_secs) {
-                Ok(verified) => {
-                    return Some(Affinity::Pinned {
-                        token: verified.token,
-                        signed_by_current_key: verified.signed_by_current_key,
-                    })
+    let limits = settings.limits();
+    let mut check = |value: &[u8], carrier| match token::open(value, &settings.keyring, scope, now, limits) {
+        Ok(v) => {
+            Some(Affinity::Pinned { token: v.token, signed_by_current_key: v.signed_by_current_key, carrier })
+        }
+        Err(reason) => {
+            rejected = Some(reason);
+            None
+        }
+    };
+    if let (Some(value), Some(_)) = (token_header, &settings.token_header) {
+        if let Some(pinned) = check(value, Carrier::Header) {
+            return Some(pinned);
+        }
+    }
+    if let Some(spec) = &settings.cookie {
+        for header in cookie_headers {
+            for value in cookie::values_named(header, spec.name.as_bytes()) {
+                if let Some(pinned) = check(value, Carrier::Cookie) {
+                    return Some(pinned);
                 }
-                Err(reason) => rejected = Some(reason),
             }
         }
     }
     fresh_id().map(|session| Affinity::New { session, rejected })
 }
 
-/// Request headers to set: the override host (only for a pinned session) and the hash key.
+/// Request headers to set: the override host and the session's cluster (only for a
+/// pinned session), and the hash key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Steering {
     pub override_host: Option<String>,
+    pub cluster: Option<String>,
     pub hash_key: String,
 }
 
-pub fn steering(affinity: &Affinity) -> Steering {
+pub fn steering(affinity: &Affinity, settings: &Settings) -> Steering {
     match affinity {
         Affinity::Pinned { token, .. } => Steering {
             override_host: Some(override_host_value(&token.owner)),
+            cluster: (settings.cluster_header.is_some() && !token.cluster.is_empty())
+                .then(|| token.cluster.clone()),
             hash_key: token.session.to_hex(),
         },
-        Affinity::New { session, .. } => Steering { override_host: None, hash_key: session.to_hex() },
+        Affinity::New { session, .. } => {
+            Steering { override_host: None, cluster: None, hash_key: session.to_hex() }
+        }
     }
 }
 
-/// The token the response must set, or `None` when the client's cookie is still right.
-/// Call only for responses that came from an upstream (`via_upstream`), with the address
-/// that served them.
-pub fn token_to_send(
+/// Where a response came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub by: SocketAddr,
+    /// The upstream cluster; only compared when cluster pinning is on.
+    pub cluster: String,
+}
+
+/// What happened to the session on this response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served by its owner; nothing to send.
+    Hit,
+    /// A new session: a token is sent.
+    New,
+    /// The owner (or cluster) changed: a token naming the new owner is sent.
+    Repinned,
+    /// Same owner, but the token is re-signed (older key, or idle refresh).
+    Refreshed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::New => "new",
+            Outcome::Repinned => "repinned",
+            Outcome::Refreshed => "refreshed",
+        }
+    }
+}
+
+/// Decides the outcome of a response that came from an upstream (`via_upstream`) and
+/// the token to send, if any.
+pub fn respond(
     affinity: &Affinity,
-    served_by: SocketAddr,
+    served: &Served,
     now: u64,
     settings: &Settings,
-) -> Option<SessionToken> {
+) -> (Outcome, Option<SessionToken>) {
+    let cluster = if settings.cluster_header.is_some() { served.cluster.clone() } else { String::new() };
     match affinity {
-        Affinity::New { session, .. } => Some(SessionToken {
-            session: *session,
-            owner: served_by,
-            issued_at: now,
-            expires_at: now.saturating_add(settings.absolute_timeout_secs),
-        }),
-        Affinity::Pinned { token, signed_by_current_key } => {
-            if token.owner == served_by && *signed_by_current_key {
-                None
+        Affinity::New { session, .. } => (
+            Outcome::New,
+            Some(SessionToken {
+                session: *session,
+                owner: served.by,
+                issued_at: now,
+                expires_at: now.saturating_add(settings.absolute_timeout_secs),
+                cluster,
+            }),
+        ),
+        Affinity::Pinned { token, signed_by_current_key, .. } => {
+            // Re-pinning and refreshing keep the session id and the absolute expiry.
+            let renewed = SessionToken { owner: served.by, issued_at: now, cluster, ..token.clone() };
+            if token.owner != served.by || token.cluster != renewed.cluster {
+                (Outcome::Repinned, Some(renewed))
+            } else if !signed_by_current_key || idle_refresh_due(token, now, settings) {
+                (Outcome::Refreshed, Some(renewed))
             } else {
-                // Re-pin (or re-sign): same session id and the same absolute expiry.
-                Some(SessionToken { owner: served_by, issued_at: now, ..token.clone() })
+                (Outcome::Hit, None)
             }
         }
     }
 }
 
-/// The `Set-Cookie` value carrying `token`, signed with the current key.
-pub fn set_cookie(token: &SessionToken, now: u64, settings: &Settings) -> Option<String> {
-    let key = settings.keyring.signing_key()?;
-    let text = token::seal(token, key);
-    Some(settings.cookie.render(&text, token.expires_at.saturating_sub(now)))
+/// Past half its idle window, a token is re-signed so an active session never idles out;
+/// before that, responses carry nothing.
+fn idle_refresh_due(token: &SessionToken, now: u64, settings: &Settings) -> bool {
+    settings.idle_timeout_secs.is_some_and(|idle| now.saturating_sub(token.issued_at) >= idle / 2)
+}
+
+/// How a token goes back: in the carrier it came in, or every enabled one for a new session.
+pub fn carriers(affinity: &Affinity, settings: &Settings) -> (bool, bool) {
+    match affinity {
+        Affinity::Pinned { carrier: Carrier::Cookie, .. } => (true, false),
+        Affinity::Pinned { carrier: Carrier::Header, .. } => (false, true),
+        Affinity::New { .. } => (settings.cookie.is_some(), settings.token_header.is_some()),
+    }
+}
+
+/// The signed token text for the response.
+pub fn seal(token: &SessionToken, scope: &str, settings: &Settings) -> Option<String> {
+    Some(token::seal(token, settings.keyring.signing_key()?, scope))
+}
+
+/// The `Set-Cookie` value carrying `sealed`; Max-Age (Permanent cookies) runs to the
+/// token's effective expiry.
+pub fn set_cookie(sealed: &str, token: &SessionToken, now: u64, settings: &Settings) -> Option<String> {
+    let spec = settings.cookie.as_ref()?;
+    let mut ends = token.expires_at;
+    if let Some(idle) = settings.idle_timeout_secs {
+        ends = ends.min(token.issued_at.saturating_add(idle));
+    }
+    Some(spec.render(sealed, ends.saturating_sub(now)))
+}
+
+/// The debug header value: `hit`, `new`, `repinned`, `refreshed`, or `invalid:<reason>`
+/// for a new session that replaced a refused token.
+pub fn debug_label(affinity: &Affinity, outcome: Outcome) -> String {
+    match affinity {
+        Affinity::New { rejected: Some(reason), .. } => format!("invalid:{}", reason.as_str()),
+        _ => outcome.as_str().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -112,9 +210,15 @@ mod tests {
     const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     const K2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
     const NOW: u64 = 1_790_000_000;
+    const SCOPE: &str = "pods";
+
+    fn settings_with(keys: &str, extra: &str) -> Settings {
+        config::load(format!(r#"{{"keys":"{keys}","absoluteTimeout":"1h"{extra}}}"#).as_bytes(), &|_| None)
+            .unwrap()
+    }
 
     fn settings(keys: &str) -> Settings {
-        config::load(format!(r#"{{"keys":"{keys}","absoluteTimeout":"1h"}}"#).as_bytes(), &|_| None).unwrap()
+        settings_with(keys, "")
     }
 
     fn token(owner: &str) -> SessionToken {
@@ -123,38 +227,86 @@ mod tests {
             owner: owner.parse().unwrap(),
             issued_at: NOW - 5,
             expires_at: NOW + 600,
+            cluster: String::new(),
         }
     }
 
+    fn sealed(t: &SessionToken, s: &Settings) -> String {
+        token::seal(t, s.keyring.signing_key().unwrap(), SCOPE)
+    }
+
     fn cookie_for(t: &SessionToken, s: &Settings) -> String {
-        format!("tether={}", token::seal(t, s.keyring.signing_key().unwrap()))
+        format!("tether={}", sealed(t, s))
+    }
+
+    fn served(addr: &str) -> Served {
+        Served { by: addr.parse().unwrap(), cluster: "stable".into() }
     }
 
     const FRESH: SessionId = SessionId([9; 16]);
+
+    fn pinned(t: SessionToken, current: bool) -> Affinity {
+        Affinity::Pinned { token: t, signed_by_current_key: current, carrier: Carrier::Cookie }
+    }
 
     #[test]
     fn valid_cookie_pins_and_steers() {
         let s = settings(&format!("k1={K1}"));
         let t = token("10.0.0.2:8080");
         let header = format!("a=b; {}", cookie_for(&t, &s));
-        let affinity = resolve([header.as_bytes()], &s, NOW, || Some(FRESH)).unwrap();
-        assert_eq!(affinity, Affinity::Pinned { token: t.clone(), signed_by_current_key: true });
-        let steer = steering(&affinity);
+        let affinity = resolve(None, [header.as_bytes()], SCOPE, &s, NOW, || Some(FRESH)).unwrap();
+        assert_eq!(affinity, pinned(t.clone(), true));
+        let steer = steering(&affinity, &s);
         assert_eq!(steer.override_host.as_deref(), Some("MTAuMC4wLjI6ODA4MA=="));
         assert_eq!(steer.hash_key, "07".repeat(16));
-        // Same owner, current key: nothing to send.
-        assert_eq!(token_to_send(&affinity, t.owner, NOW, &s), None);
+        assert_eq!(steer.cluster, None);
+        assert_eq!(respond(&affinity, &served("10.0.0.2:8080"), NOW, &s), (Outcome::Hit, None));
+    }
+
+    #[test]
+    fn a_token_for_another_scope_is_a_new_session() {
+        let s = settings(&format!("k1={K1}"));
+        let header = cookie_for(&token("10.0.0.2:8080"), &s);
+        let affinity = resolve(None, [header.as_bytes()], "other-service", &s, NOW, || Some(FRESH)).unwrap();
+        assert_eq!(affinity, Affinity::New { session: FRESH, rejected: Some(Rejection::WrongScope) });
     }
 
     #[test]
     fn first_valid_token_wins_across_headers() {
         let s = settings(&format!("k1={K1}"));
         let t = token("10.0.0.2:8080");
-        let other = SessionToken { owner: "10.0.0.3:8080".parse().unwrap(), ..token("10.0.0.3:8080") };
-        let second = cookie_for(&other, &s);
+        let second = cookie_for(&token("10.0.0.3:8080"), &s);
         let headers = ["tether=garbage; x=1".to_string(), cookie_for(&t, &s), second];
-        let affinity = resolve(headers.iter().map(|h| h.as_bytes()), &s, NOW, || None).unwrap();
-        assert_eq!(affinity, Affinity::Pinned { token: t, signed_by_current_key: true });
+        let affinity = resolve(None, headers.iter().map(|h| h.as_bytes()), SCOPE, &s, NOW, || None).unwrap();
+        assert_eq!(affinity, pinned(t, true));
+    }
+
+    #[test]
+    fn header_mode() {
+        let cookie_only = settings(&format!("k1={K1}"));
+        let both = settings_with(&format!("k1={K1}"), r#","type":"CookieAndHeader""#);
+        let header_only = settings_with(&format!("k1={K1}"), r#","type":"Header""#);
+        let a = sealed(&token("10.0.0.2:8080"), &both);
+        let b = cookie_for(&token("10.0.0.3:8080"), &both);
+        // The header is ignored unless header mode is on.
+        let got = resolve(Some(a.as_bytes()), [b.as_bytes()], SCOPE, &cookie_only, NOW, || None).unwrap();
+        assert!(matches!(got, Affinity::Pinned { carrier: Carrier::Cookie, .. }));
+        // With both on, the header wins; header-only ignores cookies.
+        let got = resolve(Some(a.as_bytes()), [b.as_bytes()], SCOPE, &both, NOW, || None).unwrap();
+        assert_eq!(
+            got,
+            Affinity::Pinned {
+                token: token("10.0.0.2:8080"),
+                signed_by_current_key: true,
+                carrier: Carrier::Header
+            }
+        );
+        assert_eq!(carriers(&got, &both), (false, true));
+        let got = resolve(None, [b.as_bytes()], SCOPE, &header_only, NOW, || Some(FRESH)).unwrap();
+        assert_eq!(got, Affinity::New { session: FRESH, rejected: None });
+        assert_eq!(carriers(&got, &header_only), (false, true));
+        assert_eq!(carriers(&got, &both), (true, true));
+        assert_eq!(carriers(&got, &cookie_only), (true, false));
     }
 
     #[test]
@@ -169,46 +321,97 @@ mod tests {
             (cookie_for(&token("10.0.0.2:1"), &forged), Some(Rejection::BadSignature)),
         ];
         for (header, rejected) in cases {
-            let affinity = resolve([header.as_bytes()], &s, NOW, || Some(FRESH)).unwrap();
+            let affinity = resolve(None, [header.as_bytes()], SCOPE, &s, NOW, || Some(FRESH)).unwrap();
             assert_eq!(affinity, Affinity::New { session: FRESH, rejected }, "{header}");
-            let steer = steering(&affinity);
-            assert_eq!(steer, Steering { override_host: None, hash_key: "09".repeat(16) });
+            let steer = steering(&affinity, &s);
+            assert_eq!(steer, Steering { override_host: None, cluster: None, hash_key: "09".repeat(16) });
+            let label = debug_label(&affinity, Outcome::New);
+            assert_eq!(label, rejected.map_or("new".to_string(), |r| format!("invalid:{}", r.as_str())));
         }
     }
 
     #[test]
     fn no_randomness_means_no_affinity() {
         let s = settings(&format!("k1={K1}"));
-        assert_eq!(resolve([&b""[..]], &s, NOW, || None), None);
+        assert_eq!(resolve(None, [&b""[..]], SCOPE, &s, NOW, || None), None);
     }
 
     #[test]
-    fn response_tokens() {
+    fn response_outcomes() {
         let s = settings(&format!("k1={K1}"));
-        let a: SocketAddr = "10.0.0.2:8080".parse().unwrap();
-        let b: SocketAddr = "[fd00::3]:8080".parse().unwrap();
+        let a = served("10.0.0.2:8080");
+        let b = served("[fd00::3]:8080");
 
         let new = Affinity::New { session: FRESH, rejected: None };
-        let minted = token_to_send(&new, a, NOW, &s).unwrap();
-        assert_eq!(minted, SessionToken { session: FRESH, owner: a, issued_at: NOW, expires_at: NOW + 3600 });
+        let (outcome, minted) = respond(&new, &a, NOW, &s);
+        assert_eq!(outcome, Outcome::New);
+        let want = SessionToken {
+            session: FRESH,
+            owner: a.by,
+            issued_at: NOW,
+            expires_at: NOW + 3600,
+            cluster: String::new(),
+        };
+        assert_eq!(minted, Some(want));
 
-        let pinned = Affinity::Pinned { token: token("10.0.0.2:8080"), signed_by_current_key: true };
-        let repinned = token_to_send(&pinned, b, NOW, &s).unwrap();
-        assert_eq!(repinned, SessionToken { owner: b, issued_at: NOW, ..token("10.0.0.2:8080") });
+        let (outcome, repinned) = respond(&pinned(token("10.0.0.2:8080"), true), &b, NOW, &s);
+        assert_eq!(outcome, Outcome::Repinned);
+        assert_eq!(repinned, Some(SessionToken { owner: b.by, issued_at: NOW, ..token("10.0.0.2:8080") }));
 
-        let old_key = Affinity::Pinned { token: token("10.0.0.2:8080"), signed_by_current_key: false };
-        let resigned = token_to_send(&old_key, a, NOW, &s).unwrap();
-        assert_eq!(resigned, SessionToken { issued_at: NOW, ..token("10.0.0.2:8080") });
+        let (outcome, resigned) = respond(&pinned(token("10.0.0.2:8080"), false), &a, NOW, &s);
+        assert_eq!(outcome, Outcome::Refreshed);
+        assert_eq!(resigned, Some(SessionToken { issued_at: NOW, ..token("10.0.0.2:8080") }));
+    }
+
+    #[test]
+    fn idle_refresh_only_past_half_the_window() {
+        let s = settings_with(&format!("k1={K1}"), r#","idleTimeout":"10m""#);
+        let a = served("10.0.0.2:8080");
+        let fresh = SessionToken { issued_at: NOW - 299, ..token("10.0.0.2:8080") };
+        assert_eq!(respond(&pinned(fresh, true), &a, NOW, &s), (Outcome::Hit, None));
+        let half = SessionToken { issued_at: NOW - 300, ..token("10.0.0.2:8080") };
+        let (outcome, refreshed) = respond(&pinned(half.clone(), true), &a, NOW, &s);
+        assert_eq!(outcome, Outcome::Refreshed);
+        let refreshed = refreshed.unwrap();
+        assert_eq!((refreshed.issued_at, refreshed.expires_at), (NOW, half.expires_at));
+        // Permanent cookies end at the sooner of idle and absolute expiry.
+        let permanent = settings_with(
+            &format!("k1={K1}"),
+            r#","idleTimeout":"10m","cookie":{"lifetimeType":"Permanent"}"#,
+        );
+        let header = set_cookie("T", &refreshed, NOW, &permanent).unwrap();
+        assert!(header.contains("Max-Age=600;"), "{header}");
+        let near_end = SessionToken { expires_at: NOW + 100, ..refreshed };
+        assert!(set_cookie("T", &near_end, NOW, &permanent).unwrap().contains("Max-Age=100;"));
+    }
+
+    #[test]
+    fn cluster_pinning() {
+        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster""#);
+        let on_stable = SessionToken { cluster: "stable".into(), ..token("10.0.0.2:8080") };
+        let affinity = pinned(on_stable.clone(), true);
+        assert_eq!(steering(&affinity, &s).cluster.as_deref(), Some("stable"));
+        assert_eq!(respond(&affinity, &served("10.0.0.2:8080"), NOW, &s), (Outcome::Hit, None));
+        let canary = Served { by: "10.0.0.9:8080".parse().unwrap(), cluster: "canary".into() };
+        let (outcome, moved) = respond(&affinity, &canary, NOW, &s);
+        assert_eq!(outcome, Outcome::Repinned);
+        assert_eq!(moved.unwrap().cluster, "canary");
+        // Without cluster pinning the cluster is neither recorded nor steered.
+        let plain = settings(&format!("k1={K1}"));
+        assert_eq!(steering(&affinity, &plain).cluster, None);
+        let (_, minted) = respond(&Affinity::New { session: FRESH, rejected: None }, &canary, NOW, &plain);
+        assert_eq!(minted.unwrap().cluster, "");
     }
 
     #[test]
     fn set_cookie_verifies_with_the_same_keyring() {
         let s = settings(&format!("k2={K2},k1={K1}"));
         let t = token("10.0.0.2:8080");
-        let header = set_cookie(&t, NOW, &s).unwrap();
+        let text = seal(&t, SCOPE, &s).unwrap();
+        let header = set_cookie(&text, &t, NOW, &s).unwrap();
         let value = header.strip_prefix("tether=").unwrap().split(';').next().unwrap();
         let ring = Keyring::parse(&format!("k2={K2}"), None).unwrap();
-        let verified = token::open(value.as_bytes(), &ring, NOW, 3600).unwrap();
+        let verified = token::open(value.as_bytes(), &ring, SCOPE, NOW, s.limits()).unwrap();
         assert_eq!(verified.token, t);
     }
 }

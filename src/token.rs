@@ -1,28 +1,37 @@
-//! The session token: a signed, expiring statement "session S is owned by ip:port".
+//! The session token: a signed, expiring statement "session S of scope X is owned by
+//! ip:port (in cluster C)".
 //!
 //! Wire form: base64url (no padding) of
 //!
 //! ```text
 //! version(1)=1 | key-id length(1) | key id | issued_at(8, BE unix s) | expires_at(8)
-//!   | session id(16) | family(1: 4 or 6) | ip(4 or 16) | port(2, BE) | tag(16)
+//!   | session id(16) | scope fingerprint(4) | family(1: 4 or 6) | ip(4 or 16) | port(2)
+//!   | cluster length(1) | cluster name | tag(16)
 //! ```
 //!
-//! `tag` is HMAC-SHA256 over every byte before it, truncated to 128 bits and compared in
-//! constant time. The key id lets several keys verify while one signs.
+//! `tag` is HMAC-SHA256 over a domain label, the full scope and every byte before the tag,
+//! truncated to 128 bits and compared in constant time. The scope (by default the
+//! upstream cluster) is not stored, only bound: a token minted for one scope never
+//! verifies in another. The 4-byte fingerprint only lets a refusal say "wrong scope"
+//! instead of "bad signature". `issued_at` is when the token was last (re)signed, which
+//! the idle timeout counts from; `expires_at` is the absolute end of the session.
 
 use crate::keyring::{Key, Keyring};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::Mac;
+use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const VERSION: u8 = 1;
 pub const TAG_LEN: usize = 16;
 pub const SESSION_ID_LEN: usize = 16;
+pub const MAX_CLUSTER_LEN: usize = 128;
 /// Longest token text worth decoding: anything longer is malformed without further work.
-pub const MAX_TOKEN_TEXT: usize = 160;
+pub const MAX_TOKEN_TEXT: usize = 300;
 /// Tolerated clock difference between Envoys for a token's issue time.
 pub const CLOCK_SKEW_SECS: u64 = 60;
+const MAC_LABEL: &[u8] = b"tether-token-v1\0";
 
 /// A random session id, 128 bits. Hashing it picks the fallback owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,10 +54,12 @@ impl SessionId {
 pub struct SessionToken {
     pub session: SessionId,
     pub owner: SocketAddr,
-    /// Unix seconds when this token was signed (a re-pin signs a new one).
+    /// Unix seconds when this token was signed (a re-pin or refresh signs a new one).
     pub issued_at: u64,
     /// Unix seconds after which the session is over; kept across re-pins.
     pub expires_at: u64,
+    /// The cluster that served, when cluster pinning is on (sticky canaries); else empty.
+    pub cluster: String,
 }
 
 /// Why a token was not accepted. Every reason means the same to the user: no session.
@@ -58,23 +69,45 @@ pub enum Rejection {
     UnknownVersion,
     UnknownKey,
     BadSignature,
+    WrongScope,
     Expired,
     IssuedInFuture,
     LifetimeTooLong,
 }
 
 impl Rejection {
+    pub const ALL: [Rejection; 8] = [
+        Rejection::Malformed,
+        Rejection::UnknownVersion,
+        Rejection::UnknownKey,
+        Rejection::BadSignature,
+        Rejection::WrongScope,
+        Rejection::Expired,
+        Rejection::IssuedInFuture,
+        Rejection::LifetimeTooLong,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Malformed => "malformed",
             Rejection::UnknownVersion => "unknown_version",
             Rejection::UnknownKey => "unknown_key",
             Rejection::BadSignature => "bad_signature",
+            Rejection::WrongScope => "wrong_scope",
             Rejection::Expired => "expired",
             Rejection::IssuedInFuture => "issued_in_future",
             Rejection::LifetimeTooLong => "lifetime_too_long",
         }
     }
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The configured absolute timeout: a token promising a longer life is refused.
+    pub max_lifetime: u64,
+    /// The configured idle timeout, counted from `issued_at`.
+    pub idle_timeout: Option<u64>,
 }
 
 /// A token that verified, and whether its key is the current signing key.
@@ -84,10 +117,30 @@ pub struct Verified {
     pub signed_by_current_key: bool,
 }
 
-/// Signs `token` with `key` and returns the cookie-safe text.
-pub fn seal(token: &SessionToken, key: &Key) -> String {
+/// The first 4 bytes of SHA-256(scope).
+pub fn scope_fingerprint(scope: &str) -> [u8; 4] {
+    let digest = Sha256::digest(scope.as_bytes());
+    let mut out = [0u8; 4];
+    out.copy_from_slice(digest.get(..4).unwrap_or(&[0; 4]));
+    out
+}
+
+fn tag(key: &Key, scope: &str, signed: &[u8]) -> hmac::Hmac<Sha256> {
+    let mut mac = key.mac();
+    mac.update(MAC_LABEL);
+    mac.update(&u16::try_from(scope.len()).unwrap_or(u16::MAX).to_be_bytes());
+    mac.update(scope.as_bytes());
+    mac.update(signed);
+    mac
+}
+
+/// Signs `token` for `scope` with `key` and returns the cookie-safe text.
+pub fn seal(token: &SessionToken, key: &Key, scope: &str) -> String {
     let id = key.id().as_bytes();
-    let mut bytes = Vec::with_capacity(2 + id.len() + 8 + 8 + SESSION_ID_LEN + 19 + TAG_LEN);
+    let cluster = token.cluster.as_bytes();
+    let cluster = if cluster.len() <= MAX_CLUSTER_LEN { cluster } else { &[] };
+    let mut bytes =
+        Vec::with_capacity(2 + id.len() + 8 + 8 + SESSION_ID_LEN + 4 + 19 + 1 + cluster.len() + TAG_LEN);
     bytes.push(VERSION);
     // Key ids are at most 32 bytes (checked when the keyring is built).
     bytes.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
@@ -95,6 +148,7 @@ pub fn seal(token: &SessionToken, key: &Key) -> String {
     bytes.extend_from_slice(&token.issued_at.to_be_bytes());
     bytes.extend_from_slice(&token.expires_at.to_be_bytes());
     bytes.extend_from_slice(&token.session.0);
+    bytes.extend_from_slice(&scope_fingerprint(scope));
     match token.owner.ip() {
         IpAddr::V4(ip) => {
             bytes.push(4);
@@ -106,16 +160,21 @@ pub fn seal(token: &SessionToken, key: &Key) -> String {
         }
     }
     bytes.extend_from_slice(&token.owner.port().to_be_bytes());
-    let mut mac = key.mac();
-    mac.update(&bytes);
-    let tag = mac.finalize().into_bytes();
-    bytes.extend_from_slice(tag.get(..TAG_LEN).unwrap_or(&[]));
+    bytes.push(u8::try_from(cluster.len()).unwrap_or(0));
+    bytes.extend_from_slice(cluster);
+    let full = tag(key, scope, &bytes).finalize().into_bytes();
+    bytes.extend_from_slice(full.get(..TAG_LEN).unwrap_or(&[]));
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Decodes and verifies a token. `now` is wall-clock unix seconds; `max_lifetime` is the
-/// configured absolute timeout: a token promising a longer life than that is refused.
-pub fn open(text: &[u8], keyring: &Keyring, now: u64, max_lifetime: u64) -> Result<Verified, Rejection> {
+/// Decodes and verifies a token for `scope` at wall-clock unix second `now`.
+pub fn open(
+    text: &[u8],
+    keyring: &Keyring,
+    scope: &str,
+    now: u64,
+    limits: Limits,
+) -> Result<Verified, Rejection> {
     if text.is_empty() || text.len() > MAX_TOKEN_TEXT {
         return Err(Rejection::Malformed);
     }
@@ -129,33 +188,52 @@ pub fn open(text: &[u8], keyring: &Keyring, now: u64, max_lifetime: u64) -> Resu
     let issued_at = reader.u64()?;
     let expires_at = reader.u64()?;
     let session = SessionId(reader.array::<SESSION_ID_LEN>()?);
+    let fingerprint = reader.array::<4>()?;
     let ip = match reader.byte()? {
         4 => IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?)),
         6 => IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?)),
         _ => return Err(Rejection::Malformed),
     };
     let port = u16::from_be_bytes(reader.array::<2>()?);
+    let cluster_len = usize::from(reader.byte()?);
+    let cluster = std::str::from_utf8(reader.take(cluster_len)?).map_err(|_| Rejection::Malformed)?;
     let signed_len = bytes.len() - reader.rest.len();
-    let tag = reader.take(TAG_LEN)?;
-    if !reader.rest.is_empty() {
+    let tag_bytes = reader.take(TAG_LEN)?;
+    if !reader.rest.is_empty() || cluster_len > MAX_CLUSTER_LEN {
         return Err(Rejection::Malformed);
     }
     let (key, is_current) = keyring.find(key_id).ok_or(Rejection::UnknownKey)?;
-    let mut mac = key.mac();
-    mac.update(bytes.get(..signed_len).ok_or(Rejection::Malformed)?);
+    let signed = bytes.get(..signed_len).ok_or(Rejection::Malformed)?;
     // Constant-time comparison of the leftmost 128 bits.
-    mac.verify_truncated_left(tag).map_err(|_| Rejection::BadSignature)?;
+    if tag(key, scope, signed).verify_truncated_left(tag_bytes).is_err() {
+        return Err(if fingerprint != scope_fingerprint(scope) {
+            Rejection::WrongScope
+        } else {
+            Rejection::BadSignature
+        });
+    }
     if now >= expires_at {
         return Err(Rejection::Expired);
+    }
+    if let Some(idle) = limits.idle_timeout {
+        if now >= issued_at.saturating_add(idle) {
+            return Err(Rejection::Expired);
+        }
     }
     if issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
         return Err(Rejection::IssuedInFuture);
     }
-    if expires_at > now.saturating_add(max_lifetime).saturating_add(CLOCK_SKEW_SECS) {
+    if expires_at > now.saturating_add(limits.max_lifetime).saturating_add(CLOCK_SKEW_SECS) {
         return Err(Rejection::LifetimeTooLong);
     }
     Ok(Verified {
-        token: SessionToken { session, owner: SocketAddr::new(ip, port), issued_at, expires_at },
+        token: SessionToken {
+            session,
+            owner: SocketAddr::new(ip, port),
+            issued_at,
+            expires_at,
+            cluster: cluster.to_string(),
+        },
         signed_by_current_key: is_current,
     })
 }
@@ -201,28 +279,41 @@ mod tests {
         Keyring::parse(spec, None).unwrap()
     }
 
+    const SCOPE: &str = "pods";
+    const LIMITS: Limits = Limits { max_lifetime: DAY, idle_timeout: None };
+
     fn sample(owner: &str) -> SessionToken {
         SessionToken {
             session: SessionId([0xab; 16]),
             owner: owner.parse().unwrap(),
             issued_at: NOW - 10,
             expires_at: NOW + 3600,
+            cluster: String::new(),
         }
     }
 
     fn seal_with(token: &SessionToken, keys: &Keyring) -> String {
-        seal(token, keys.signing_key().unwrap())
+        seal(token, keys.signing_key().unwrap(), SCOPE)
+    }
+
+    fn open_at(text: &[u8], keys: &Keyring, now: u64) -> Result<Verified, Rejection> {
+        open(text, keys, SCOPE, now, LIMITS)
     }
 
     #[test]
     fn round_trip_ipv4_and_ipv6() {
         let keys = ring(&format!("k1={K1}"));
-        for owner in ["127.0.0.1:8081", "[::1]:8083", "[2001:db8::7]:65535", "0.0.0.0:0"] {
-            let token = sample(owner);
+        for (owner, cluster) in [
+            ("127.0.0.1:8081", ""),
+            ("[::1]:8083", "canary"),
+            ("[2001:db8::7]:65535", "outbound|80||a.b.svc"),
+            ("0.0.0.0:0", ""),
+        ] {
+            let token = SessionToken { cluster: cluster.into(), ..sample(owner) };
             let text = seal_with(&token, &keys);
             assert!(text.len() <= MAX_TOKEN_TEXT, "{}", text.len());
             assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-            let got = open(text.as_bytes(), &keys, NOW, DAY).unwrap();
+            let got = open_at(text.as_bytes(), &keys, NOW).unwrap();
             assert_eq!(got, Verified { token, signed_by_current_key: true });
         }
     }
@@ -237,7 +328,7 @@ mod tests {
                 let mut bad = raw.clone();
                 bad[i] ^= flip;
                 let bad_text = URL_SAFE_NO_PAD.encode(&bad);
-                assert!(open(bad_text.as_bytes(), &keys, NOW, DAY).is_err(), "byte {i} ^ {flip:#x}");
+                assert!(open_at(bad_text.as_bytes(), &keys, NOW).is_err(), "byte {i} ^ {flip:#x}");
             }
         }
     }
@@ -281,7 +372,7 @@ mod tests {
             (b"AQ", &keys, Rejection::Malformed),
         ];
         for (text, keyring, want) in cases {
-            assert_eq!(open(text, keyring, NOW, DAY), Err(want), "{}", String::from_utf8_lossy(text));
+            assert_eq!(open_at(text, keyring, NOW), Err(want), "{}", String::from_utf8_lossy(text));
         }
     }
 
@@ -289,8 +380,8 @@ mod tests {
     fn expiry_boundary_is_exclusive() {
         let keys = ring(&format!("k1={K1}"));
         let text = seal_with(&sample("10.0.0.1:80"), &keys);
-        assert!(open(text.as_bytes(), &keys, NOW + 3599, DAY).is_ok());
-        assert_eq!(open(text.as_bytes(), &keys, NOW + 3600, DAY), Err(Rejection::Expired));
+        assert!(open_at(text.as_bytes(), &keys, NOW + 3599).is_ok());
+        assert_eq!(open_at(text.as_bytes(), &keys, NOW + 3600), Err(Rejection::Expired));
     }
 
     #[test]
@@ -298,10 +389,36 @@ mod tests {
         let old = ring(&format!("k1={K1}"));
         let rotated = ring(&format!("k2={K2},k1={K1}"));
         let text = seal_with(&sample("10.0.0.1:80"), &old);
-        let got = open(text.as_bytes(), &rotated, NOW, DAY).unwrap();
+        let got = open_at(text.as_bytes(), &rotated, NOW).unwrap();
         assert!(!got.signed_by_current_key);
         let text = seal_with(&sample("10.0.0.1:80"), &rotated);
-        assert!(open(text.as_bytes(), &rotated, NOW, DAY).unwrap().signed_by_current_key);
+        assert!(open_at(text.as_bytes(), &rotated, NOW).unwrap().signed_by_current_key);
+    }
+
+    #[test]
+    fn scope_binds_tokens() {
+        let keys = ring(&format!("k1={K1}"));
+        let text = seal(&sample("10.0.0.1:80"), keys.signing_key().unwrap(), "svc-a");
+        assert!(open(text.as_bytes(), &keys, "svc-a", NOW, LIMITS).is_ok());
+        assert_eq!(open(text.as_bytes(), &keys, "svc-b", NOW, LIMITS), Err(Rejection::WrongScope));
+        assert_eq!(open(text.as_bytes(), &keys, "", NOW, LIMITS), Err(Rejection::WrongScope));
+    }
+
+    #[test]
+    fn idle_timeout_counts_from_issue_time() {
+        let keys = ring(&format!("k1={K1}"));
+        let idle = Limits { max_lifetime: DAY, idle_timeout: Some(600) };
+        let text = seal_with(&sample("10.0.0.1:80"), &keys); // issued NOW - 10
+        assert!(open(text.as_bytes(), &keys, SCOPE, NOW + 589, idle).is_ok());
+        assert_eq!(open(text.as_bytes(), &keys, SCOPE, NOW + 590, idle), Err(Rejection::Expired));
+    }
+
+    #[test]
+    fn overlong_clusters_are_not_recorded() {
+        let keys = ring(&format!("k1={K1}"));
+        let token = SessionToken { cluster: "c".repeat(MAX_CLUSTER_LEN + 1), ..sample("10.0.0.1:80") };
+        let text = seal_with(&token, &keys);
+        assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token.cluster, "");
     }
 
     #[test]

@@ -84,8 +84,9 @@ fn new_sessions_spread_over_all_pods() {
 /// Builds a token with full control over every field and key.
 fn crafted(owner: SocketAddr, issued_at: u64, expires_at: u64, keys: &str) -> String {
     let ring = Keyring::parse(keys, None).unwrap();
-    let t = SessionToken { session: SessionId([0x5a; 16]), owner, issued_at, expires_at };
-    token::seal(&t, ring.signing_key().unwrap())
+    let t =
+        SessionToken { session: SessionId([0x5a; 16]), owner, issued_at, expires_at, cluster: String::new() };
+    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
 #[test]

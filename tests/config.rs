@@ -126,13 +126,15 @@ fn tokens_of_an_older_key_still_steer_and_are_re_signed() {
         let r = envoy.get_with_cookie(Some(&old));
         assert_eq!(r.pod(), pod.name, "a token of the older key still steers");
         let fresh = r.cookie_value().expect("re-signed with the signing key");
-        let verified =
-            tether::token::open(fresh.as_bytes(), &new_only, now(), 86_400).expect("signed by `new`");
+        let verified = tether::token::open(fresh.as_bytes(), &new_only, DEMO_SCOPE, now(), DEMO_LIMITS)
+            .expect("signed by `new`");
         assert_eq!(verified.token.session, old_token.session);
         assert_eq!(verified.token.owner, pod.addr);
         assert_eq!(verified.token.expires_at, old_token.expires_at, "re-signing keeps the absolute expiry");
         assert!(
-            tether::token::open(fresh.as_bytes(), &rotated, now(), 86_400).unwrap().signed_by_current_key
+            tether::token::open(fresh.as_bytes(), &rotated, DEMO_SCOPE, now(), DEMO_LIMITS)
+                .unwrap()
+                .signed_by_current_key
         );
         let again = envoy.get_with_cookie(Some(&fresh));
         assert_eq!((again.pod(), again.set_cookie()), (pod.name.as_str(), None));

@@ -12,12 +12,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tether::keyring::Keyring;
-use tether::token::{self, SessionId, SessionToken};
+use tether::token::{self, Limits, SessionId, SessionToken};
 
 /// The demo key of `envoy/envoy.yaml` (checked against the file by `EnvoyConfig::shipped`).
 pub const DEMO_KEYS: &str = "demo=dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh";
 pub const DEMO_SECRET: &str = "dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh";
 pub const COOKIE: &str = "tether";
+/// The scope tokens are bound to by default: the shipped cluster's name.
+pub const DEMO_SCOPE: &str = "pods";
+pub const DEMO_LIMITS: Limits = Limits { max_lifetime: 86_400, idle_timeout: None };
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,17 +34,31 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// Opens a cookie value with the demo key, as Envoy would.
+/// Opens a cookie value with the demo key and scope, as the shipped Envoy would.
 pub fn open_demo(value: &str) -> SessionToken {
-    token::open(value.as_bytes(), &demo_keyring(), now(), 86_400)
-        .unwrap_or_else(|e| panic!("token {value} does not verify: {e:?}"))
+    open_scoped(value, DEMO_SCOPE)
+}
+
+pub fn open_scoped(value: &str, scope: &str) -> SessionToken {
+    token::open(value.as_bytes(), &demo_keyring(), scope, now(), DEMO_LIMITS)
+        .unwrap_or_else(|e| panic!("token {value} does not verify in scope {scope}: {e:?}"))
         .token
 }
 
-/// A demo-key token for `owner`.
+/// A demo-key token for `owner`, valid for an hour in the shipped cluster's scope.
 pub fn demo_token(owner: SocketAddr, session: [u8; 16]) -> String {
-    let t = SessionToken { session: SessionId(session), owner, issued_at: now(), expires_at: now() + 3600 };
-    token::seal(&t, demo_keyring().signing_key().unwrap())
+    scoped_token(owner, session, DEMO_SCOPE, "")
+}
+
+pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: &str) -> String {
+    let t = SessionToken {
+        session: SessionId(session),
+        owner,
+        issued_at: now(),
+        expires_at: now() + 3600,
+        cluster: cluster.to_string(),
+    };
+    token::seal(&t, demo_keyring().signing_key().unwrap(), scope)
 }
 
 static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
