@@ -165,6 +165,26 @@ impl EnvoyConfig {
         EnvoyConfig { yaml }
     }
 
+    /// Another configuration shipped in `envoy/` (it must carry the demo key too).
+    pub fn file(name: &str) -> EnvoyConfig {
+        let yaml = std::fs::read_to_string(repo().join("envoy").join(name)).unwrap();
+        assert!(yaml.contains(DEMO_KEYS), "envoy/{name} no longer carries the demo key the tests use");
+        EnvoyConfig { yaml }
+    }
+
+    /// Points the endpoint documented as 127.0.0.1:`port` at `pod`.
+    pub fn repoint(self, port: u16, pod: SocketAddr) -> Self {
+        self.replace_once(
+            &format!("address: 127.0.0.1, port_value: {port} "),
+            &format!("address: \"{}\", port_value: {} ", pod.ip(), pod.port()),
+        )
+    }
+
+    /// Replaces any text that occurs exactly once.
+    pub fn edit(self, from: &str, to: &str) -> Self {
+        self.replace_once(from, to)
+    }
+
     fn replace_once(mut self, from: &str, to: &str) -> Self {
         assert_eq!(self.yaml.matches(from).count(), 1, "envoy.yaml must contain `{from}` exactly once");
         self.yaml = self.yaml.replacen(from, to, 1);
@@ -315,11 +335,12 @@ impl Envoy {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Whether Envoy's active health check currently sees `pod` healthy.
+    /// Whether Envoy currently sees `pod` healthy (health checks, outlier ejection), in
+    /// whichever cluster holds it.
     pub fn is_healthy(&self, pod: SocketAddr) -> bool {
         let clusters = self.admin_get("/clusters");
-        let key = format!("pods::{}::health_flags::", pod);
-        clusters.lines().any(|l| l.strip_prefix(&key).is_some_and(|flags| flags == "healthy"))
+        let key = format!("::{pod}::health_flags::");
+        clusters.lines().any(|l| l.split_once(&key).is_some_and(|(_, flags)| flags == "healthy"))
     }
 
     pub fn wait_health(&self, pod: SocketAddr, healthy: bool) {

@@ -1,0 +1,271 @@
+//! What operators and client developers need after affinity works, through real Envoy:
+//! counters, header mode (HTTP/1.1 and h2c), idle timeout, sticky canaries, debug header.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tether::keyring::Keyring;
+use tether::token::{self, SessionId, SessionToken};
+
+const OLD_KEY: &str = "old=b2xkLWtleS10aGF0LXN0aWxsLXZlcmlmaWVzLWZvci1yb3RhdGlvbg==";
+
+fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
+    let mut config = EnvoyConfig::shipped().endpoints(&addrs(pods)).plugin_config(plugin_config);
+    if let Some(keys) = keys {
+        config = config.keys_env(keys);
+    }
+    Envoy::start(config, &pods.iter().collect::<Vec<_>>())
+}
+
+fn seal_with(keys: &str, owner: SocketAddr, issued_at: u64, expires_at: u64) -> String {
+    let ring = Keyring::parse(keys, None).unwrap();
+    let t =
+        SessionToken { session: SessionId([0x33; 16]), owner, issued_at, expires_at, cluster: String::new() };
+    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
+}
+
+#[test]
+fn counters_and_debug_header_match_known_traffic() {
+    let pods = Pod::start_many(3);
+    let envoy = start(
+        &pods,
+        r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#,
+        Some(&format!("{DEMO_KEYS},{OLD_KEY}")),
+    );
+    let now = now();
+    let owner = pods[0].addr;
+    let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let expect = |cookie: Option<&str>, label: &str, times: usize| {
+        for _ in 0..times {
+            let r = envoy.get_with_cookie(cookie);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-tether"), Some(label), "cookie {cookie:?}");
+        }
+    };
+    let first = envoy.get_with_cookie(None);
+    assert_eq!(first.header("x-tether"), Some("new"));
+    expect(None, "new", 4);
+    expect(first.cookie_value().as_deref(), "hit", 10);
+    expect(Some("garbage"), "invalid:malformed", 2);
+    let forged = "demo=Zm9yZ2VkLXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE=";
+    expect(Some(&seal_with(forged, owner, now, now + 60)), "invalid:bad_signature", 1);
+    expect(Some(&seal_with(DEMO_KEYS, owner, now - 100, now - 1)), "invalid:expired", 1);
+    expect(Some(&seal_with(&format!("nokey={DEMO_SECRET}"), owner, now, now + 60)), "invalid:unknown_key", 1);
+    expect(Some(&scoped_token(owner, [1; 16], "another-service", "")), "invalid:wrong_scope", 1);
+    expect(Some(&demo_token(gone, [2; 16])), "repinned", 2);
+    expect(Some(&seal_with(OLD_KEY, owner, now, now + 60)), "refreshed", 3);
+
+    let counters = [
+        ("sessions_minted", 11),
+        ("affinity_hits", 10),
+        ("repinned", 2),
+        ("refreshed", 3),
+        ("invalid_token.malformed", 2),
+        ("invalid_token.bad_signature", 1),
+        ("invalid_token.expired", 1),
+        ("invalid_token.unknown_key", 1),
+        ("invalid_token.wrong_scope", 1),
+        ("invalid_token.unknown_version", 0),
+    ];
+    for (name, want) in counters {
+        assert_eq!(envoy.stat(&format!("wasmcustom.tether.{name}")), want, "{name}");
+    }
+    let prometheus = envoy.admin_get("/stats/prometheus");
+    let tether_lines: Vec<&str> =
+        prometheus.lines().filter(|l| l.contains("tether") && !l.starts_with('#')).collect();
+    println!("prometheus:\n{}", tether_lines.join("\n"));
+    assert!(tether_lines.contains(&"tether_affinity_hits{} 10"), "{tether_lines:?}");
+    assert!(tether_lines.contains(&"tether_sessions_minted{} 11"), "{tether_lines:?}");
+}
+
+/// `repeat` HTTP/2 requests with prior knowledge (h2c), each on its own connection:
+/// curl 7.88 fails to reuse an h2c prior-knowledge connection even without tether
+/// ("Error in the HTTP2 framing layer"), so streams are not multiplexed here.
+fn curl_h2c(url: &str, headers: &[(&str, &str)], repeat: usize) -> Vec<Response> {
+    (0..repeat)
+        .map(|_| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["--http2-prior-knowledge", "-sS", "-o", "/dev/null", "-D", "-", "--max-time", "10"]);
+            for (k, v) in headers {
+                cmd.arg("-H").arg(format!("{k}: {v}"));
+            }
+            let out = cmd.arg(url).output().expect("curl (with HTTP/2 support) is needed for the h2c test");
+            assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert!(text.starts_with("HTTP/2 "), "not an HTTP/2 response: {text}");
+            parse_response(text.as_bytes()).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn header_mode_over_http1_and_h2c() {
+    let pods = Pod::start_many(3);
+    let both = start(&pods, r#"{ "keysFromEnv": "TETHER_KEYS", "type": "CookieAndHeader" }"#, None);
+    // A new session is offered both ways.
+    let first = both.get("/", &[]);
+    let header_token = first.header("x-tether-session").expect("token header on a new session").to_string();
+    let cookie_token = first.cookie_value().expect("cookie on a new session");
+    assert_eq!(open_demo(&header_token), open_demo(&cookie_token));
+    // The header alone keeps the session, and a hit sends nothing back.
+    for _ in 0..10 {
+        let r = both.get("/", &[("x-tether-session", &header_token)]);
+        assert_eq!((r.pod(), r.header("x-tether-session"), r.set_cookie()), (first.pod(), None, None));
+    }
+    // A re-pin answers in the carrier the token came in.
+    let r = both.get("/", &[("x-tether-session", &demo_token("127.0.0.1:1".parse().unwrap(), [5; 16]))]);
+    let repinned = open_demo(r.header("x-tether-session").expect("re-pinned token in the header"));
+    assert_eq!((repinned.session, r.set_cookie()), (SessionId([5; 16]), None));
+
+    let header_only = start(&pods, r#"{ "keysFromEnv": "TETHER_KEYS", "type": "Header" }"#, None);
+    let fresh = header_only.get("/", &[("cookie", &format!("tether={cookie_token}"))]);
+    assert!(fresh.set_cookie().is_none(), "header mode sets no cookie");
+    assert!(fresh.header("x-tether-session").is_some(), "the cookie is ignored in header-only mode");
+
+    // h2c: each request steered by the header.
+    let url = format!("http://127.0.0.1:{}/", header_only.port);
+    let minted = curl_h2c(&url, &[], 1).remove(0);
+    let token = minted.header("x-tether-session").expect("token over h2c").to_string();
+    let pod = minted.pod().to_string();
+    for r in curl_h2c(&url, &[("x-tether-session", &token)], 8) {
+        assert_eq!(r.status, 200);
+        assert_eq!((r.pod(), r.header("x-tether-session")), (pod.as_str(), None));
+    }
+    // h2c cookies (which HTTP/2 may split into several headers) steer too.
+    let url = format!("http://127.0.0.1:{}/", both.port);
+    for r in curl_h2c(
+        &url,
+        &[("cookie", "a=1"), ("cookie", &format!("tether={cookie_token}")), ("cookie", "b=2")],
+        4,
+    ) {
+        assert_eq!((r.pod(), r.set_cookie()), (first.pod(), None));
+    }
+}
+
+#[test]
+fn idle_timeout_slides_and_expires() {
+    let pods = Pod::start_many(3);
+    let envoy = start(
+        &pods,
+        r#"{ "keysFromEnv": "TETHER_KEYS", "absoluteTimeout": "1h", "idleTimeout": "4s", "debugHeader": "x-tether" }"#,
+        None,
+    );
+    let first = envoy.get_with_cookie(None);
+    let original = open_demo(&first.cookie_value().unwrap());
+    let r = envoy.get_with_cookie(first.cookie_value().as_deref());
+    assert_eq!((r.header("x-tether"), r.set_cookie()), (Some("hit"), None), "no refresh in the first half");
+    std::thread::sleep(Duration::from_millis(2300));
+    let r = envoy.get_with_cookie(first.cookie_value().as_deref());
+    assert_eq!(r.header("x-tether"), Some("refreshed"), "past half the idle window");
+    let refreshed_value = r.cookie_value().expect("refreshed cookie");
+    let refreshed = open_demo(&refreshed_value);
+    assert_eq!(
+        (refreshed.session, refreshed.owner, refreshed.expires_at),
+        (original.session, original.owner, original.expires_at)
+    );
+    assert!(refreshed.issued_at > original.issued_at);
+    assert_eq!(envoy.get_with_cookie(Some(&refreshed_value)).header("x-tether"), Some("hit"));
+    // Idle for longer than the window: the session is over.
+    std::thread::sleep(Duration::from_millis(4300));
+    let r = envoy.get_with_cookie(Some(&refreshed_value));
+    assert_eq!(r.header("x-tether"), Some("invalid:expired"));
+    assert_ne!(open_demo(&r.cookie_value().unwrap()).session, original.session);
+}
+
+/// Sends `n` requests spread over 4 threads; `make(i)` gives request i's cookie.
+fn parallel<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let f = Arc::new(f);
+    let results: Arc<Mutex<Vec<(usize, T)>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (f, results) = (f.clone(), results.clone());
+            std::thread::spawn(move || {
+                for i in (t..n).step_by(4) {
+                    let value = f(i);
+                    results.lock().unwrap().push((i, value));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut results = Arc::try_unwrap(results).ok().unwrap().into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, v)| v).collect()
+}
+
+#[test]
+fn sticky_canaries_keep_sessions_on_their_cluster() {
+    let mut pods = vec![Pod::start("stable-1"), Pod::start("stable-2"), Pod::start("canary-1")];
+    let canary_config = |stable: u32, canary: u32| {
+        EnvoyConfig::file("canary.yaml")
+            .repoint(8081, pods[0].addr)
+            .repoint(8082, pods[1].addr)
+            .repoint(8083, pods[2].addr)
+            .edit("{ name: stable, weight: 90 }", &format!("{{ name: stable, weight: {stable} }}"))
+            .edit("{ name: canary, weight: 10 }", &format!("{{ name: canary, weight: {canary} }}"))
+    };
+    let all: Vec<&Pod> = pods.iter().collect();
+    let split = Envoy::start(canary_config(90, 10), &all);
+    let addr = split.addr();
+
+    // 1,000 new sessions under a 90/10 split, then 2 more requests each.
+    let sessions: Vec<(String, String)> = parallel(1000, move |_| {
+        let r = http_to(addr, "GET", "/", &[]).unwrap();
+        (r.cookie_value().expect("cookie"), r.pod().to_string())
+    });
+    let on_canary = sessions.iter().filter(|(_, p)| p == "canary-1").count();
+    println!("1000 new sessions under 90/10: {on_canary} on the canary");
+    assert!((50..=160).contains(&on_canary), "{on_canary} of 1000 on the canary");
+    for (cookie, pod) in sessions.iter().take(3) {
+        let cluster = if pod.starts_with("canary") { "canary" } else { "stable" };
+        assert_eq!(open_scoped(cookie, "app").cluster, cluster, "the token records the cluster");
+    }
+    let checks = sessions.clone();
+    let flips: Vec<usize> = parallel(1000, move |i| {
+        let (cookie, pod) = &checks[i];
+        (0..2)
+            .filter(|_| {
+                let r = http_to(addr, "GET", "/", &[("cookie", &format!("tether={cookie}"))]).unwrap();
+                r.pod() != pod || r.set_cookie().is_some()
+            })
+            .count()
+    });
+    assert_eq!(flips.iter().sum::<usize>(), 0, "sessions left their pod under a 90/10 split");
+
+    // Weights move to 0/100: new sessions go to the canary only, stable sessions stay.
+    let canary_only = Envoy::start(canary_config(0, 100), &all);
+    let addr = canary_only.addr();
+    let new_pods = parallel(100, move |_| http_to(addr, "GET", "/", &[]).unwrap().pod().to_string());
+    assert!(new_pods.iter().all(|p| p == "canary-1"), "{new_pods:?}");
+    let stable: Vec<(String, String)> =
+        sessions.iter().filter(|(_, p)| p.starts_with("stable")).cloned().collect();
+    let check = stable.clone();
+    let served = parallel(stable.len(), move |i| {
+        http_to(addr, "GET", "/", &[("cookie", &format!("tether={}", check[i].0))]).unwrap().pod().to_string()
+    });
+    assert!(served.iter().zip(&stable).all(|(got, (_, want))| got == want), "stable sessions moved at 0/100");
+
+    // Until their pod is gone: then they move to the other stable pod, not to the canary.
+    let gone = pods[0].addr;
+    pods[0].kill();
+    canary_only.wait_health(gone, false);
+    let orphans: Vec<String> =
+        stable.iter().filter(|(_, p)| p == "stable-1").map(|(c, _)| c.clone()).collect();
+    let mut moved_to: HashMap<String, usize> = HashMap::new();
+    for cookie in &orphans {
+        let r = canary_only.get_with_cookie(Some(cookie));
+        assert_eq!(r.status, 200);
+        *moved_to.entry(r.pod().to_string()).or_default() += 1;
+        let repinned = open_scoped(&r.cookie_value().expect("re-pinned"), "app");
+        assert_eq!(repinned.cluster, "stable");
+    }
+    println!("{} sessions of the dead stable pod moved to {moved_to:?}", orphans.len());
+    assert_eq!(moved_to.keys().collect::<Vec<_>>(), vec!["stable-2"], "{moved_to:?}");
+}
