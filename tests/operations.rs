@@ -202,7 +202,7 @@ fn parallel<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 
 
 #[test]
 fn sticky_canaries_keep_sessions_on_their_cluster() {
-    let mut pods = vec![Pod::start("stable-1"), Pod::start("stable-2"), Pod::start("canary-1")];
+    let mut pods = [Pod::start("stable-1"), Pod::start("stable-2"), Pod::start("canary-1")];
     let canary_config = |stable: u32, canary: u32| {
         EnvoyConfig::file("canary.yaml")
             .repoint(8081, pods[0].addr)
