@@ -269,3 +269,33 @@ fn sticky_canaries_keep_sessions_on_their_cluster() {
     println!("{} sessions of the dead stable pod moved to {moved_to:?}", orphans.len());
     assert_eq!(moved_to.keys().collect::<Vec<_>>(), vec!["stable-2"], "{moved_to:?}");
 }
+
+/// The symptom README's troubleshooting describes for a wrong filter order: the owner in
+/// the token is ignored, every response re-pins, and sessions follow the hash instead.
+#[test]
+fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
+    let pods = Pod::start_many(3);
+    let good = EnvoyConfig::shipped()
+        .endpoints(&addrs(&pods))
+        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let tether_start = good.yaml.find("          - name: tether\n").unwrap();
+    let session_start = good.yaml.find("          - name: envoy.filters.http.stateful_session\n").unwrap();
+    let router_start = good.yaml.find("          - name: envoy.filters.http.router\n").unwrap();
+    let tether = &good.yaml[tether_start..session_start];
+    let stateful = &good.yaml[session_start..router_start];
+    let swapped = good.yaml.replacen(&format!("{tether}{stateful}"), &format!("{stateful}{tether}"), 1);
+    let envoy = Envoy::start(EnvoyConfig { yaml: swapped }, &pods.iter().collect::<Vec<_>>());
+    let mut repinned = 0;
+    for (i, pod) in pods.iter().enumerate() {
+        for j in 0..10u8 {
+            let r = envoy.get_with_cookie(Some(&demo_token(pod.addr, [i as u8 * 16 + j; 16])));
+            if r.pod() != pod.name {
+                assert_eq!(r.header("x-tether"), Some("repinned"));
+                repinned += 1;
+            }
+        }
+    }
+    println!("wrong filter order: {repinned} of 30 pinned requests left their owner");
+    // About 2/3 are expected to move (the hash owner is one of 3 pods).
+    assert!(repinned >= 8, "with stateful_session first the owner should be ignored ({repinned}/30 moved)");
+}
