@@ -24,6 +24,8 @@ pub struct Settings {
     pub absolute_timeout_secs: u64,
     /// Sliding expiry: a token unused for this long is expired.
     pub idle_timeout_secs: Option<u64>,
+    /// Format of new tokens: signed (owner readable) or encrypted (owner hidden).
+    pub format: crate::token::Format,
     /// Fixed scope tokens are bound to; `None` = the request's upstream cluster name.
     pub scope: Option<String>,
     /// Request header naming the session's cluster (sticky canaries), if enabled.
@@ -65,6 +67,7 @@ const TOP_FIELDS: &[&str] = &[
     "keys",
     "keysFromEnv",
     "signingKeyId",
+    "tokenFormat",
     "scope",
     "hostHeader",
     "keyHeader",
@@ -168,6 +171,13 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
             Some(secs)
         }
     };
+    let format = match string(&top, "tokenFormat", "tokenFormat")? {
+        None | Some("Signed") => crate::token::Format::Signed,
+        Some("Encrypted") => crate::token::Format::Encrypted,
+        Some(other) => {
+            return fail("tokenFormat", format!("`{}` is not Signed or Encrypted", other.escape_debug()))
+        }
+    };
     let scope = string(&top, "scope", "scope")?.map(str::to_string);
     if scope.as_ref().is_some_and(|s| s.is_empty() || s.len() > 253) {
         return fail("scope", "must be 1-253 characters (or absent: the upstream cluster name)");
@@ -243,6 +253,7 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         token_header: use_header.then_some(token_header),
         absolute_timeout_secs,
         idle_timeout_secs,
+        format,
         scope,
         cluster_header,
         debug_header,
@@ -361,7 +372,8 @@ mod tests {
                 "httpOnly":false,"sameSite":"Strict","lifetimeType":"Permanent"},
                "absoluteTimeout":"1h30m","keysFromEnv":"TETHER_KEYS","signingKeyId":"k1",
                "hostHeader":"x-h","keyHeader":"x-k","type":"CookieAndHeader","header":{"name":"x-s"},
-               "idleTimeout":"10m","scope":"checkout.shop","clusterHeader":"x-c","debugHeader":"x-d"}"#,
+               "idleTimeout":"10m","scope":"checkout.shop","clusterHeader":"x-c","debugHeader":"x-d",
+               "tokenFormat":"Encrypted"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -369,6 +381,7 @@ mod tests {
             "sid=T; Path=/app; Domain=example.com; Max-Age=5; Secure; SameSite=Strict"
         );
         assert_eq!(s.token_header.as_deref(), Some("x-s"));
+        assert_eq!(s.format, crate::token::Format::Encrypted);
         assert_eq!((s.idle_timeout_secs, s.scope.as_deref()), (Some(600), Some("checkout.shop")));
         assert_eq!((s.cluster_header.as_deref(), s.debug_header.as_deref()), (Some("x-c"), Some("x-d")));
         assert_eq!(s.absolute_timeout_secs, 5400);
@@ -429,6 +442,7 @@ mod tests {
             (&format!(r#"{{{k},"idleTimeout":"1s"}}"#), "idleTimeout"),
             (&format!(r#"{{{k},"absoluteTimeout":"1h","idleTimeout":"2h"}}"#), "idleTimeout"),
             (&format!(r#"{{{k},"scope":""}}"#), "scope"),
+            (&format!(r#"{{{k},"tokenFormat":"Hidden"}}"#), "tokenFormat"),
             (&format!(r#"{{{k},"clusterHeader":"x-tether-host"}}"#), "clusterHeader"),
             (&format!(r#"{{{k},"debugHeader":"Bad Name"}}"#), "debugHeader"),
         ];

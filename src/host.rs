@@ -45,6 +45,17 @@ fn fresh_session_id() -> Option<SessionId> {
     }
 }
 
+fn random_nonce() -> Option<[u8; crate::token::NONCE_LEN]> {
+    let mut nonce = [0u8; crate::token::NONCE_LEN];
+    match getrandom::getrandom(&mut nonce) {
+        Ok(()) => Some(nonce),
+        Err(e) => {
+            log(LogLevel::Error, &format!("no randomness for a token nonce ({e}); no token sent"));
+            None
+        }
+    }
+}
+
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
@@ -162,7 +173,8 @@ fn describe(s: &Settings) -> String {
         (None, None) => "nothing".into(),
     };
     format!(
-        "configured: {carriers}, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, headers {} / {}",
+        "configured: {carriers}, {:?} tokens, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, headers {} / {}",
+        s.format,
         s.absolute_timeout_secs,
         s.idle_timeout_secs.map_or("off".into(), |t| format!("{t}s")),
         s.scope.as_deref().unwrap_or("(upstream cluster)"),
@@ -282,7 +294,7 @@ impl Stream {
         let (outcome, token) = session::respond(affinity, &Served { by, cluster }, now, settings);
         shared.metrics.outcome(outcome);
         if let Some(token) = token {
-            let sealed = session::seal(&token, &self.scope, settings)?;
+            let sealed = session::seal(&token, &self.scope, settings, random_nonce)?;
             let (by_cookie, by_header) = session::carriers(affinity, settings);
             if by_cookie {
                 if let Some(cookie) = session::set_cookie(&sealed, &token, now, settings) {

@@ -3,6 +3,7 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -12,12 +13,14 @@ pub type HmacSha256 = Hmac<Sha256>;
 pub const MIN_SECRET_BYTES: usize = 32;
 pub const MAX_KEY_ID_LEN: usize = 32;
 
-/// One key: its id (carried in every token it signs) and a keyed HMAC state, so that
-/// per-token work does not re-hash the secret.
+/// One key: its id (carried in every token it signs), a keyed HMAC state (so per-token
+/// work does not re-hash the secret) and the XChaCha20-Poly1305 key for encrypted tokens,
+/// derived from the same secret.
 #[derive(Clone)]
 pub struct Key {
     id: String,
     mac: HmacSha256,
+    aead: XChaCha20Poly1305,
 }
 
 impl Key {
@@ -34,9 +37,13 @@ impl Key {
                 secret.len()
             ));
         }
-        let mac =
-            HmacSha256::new_from_slice(secret).map_err(|_| format!("key `{id}` cannot key HMAC-SHA256"))?;
-        Ok(Key { id: id.to_string(), mac })
+        let mac = <HmacSha256 as Mac>::new_from_slice(secret)
+            .map_err(|_| format!("key `{id}` cannot key HMAC-SHA256"))?;
+        // A separate key for encryption: HMAC-SHA256(secret, label).
+        let mut derive = mac.clone();
+        derive.update(b"tether aead key v1");
+        let aead = XChaCha20Poly1305::new(&derive.finalize().into_bytes());
+        Ok(Key { id: id.to_string(), mac, aead })
     }
 
     pub fn id(&self) -> &str {
@@ -46,6 +53,11 @@ impl Key {
     /// A fresh HMAC state keyed with this key.
     pub fn mac(&self) -> HmacSha256 {
         self.mac.clone()
+    }
+
+    /// The cipher for encrypted tokens.
+    pub fn aead(&self) -> &XChaCha20Poly1305 {
+        &self.aead
     }
 }
 

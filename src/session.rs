@@ -17,8 +17,9 @@ pub enum Carrier {
 /// What the request carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Affinity {
-    /// A token that verified: steer to its owner.
-    Pinned { token: SessionToken, signed_by_current_key: bool, carrier: Carrier },
+    /// A token that verified: steer to its owner. `current`: sealed with the signing key
+    /// in the configured format (otherwise the response re-seals it).
+    Pinned { token: SessionToken, current: bool, carrier: Carrier },
     /// No usable token: a new session, placed by the cluster's hash of its id.
     /// `rejected` is why the last token presented was refused, if there was one.
     New { session: SessionId, rejected: Option<Rejection> },
@@ -47,9 +48,11 @@ pub fn resolve<'a>(
     let mut rejected = None;
     let limits = settings.limits();
     let mut check = |value: &[u8], carrier| match token::open(value, &settings.keyring, scope, now, limits) {
-        Ok(v) => {
-            Some(Affinity::Pinned { token: v.token, signed_by_current_key: v.signed_by_current_key, carrier })
-        }
+        Ok(v) => Some(Affinity::Pinned {
+            token: v.token,
+            current: v.signed_by_current_key && v.format == settings.format,
+            carrier,
+        }),
         Err(reason) => {
             rejected = Some(reason);
             None
@@ -147,12 +150,12 @@ pub fn respond(
                 cluster,
             }),
         ),
-        Affinity::Pinned { token, signed_by_current_key, .. } => {
+        Affinity::Pinned { token, current, .. } => {
             // Re-pinning and refreshing keep the session id and the absolute expiry.
             let renewed = SessionToken { owner: served.by, issued_at: now, cluster, ..token.clone() };
             if token.owner != served.by || token.cluster != renewed.cluster {
                 (Outcome::Repinned, Some(renewed))
-            } else if !signed_by_current_key || idle_refresh_due(token, now, settings) {
+            } else if !current || idle_refresh_due(token, now, settings) {
                 (Outcome::Refreshed, Some(renewed))
             } else {
                 (Outcome::Hit, None)
@@ -176,9 +179,19 @@ pub fn carriers(affinity: &Affinity, settings: &Settings) -> (bool, bool) {
     }
 }
 
-/// The signed token text for the response.
-pub fn seal(token: &SessionToken, scope: &str, settings: &Settings) -> Option<String> {
-    Some(token::seal(token, settings.keyring.signing_key()?, scope))
+/// The token text for the response, in the configured format. `nonce` is called only
+/// for encrypted tokens.
+pub fn seal(
+    token: &SessionToken,
+    scope: &str,
+    settings: &Settings,
+    nonce: impl FnOnce() -> Option<[u8; token::NONCE_LEN]>,
+) -> Option<String> {
+    let key = settings.keyring.signing_key()?;
+    match settings.format {
+        token::Format::Signed => Some(token::seal(token, key, scope)),
+        token::Format::Encrypted => token::seal_encrypted(token, key, scope, nonce()?),
+    }
 }
 
 /// The `Set-Cookie` value carrying `sealed`; Max-Age (Permanent cookies) runs to the
@@ -246,7 +259,7 @@ mod tests {
     const FRESH: SessionId = SessionId([9; 16]);
 
     fn pinned(t: SessionToken, current: bool) -> Affinity {
-        Affinity::Pinned { token: t, signed_by_current_key: current, carrier: Carrier::Cookie }
+        Affinity::Pinned { token: t, current, carrier: Carrier::Cookie }
     }
 
     #[test]
@@ -295,11 +308,7 @@ mod tests {
         let got = resolve(Some(a.as_bytes()), [b.as_bytes()], SCOPE, &both, NOW, || None).unwrap();
         assert_eq!(
             got,
-            Affinity::Pinned {
-                token: token("10.0.0.2:8080"),
-                signed_by_current_key: true,
-                carrier: Carrier::Header
-            }
+            Affinity::Pinned { token: token("10.0.0.2:8080"), current: true, carrier: Carrier::Header }
         );
         assert_eq!(carriers(&got, &both), (false, true));
         let got = resolve(None, [b.as_bytes()], SCOPE, &header_only, NOW, || Some(FRESH)).unwrap();
@@ -404,10 +413,28 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_format_hides_the_owner_and_migrates_signed_tokens() {
+        let s = settings_with(&format!("k1={K1}"), r#","tokenFormat":"Encrypted""#);
+        let t = token("10.0.0.2:8080");
+        assert_eq!(seal(&t, SCOPE, &s, || None), None, "no nonce, no encrypted token");
+        let text = seal(&t, SCOPE, &s, || Some([4; 24])).unwrap();
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &text).unwrap();
+        assert!(!raw.windows(4).any(|w| w == [10, 0, 0, 2]), "the owner IP is not readable");
+        let cookie = format!("tether={text}");
+        let got = resolve(None, [cookie.as_bytes()], SCOPE, &s, NOW, || None).unwrap();
+        assert_eq!(got, pinned(t.clone(), true));
+        // A signed token of the same key still steers and is re-sealed encrypted.
+        let signed = cookie_for(&t, &s);
+        let got = resolve(None, [signed.as_bytes()], SCOPE, &s, NOW, || None).unwrap();
+        assert_eq!(got, pinned(t.clone(), false));
+        assert_eq!(respond(&got, &served("10.0.0.2:8080"), NOW, &s).0, Outcome::Refreshed);
+    }
+
+    #[test]
     fn set_cookie_verifies_with_the_same_keyring() {
         let s = settings(&format!("k2={K2},k1={K1}"));
         let t = token("10.0.0.2:8080");
-        let text = seal(&t, SCOPE, &s).unwrap();
+        let text = seal(&t, SCOPE, &s, || None).unwrap();
         let header = set_cookie(&text, &t, NOW, &s).unwrap();
         let value = header.strip_prefix("tether=").unwrap().split(';').next().unwrap();
         let ring = Keyring::parse(&format!("k2={K2}"), None).unwrap();

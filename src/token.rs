@@ -1,37 +1,52 @@
-//! The session token: a signed, expiring statement "session S of scope X is owned by
-//! ip:port (in cluster C)".
-//!
-//! Wire form: base64url (no padding) of
+//! The session token: a statement "session S of scope X is owned by ip:port (in cluster
+//! C)", signed (format 1) or encrypted (format 2), base64url without padding.
 //!
 //! ```text
-//! version(1)=1 | key-id length(1) | key id | issued_at(8, BE unix s) | expires_at(8)
-//!   | session id(16) | scope fingerprint(4) | family(1: 4 or 6) | ip(4 or 16) | port(2)
-//!   | cluster length(1) | cluster name | tag(16)
+//! claims  = issued_at(8, BE unix s) | expires_at(8) | session id(16)
+//!           | family(1: 4 or 6) | ip(4 or 16) | port(2) | cluster length(1) | cluster
+//! format 1 = 1 | key-id length(1) | key id | scope fingerprint(4) | claims | tag(16)
+//!            tag = HMAC-SHA256(key, label | scope | every byte before the tag), 128 bits
+//! format 2 = 2 | key-id length(1) | key id | nonce(24) | encrypted claims | tag(16)
+//!            XChaCha20-Poly1305, associated data = label | scope | version | key id
 //! ```
 //!
-//! `tag` is HMAC-SHA256 over a domain label, the full scope and every byte before the tag,
-//! truncated to 128 bits and compared in constant time. The scope (by default the
-//! upstream cluster) is not stored, only bound: a token minted for one scope never
-//! verifies in another. The 4-byte fingerprint only lets a refusal say "wrong scope"
-//! instead of "bad signature". `issued_at` is when the token was last (re)signed, which
-//! the idle timeout counts from; `expires_at` is the absolute end of the session.
+//! Format 1 lets anyone read the owner address but nobody forge it; format 2 also hides
+//! it. Both bind the scope (by default the upstream cluster) without storing it: a token
+//! minted for one scope never verifies in another. Format 1's 4-byte fingerprint only
+//! lets a refusal say "wrong scope" instead of "bad signature". Tags are compared in
+//! constant time. `issued_at` is when the token was last (re)signed, which the idle timeout
+//! counts from; `expires_at` is the absolute end of the session.
 
 use crate::keyring::{Key, Keyring};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{Tag, XNonce};
 use hmac::Mac;
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-pub const VERSION: u8 = 1;
+pub const SIGNED: u8 = 1;
+pub const ENCRYPTED: u8 = 2;
 pub const TAG_LEN: usize = 16;
+pub const NONCE_LEN: usize = 24;
 pub const SESSION_ID_LEN: usize = 16;
 pub const MAX_CLUSTER_LEN: usize = 128;
 /// Longest token text worth decoding: anything longer is malformed without further work.
-pub const MAX_TOKEN_TEXT: usize = 300;
+pub const MAX_TOKEN_TEXT: usize = 360;
 /// Tolerated clock difference between Envoys for a token's issue time.
 pub const CLOCK_SKEW_SECS: u64 = 60;
 const MAC_LABEL: &[u8] = b"tether-token-v1\0";
+const AEAD_LABEL: &[u8] = b"tether-token-v2\0";
+
+/// Which token format new tokens use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// HMAC-signed: the owner address is readable, not forgeable.
+    Signed,
+    /// Encrypted and authenticated: the owner address is hidden too.
+    Encrypted,
+}
 
 /// A random session id, 128 bits. Hashing it picks the fallback owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,11 +125,12 @@ pub struct Limits {
     pub idle_timeout: Option<u64>,
 }
 
-/// A token that verified, and whether its key is the current signing key.
+/// A token that verified, with what it was sealed by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
     pub token: SessionToken,
     pub signed_by_current_key: bool,
+    pub format: Format,
 }
 
 /// The first 4 bytes of SHA-256(scope).
@@ -125,49 +141,112 @@ pub fn scope_fingerprint(scope: &str) -> [u8; 4] {
     out
 }
 
+fn scope_bytes(scope: &str) -> ([u8; 2], &[u8]) {
+    let bytes = scope.as_bytes();
+    let bytes = bytes.get(..usize::from(u16::MAX)).unwrap_or(bytes);
+    (u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_be_bytes(), bytes)
+}
+
 fn tag(key: &Key, scope: &str, signed: &[u8]) -> hmac::Hmac<Sha256> {
+    let (len, scope) = scope_bytes(scope);
     let mut mac = key.mac();
     mac.update(MAC_LABEL);
-    mac.update(&u16::try_from(scope.len()).unwrap_or(u16::MAX).to_be_bytes());
-    mac.update(scope.as_bytes());
+    mac.update(&len);
+    mac.update(scope);
     mac.update(signed);
     mac
 }
 
-/// Signs `token` for `scope` with `key` and returns the cookie-safe text.
-pub fn seal(token: &SessionToken, key: &Key, scope: &str) -> String {
+fn associated_data(scope: &str, head: &[u8]) -> Vec<u8> {
+    let (len, scope) = scope_bytes(scope);
+    [AEAD_LABEL, &len, scope, head].concat()
+}
+
+fn head(version: u8, key: &Key) -> Vec<u8> {
     let id = key.id().as_bytes();
-    let cluster = token.cluster.as_bytes();
-    let cluster = if cluster.len() <= MAX_CLUSTER_LEN { cluster } else { &[] };
-    let mut bytes =
-        Vec::with_capacity(2 + id.len() + 8 + 8 + SESSION_ID_LEN + 4 + 19 + 1 + cluster.len() + TAG_LEN);
-    bytes.push(VERSION);
+    let mut bytes = Vec::with_capacity(96 + id.len());
+    bytes.push(version);
     // Key ids are at most 32 bytes (checked when the keyring is built).
     bytes.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
     bytes.extend_from_slice(id);
-    bytes.extend_from_slice(&token.issued_at.to_be_bytes());
-    bytes.extend_from_slice(&token.expires_at.to_be_bytes());
-    bytes.extend_from_slice(&token.session.0);
-    bytes.extend_from_slice(&scope_fingerprint(scope));
+    bytes
+}
+
+fn encode_claims(token: &SessionToken, out: &mut Vec<u8>) {
+    out.extend_from_slice(&token.issued_at.to_be_bytes());
+    out.extend_from_slice(&token.expires_at.to_be_bytes());
+    out.extend_from_slice(&token.session.0);
     match token.owner.ip() {
         IpAddr::V4(ip) => {
-            bytes.push(4);
-            bytes.extend_from_slice(&ip.octets());
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
         }
         IpAddr::V6(ip) => {
-            bytes.push(6);
-            bytes.extend_from_slice(&ip.octets());
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
         }
     }
-    bytes.extend_from_slice(&token.owner.port().to_be_bytes());
-    bytes.push(u8::try_from(cluster.len()).unwrap_or(0));
-    bytes.extend_from_slice(cluster);
+    out.extend_from_slice(&token.owner.port().to_be_bytes());
+    let cluster = token.cluster.as_bytes();
+    let cluster = if cluster.len() <= MAX_CLUSTER_LEN { cluster } else { &[] };
+    out.push(u8::try_from(cluster.len()).unwrap_or(0));
+    out.extend_from_slice(cluster);
+}
+
+fn decode_claims(reader: &mut Reader) -> Result<SessionToken, Rejection> {
+    let issued_at = reader.u64()?;
+    let expires_at = reader.u64()?;
+    let session = SessionId(reader.array::<SESSION_ID_LEN>()?);
+    let ip = match reader.byte()? {
+        4 => IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?)),
+        _ => return Err(Rejection::Malformed),
+    };
+    let port = u16::from_be_bytes(reader.array::<2>()?);
+    let cluster_len = usize::from(reader.byte()?);
+    if cluster_len > MAX_CLUSTER_LEN {
+        return Err(Rejection::Malformed);
+    }
+    let cluster = std::str::from_utf8(reader.take(cluster_len)?).map_err(|_| Rejection::Malformed)?;
+    Ok(SessionToken {
+        session,
+        owner: SocketAddr::new(ip, port),
+        issued_at,
+        expires_at,
+        cluster: cluster.to_string(),
+    })
+}
+
+/// Signs `token` for `scope` with `key` (format 1) and returns the cookie-safe text.
+pub fn seal(token: &SessionToken, key: &Key, scope: &str) -> String {
+    let mut bytes = head(SIGNED, key);
+    bytes.extend_from_slice(&scope_fingerprint(scope));
+    encode_claims(token, &mut bytes);
     let full = tag(key, scope, &bytes).finalize().into_bytes();
     bytes.extend_from_slice(full.get(..TAG_LEN).unwrap_or(&[]));
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Decodes and verifies a token for `scope` at wall-clock unix second `now`.
+/// Encrypts `token` for `scope` with `key` (format 2). `nonce` must be random: 192 bits
+/// make collisions negligible.
+pub fn seal_encrypted(
+    token: &SessionToken,
+    key: &Key,
+    scope: &str,
+    nonce: [u8; NONCE_LEN],
+) -> Option<String> {
+    let mut bytes = head(ENCRYPTED, key);
+    let aad = associated_data(scope, &bytes);
+    bytes.extend_from_slice(&nonce);
+    let start = bytes.len();
+    encode_claims(token, &mut bytes);
+    let plain = bytes.get_mut(start..)?;
+    let tag = key.aead().encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, plain).ok()?;
+    bytes.extend_from_slice(&tag);
+    Some(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Decodes and verifies a token of either format for `scope` at wall-clock unix second `now`.
 pub fn open(
     text: &[u8],
     keyring: &Keyring,
@@ -178,64 +257,65 @@ pub fn open(
     if text.is_empty() || text.len() > MAX_TOKEN_TEXT {
         return Err(Rejection::Malformed);
     }
-    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| Rejection::Malformed)?;
+    let mut bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| Rejection::Malformed)?;
     let mut reader = Reader { rest: &bytes };
-    if reader.byte()? != VERSION {
+    let version = reader.byte()?;
+    if version != SIGNED && version != ENCRYPTED {
         return Err(Rejection::UnknownVersion);
     }
     let id_len = usize::from(reader.byte()?);
     let key_id = reader.take(id_len)?;
-    let issued_at = reader.u64()?;
-    let expires_at = reader.u64()?;
-    let session = SessionId(reader.array::<SESSION_ID_LEN>()?);
-    let fingerprint = reader.array::<4>()?;
-    let ip = match reader.byte()? {
-        4 => IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?)),
-        6 => IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?)),
-        _ => return Err(Rejection::Malformed),
-    };
-    let port = u16::from_be_bytes(reader.array::<2>()?);
-    let cluster_len = usize::from(reader.byte()?);
-    let cluster = std::str::from_utf8(reader.take(cluster_len)?).map_err(|_| Rejection::Malformed)?;
-    let signed_len = bytes.len() - reader.rest.len();
-    let tag_bytes = reader.take(TAG_LEN)?;
-    if !reader.rest.is_empty() || cluster_len > MAX_CLUSTER_LEN {
-        return Err(Rejection::Malformed);
-    }
+    let head_len = 2 + id_len;
     let (key, is_current) = keyring.find(key_id).ok_or(Rejection::UnknownKey)?;
-    let signed = bytes.get(..signed_len).ok_or(Rejection::Malformed)?;
-    // Constant-time comparison of the leftmost 128 bits.
-    if tag(key, scope, signed).verify_truncated_left(tag_bytes).is_err() {
-        return Err(if fingerprint != scope_fingerprint(scope) {
-            Rejection::WrongScope
-        } else {
-            Rejection::BadSignature
-        });
-    }
-    if now >= expires_at {
+    let (token, format) = if version == SIGNED {
+        let fingerprint = reader.array::<4>()?;
+        let token = decode_claims(&mut reader)?;
+        let signed_len = bytes.len() - reader.rest.len();
+        let tag_bytes = reader.take(TAG_LEN)?;
+        if !reader.rest.is_empty() {
+            return Err(Rejection::Malformed);
+        }
+        let signed = bytes.get(..signed_len).ok_or(Rejection::Malformed)?;
+        // Constant-time comparison of the leftmost 128 bits.
+        if tag(key, scope, signed).verify_truncated_left(tag_bytes).is_err() {
+            let wrong_scope = fingerprint != scope_fingerprint(scope);
+            return Err(if wrong_scope { Rejection::WrongScope } else { Rejection::BadSignature });
+        }
+        (token, Format::Signed)
+    } else {
+        let nonce = reader.array::<NONCE_LEN>()?;
+        let body_len = reader.rest.len().checked_sub(TAG_LEN).ok_or(Rejection::Malformed)?;
+        let aad = associated_data(scope, bytes.get(..head_len).ok_or(Rejection::Malformed)?);
+        let body_start = head_len + NONCE_LEN;
+        let tag_start = body_start + body_len;
+        let tag = *Tag::from_slice(bytes.get(tag_start..).ok_or(Rejection::Malformed)?);
+        let body = bytes.get_mut(body_start..tag_start).ok_or(Rejection::Malformed)?;
+        // The Poly1305 tag is checked (in constant time) before anything is decrypted.
+        key.aead()
+            .decrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body, &tag)
+            .map_err(|_| Rejection::BadSignature)?;
+        let mut claims = Reader { rest: body };
+        let token = decode_claims(&mut claims)?;
+        if !claims.rest.is_empty() {
+            return Err(Rejection::Malformed);
+        }
+        (token, Format::Encrypted)
+    };
+    if now >= token.expires_at {
         return Err(Rejection::Expired);
     }
     if let Some(idle) = limits.idle_timeout {
-        if now >= issued_at.saturating_add(idle) {
+        if now >= token.issued_at.saturating_add(idle) {
             return Err(Rejection::Expired);
         }
     }
-    if issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
+    if token.issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
         return Err(Rejection::IssuedInFuture);
     }
-    if expires_at > now.saturating_add(limits.max_lifetime).saturating_add(CLOCK_SKEW_SECS) {
+    if token.expires_at > now.saturating_add(limits.max_lifetime).saturating_add(CLOCK_SKEW_SECS) {
         return Err(Rejection::LifetimeTooLong);
     }
-    Ok(Verified {
-        token: SessionToken {
-            session,
-            owner: SocketAddr::new(ip, port),
-            issued_at,
-            expires_at,
-            cluster: cluster.to_string(),
-        },
-        signed_by_current_key: is_current,
-    })
+    Ok(Verified { token, signed_by_current_key: is_current, format })
 }
 
 struct Reader<'a> {
@@ -314,7 +394,7 @@ mod tests {
             assert!(text.len() <= MAX_TOKEN_TEXT, "{}", text.len());
             assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             let got = open_at(text.as_bytes(), &keys, NOW).unwrap();
-            assert_eq!(got, Verified { token, signed_by_current_key: true });
+            assert_eq!(got, Verified { token, signed_by_current_key: true, format: Format::Signed });
         }
     }
 
@@ -350,7 +430,7 @@ mod tests {
         let too_long =
             seal_with(&SessionToken { expires_at: NOW + 30 * DAY, ..sample("10.0.0.1:80") }, &keys);
         let mut v2 = URL_SAFE_NO_PAD.decode(&good).unwrap();
-        v2[0] = 2;
+        v2[0] = 9;
         let v2 = URL_SAFE_NO_PAD.encode(v2);
         let truncated = &good[..good.len() - 3];
         let padded = format!("{good}==");
@@ -419,6 +499,39 @@ mod tests {
         let token = SessionToken { cluster: "c".repeat(MAX_CLUSTER_LEN + 1), ..sample("10.0.0.1:80") };
         let text = seal_with(&token, &keys);
         assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token.cluster, "");
+    }
+
+    #[test]
+    fn encrypted_tokens_round_trip_hide_the_owner_and_bind_the_scope() {
+        let keys = ring(&format!("k1={K1}"));
+        let key = keys.signing_key().unwrap();
+        for owner in ["10.20.30.40:8080", "[2001:db8::1234]:443"] {
+            let token = SessionToken { cluster: "canary".into(), ..sample(owner) };
+            let text = seal_encrypted(&token, key, SCOPE, [7; NONCE_LEN]).unwrap();
+            assert!(text.len() <= MAX_TOKEN_TEXT);
+            let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
+            let ip = match token.owner.ip() {
+                IpAddr::V4(ip) => ip.octets().to_vec(),
+                IpAddr::V6(ip) => ip.octets().to_vec(),
+            };
+            assert!(!raw.windows(ip.len()).any(|w| w == ip.as_slice()), "owner visible in {text}");
+            assert!(!raw.windows(6).any(|w| w == b"canary"), "cluster visible");
+            let got = open_at(text.as_bytes(), &keys, NOW).unwrap();
+            assert_eq!(got, Verified { token, signed_by_current_key: true, format: Format::Encrypted });
+            assert_eq!(open(text.as_bytes(), &keys, "other", NOW, LIMITS), Err(Rejection::BadSignature));
+            for i in 0..raw.len() {
+                let mut bad = raw.clone();
+                bad[i] ^= 0x20;
+                assert!(open_at(URL_SAFE_NO_PAD.encode(&bad).as_bytes(), &keys, NOW).is_err(), "byte {i}");
+            }
+        }
+        // Different nonces give different texts for the same claims.
+        let a = seal_encrypted(&sample("10.0.0.1:80"), key, SCOPE, [1; NONCE_LEN]).unwrap();
+        let b = seal_encrypted(&sample("10.0.0.1:80"), key, SCOPE, [2; NONCE_LEN]).unwrap();
+        assert_ne!(a, b);
+        // Wrong key: refused.
+        let other = ring(&format!("k1={K2}"));
+        assert_eq!(open_at(a.as_bytes(), &other, NOW), Err(Rejection::BadSignature));
     }
 
     #[test]
