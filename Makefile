@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: build test unit integration lint run envoy wasm-target clean size
+.PHONY: build test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -33,6 +33,14 @@ lint: wasm-target
 ## run: three demo pods and Envoy on 127.0.0.1:10000 (Ctrl-C stops all)
 run: build
 	ENVOY="$$(scripts/envoy.sh)" scripts/run-demo.sh
+
+## fuzz-smoke: ~15 s of fuzzing per target (token, cookie/header parsing, configuration)
+fuzz-smoke:
+	scripts/fuzz.sh smoke
+
+## fuzz-long: 10,000,000 executions per target
+fuzz-long:
+	scripts/fuzz.sh long 10000000
 
 size: build
 	@ls -l $(WASM) | awk '{print $$5 " bytes"}'

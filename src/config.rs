@@ -284,8 +284,10 @@ fn key_field(reason: &str, default: &'static str) -> &'static str {
 fn check_known(map: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), ConfigError> {
     for key in map.keys() {
         if !known.contains(&key.as_str()) {
+            let name =
+                if key.is_empty() { "(empty name)".to_string() } else { key.escape_debug().to_string() };
             return fail(
-                &format!("{prefix}{}", key.escape_debug()),
+                &format!("{prefix}{name}"),
                 format!("unknown field; known fields are {}", known.join(", ")),
             );
         }
@@ -442,6 +444,9 @@ mod tests {
             (&format!(r#"{{{k},"idleTimeout":"1s"}}"#), "idleTimeout"),
             (&format!(r#"{{{k},"absoluteTimeout":"1h","idleTimeout":"2h"}}"#), "idleTimeout"),
             (&format!(r#"{{{k},"scope":""}}"#), "scope"),
+            // Found by fuzzing: an empty field name must still be named.
+            (&format!(r#"{{{k},"":1}}"#), "(empty name)"),
+            (&format!(r#"{{{k},"cookie":{{"":1}}}}"#), "cookie.(empty name)"),
             (&format!(r#"{{{k},"tokenFormat":"Hidden"}}"#), "tokenFormat"),
             (&format!(r#"{{{k},"clusterHeader":"x-tether-host"}}"#), "clusterHeader"),
             (&format!(r#"{{{k},"debugHeader":"Bad Name"}}"#), "debugHeader"),

@@ -1,0 +1,37 @@
+//! Writes seed inputs for the fuzz targets into fuzz/corpus/ (run once; the corpus is kept).
+use tether::keyring::Keyring;
+use tether::token::{self, SessionId, SessionToken};
+
+fn main() {
+    let keys = Keyring::parse("a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=", None).unwrap();
+    let key = keys.signing_key().unwrap();
+    let now = 1_800_000_000;
+    let dir = std::path::Path::new("fuzz/corpus");
+    for (i, (owner, cluster)) in [("10.0.0.1:8080", ""), ("[fd00::7]:443", "canary")].iter().enumerate() {
+        let t = SessionToken {
+            session: SessionId([i as u8; 16]),
+            owner: owner.parse().unwrap(),
+            issued_at: now - 10,
+            expires_at: now + 600,
+            cluster: cluster.to_string(),
+        };
+        let signed = token::seal(&t, key, "pods");
+        let hidden = token::seal_encrypted(&t, key, "pods", [i as u8; token::NONCE_LEN]).unwrap();
+        for (name, text) in [("signed", &signed), ("encrypted", &hidden)] {
+            std::fs::create_dir_all(dir.join("token_open")).unwrap();
+            std::fs::write(dir.join("token_open").join(format!("{name}-{i}")), text).unwrap();
+            std::fs::create_dir_all(dir.join("cookie_header")).unwrap();
+            let header = format!("{text}\u{ff}a=1; tether=\"{text}\"; b=2\u{ff}tether=junk");
+            std::fs::write(dir.join("cookie_header").join(format!("{name}-{i}")), header.as_bytes()).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.join("config_load")).unwrap();
+    let configs = [
+        r#"{"keys":"k=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE="}"#,
+        r#"{"keysFromEnv":"K","type":"CookieAndHeader","header":{"name":"x-s"},"idleTimeout":"10m","absoluteTimeout":"1h30m","tokenFormat":"Encrypted","scope":"svc","clusterHeader":"x-c","debugHeader":"x-d","cookie":{"name":"sid","path":"/a","domain":"example.com","secure":true,"httpOnly":false,"sameSite":"None","lifetimeType":"Permanent"}}"#,
+        r#"{"keysFromEnv":"K","cookie":{"sameSite":"Strict"},"signingKeyId":"k"}"#,
+    ];
+    for (i, c) in configs.iter().enumerate() {
+        std::fs::write(dir.join("config_load").join(format!("seed-{i}")), c).unwrap();
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fuzzes the token decoder, the Cookie/token-header parsing and the configuration parser.
+#   scripts/fuzz.sh smoke           # ~15 s per target (part of CI)
+#   scripts/fuzz.sh long [RUNS]     # RUNS executions per target (default 10,000,000)
+# Needs the nightly toolchain and cargo-fuzz (installed here if missing). Crashes are
+# written to fuzz/artifacts/<target>/ and fail the run.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+mode="${1:-smoke}"
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
+targets=(token_open cookie_header config_load)
+for target in "${targets[@]}"; do
+  mkdir -p "corpus/$target"
+  case "$mode" in
+    smoke) args=(-max_total_time=15) ;;
+    long) args=(-runs="${2:-10000000}") ;;
+    *) echo "usage: $0 smoke|long [RUNS]" >&2; exit 2 ;;
+  esac
+  echo "== fuzz $target (${args[*]})"
+  # A scratch corpus keeps the committed one small; new finds are merged by `make fuzz-cmin`.
+  scratch="$(mktemp -d)"
+  cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- "${args[@]}" -print_final_stats=1 2>&1 \
+    | grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked|SUMMARY|==[0-9]+==" || true
+  status=${PIPESTATUS[0]}
+  rm -rf "$scratch"
+  if [[ "$status" -ne 0 ]]; then
+    echo "fuzz target $target FAILED (exit $status); see fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+done
