@@ -137,6 +137,8 @@ impl Drop for Pod {
 #[derive(Clone)]
 pub struct EnvoyConfig {
     pub yaml: String,
+    /// Extra environment variables for the Envoy process (e.g. keys read by host_env_keys).
+    pub env: Vec<(String, String)>,
 }
 
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
@@ -145,7 +147,18 @@ impl EnvoyConfig {
     pub fn shipped() -> EnvoyConfig {
         let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
         assert!(yaml.contains(DEMO_KEYS), "envoy/envoy.yaml no longer carries the demo key the tests use");
-        EnvoyConfig { yaml }
+        EnvoyConfig::from_yaml(yaml)
+    }
+
+    /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
+    pub fn from_yaml(yaml: String) -> EnvoyConfig {
+        EnvoyConfig { yaml, env: Vec::new() }
+    }
+
+    /// Adds a variable to Envoy's own environment.
+    pub fn process_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     fn replace_once(mut self, from: &str, to: &str) -> Self {
@@ -237,6 +250,7 @@ impl Envoy {
         let (port, admin) = (free_port(), free_port());
         let dir = scratch_dir("envoy");
         let config_path = dir.join("envoy.yaml");
+        let env = config.env.clone();
         std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -246,6 +260,7 @@ impl Envoy {
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", "info"])
             .args(["--component-log-level", "wasm:debug"])
+            .envs(env)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -301,8 +316,8 @@ impl Envoy {
     /// Whether Envoy's active health check currently sees `pod` healthy.
     pub fn is_healthy(&self, pod: SocketAddr) -> bool {
         let clusters = self.admin_get("/clusters");
-        let key = format!("pods::{}::health_flags::", pod);
-        clusters.lines().any(|l| l.strip_prefix(&key).is_some_and(|flags| flags == "healthy"))
+        let key = format!("::{}::health_flags::", pod);
+        clusters.lines().any(|l| l.split_once(&key).is_some_and(|(_, flags)| flags == "healthy"))
     }
 
     pub fn wait_health(&self, pod: SocketAddr, healthy: bool) {
