@@ -5,16 +5,9 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = repo().join("target/it").join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn oci(args: &[&str]) -> Output {
     Command::new("python3").current_dir(repo()).arg("scripts/oci.py").args(args).output().expect("python3")
@@ -83,7 +76,7 @@ fn image_round_trips_through_a_registry_byte_identical() {
     let wasm = repo().join("target/wasm32-wasip1/release/tether.wasm");
     assert!(wasm.exists(), "run `make build` first");
     let module = std::fs::read(&wasm).unwrap();
-    let dir = scratch("image");
+    let dir = scratch_dir("image");
     let layout = dir.join("layout");
     let built = ok(oci(&["build", wasm.to_str().unwrap(), layout.to_str().unwrap()]));
     let digest = field(&built, "image digest:");

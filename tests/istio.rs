@@ -14,13 +14,6 @@ use std::process::Command;
 use tether::keyring::Keyring;
 use tether::token::{self, SessionId, SessionToken};
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = repo().join("target/it").join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs scripts/istio-render.py; returns (envoy.yaml, ecds.yaml) contents.
 fn render(plugin: &str, pods: &[SocketAddr], out: &Path) -> (String, String) {
     let mut cmd = Command::new("python3");
@@ -55,7 +48,8 @@ fn forged(owner: SocketAddr) -> String {
 /// mint, sticky, forged token, owner gone — through the Envoy istiod would configure.
 fn core_behaviour(plugin: &str, expect_secure: bool) {
     let mut pods = Pod::start_many(3);
-    let out = scratch(&format!("istio-{}", plugin.trim_start_matches("istio/").trim_end_matches(".yaml")));
+    let out =
+        scratch_dir(&format!("istio-{}", plugin.trim_start_matches("istio/").trim_end_matches(".yaml")));
     let (envoy_yaml, ecds) = render(plugin, &addrs(&pods), &out);
 
     // The filter order istiod produces: the WasmPlugin (by ECDS) before stateful_session,
@@ -144,7 +138,7 @@ fn sidecar_wasmplugin_as_istiod_renders_it() {
 
 #[test]
 fn render_refuses_a_plugin_on_the_inbound_side() {
-    let out = scratch("istio-refuse");
+    let out = scratch_dir("istio-refuse");
     let original = std::fs::read_to_string(repo().join("istio/wasmplugin-sidecar.yaml")).unwrap();
     assert_eq!(original.matches("- mode: CLIENT").count(), 1);
     let plugin = out.join("wasmplugin-server.yaml");
@@ -172,8 +166,10 @@ fn every_shipped_and_rendered_config_validates() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     for plugin in ["istio/wasmplugin-gateway.yaml", "istio/wasmplugin-sidecar.yaml"] {
-        let out =
-            scratch(&format!("validate-{}", plugin.trim_start_matches("istio/").trim_end_matches(".yaml")));
+        let out = scratch_dir(&format!(
+            "validate-{}",
+            plugin.trim_start_matches("istio/").trim_end_matches(".yaml")
+        ));
         render(plugin, &[], &out);
         configs.push(out.join("envoy.yaml"));
     }

@@ -58,7 +58,7 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn scratch_dir(tag: &str) -> PathBuf {
+pub fn scratch_dir(tag: &str) -> PathBuf {
     static COUNTER: Mutex<u32> = Mutex::new(0);
     let mut n = COUNTER.lock().unwrap_or_else(|e| e.into_inner());
     *n += 1;
