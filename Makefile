@@ -55,7 +55,7 @@ test-matrix: build
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
-	  ENVOY="$$envoy" cargo test --release $(addprefix --test ,$(MATRIX_TESTS)) -- --test-threads=2 \
+	  ENVOY="$$envoy" cargo test --release $(addprefix --test ,$(MATRIX_TESTS)) -- --test-threads=2 --nocapture \
 	    > target/matrix-$$v.log 2>&1 && echo "Envoy $$v: pass" || { echo "Envoy $$v: FAIL (target/matrix-$$v.log)"; failed="$$failed $$v"; }; \
 	  grep '^test result' target/matrix-$$v.log | awk '{p+=$$4; f+=$$6} END {print "  " p " passed, " f " failed"}'; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }
