@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: build test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long
+.PHONY: build test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image test-matrix istio-render
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -47,3 +47,23 @@ size: build
 
 clean:
 	cargo clean
+
+## image: the .wasm as an OCI image layout in target/oci; prints the digest for WasmPlugin
+image: build
+	python3 scripts/oci.py build $(WASM) target/oci
+
+## istio-render: what istiod would send for istio/ (target/istio-{gateway,sidecar}/)
+istio-render:
+	python3 scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out target/istio-gateway
+	python3 scripts/istio-render.py --plugin istio/wasmplugin-sidecar.yaml --out target/istio-sidecar
+
+## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy
+MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))
+test-matrix: build
+	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
+	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
+	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
+	  ENVOY="$$envoy" cargo test --release $(addprefix --test ,$(MATRIX_TESTS)) -- --test-threads=2 --nocapture \
+	    > target/matrix-$$v.log 2>&1 && echo "Envoy $$v: pass" || { echo "Envoy $$v: FAIL (target/matrix-$$v.log)"; failed="$$failed $$v"; }; \
+	  grep '^test result' target/matrix-$$v.log | awk '{p+=$$4; f+=$$6} END {print "  " p " passed, " f " failed"}'; \
+	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }

@@ -284,7 +284,7 @@ fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
     let tether = &good.yaml[tether_start..session_start];
     let stateful = &good.yaml[session_start..router_start];
     let swapped = good.yaml.replacen(&format!("{tether}{stateful}"), &format!("{stateful}{tether}"), 1);
-    let envoy = Envoy::start(EnvoyConfig { yaml: swapped }, &pods.iter().collect::<Vec<_>>());
+    let envoy = Envoy::start(EnvoyConfig::from_yaml(swapped), &pods.iter().collect::<Vec<_>>());
     let mut repinned = 0;
     for (i, pod) in pods.iter().enumerate() {
         for j in 0..10u8 {

@@ -75,7 +75,7 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn scratch_dir(tag: &str) -> PathBuf {
+pub fn scratch_dir(tag: &str) -> PathBuf {
     static COUNTER: Mutex<u32> = Mutex::new(0);
     let mut n = COUNTER.lock().unwrap_or_else(|e| e.into_inner());
     *n += 1;
@@ -154,6 +154,8 @@ impl Drop for Pod {
 #[derive(Clone)]
 pub struct EnvoyConfig {
     pub yaml: String,
+    /// Extra environment variables for the Envoy process (e.g. keys read by host_env_keys).
+    pub env: Vec<(String, String)>,
 }
 
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
@@ -162,14 +164,25 @@ impl EnvoyConfig {
     pub fn shipped() -> EnvoyConfig {
         let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
         assert!(yaml.contains(DEMO_KEYS), "envoy/envoy.yaml no longer carries the demo key the tests use");
-        EnvoyConfig { yaml }
+        EnvoyConfig::from_yaml(yaml)
+    }
+
+    /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
+    pub fn from_yaml(yaml: String) -> EnvoyConfig {
+        EnvoyConfig { yaml, env: Vec::new() }
+    }
+
+    /// Adds a variable to Envoy's own environment.
+    pub fn process_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// Another configuration shipped in `envoy/` (it must carry the demo key too).
     pub fn file(name: &str) -> EnvoyConfig {
         let yaml = std::fs::read_to_string(repo().join("envoy").join(name)).unwrap();
         assert!(yaml.contains(DEMO_KEYS), "envoy/{name} no longer carries the demo key the tests use");
-        EnvoyConfig { yaml }
+        EnvoyConfig::from_yaml(yaml)
     }
 
     /// Points the endpoint documented as 127.0.0.1:`port` at `pod`.
@@ -274,6 +287,7 @@ impl Envoy {
         let (port, admin) = (free_port(), free_port());
         let dir = scratch_dir("envoy");
         let config_path = dir.join("envoy.yaml");
+        let env = config.env.clone();
         std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -283,6 +297,7 @@ impl Envoy {
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", "info"])
             .args(["--component-log-level", "wasm:debug"])
+            .envs(env)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""tether's .wasm as an OCI image Istio pulls, with no docker engine (Python stdlib only).
+
+Format: the Wasm image spec's *compat* variant with OCI media types — what `docker build`
+of `FROM scratch` + `COPY tether.wasm plugin.wasm` produces, and the first format istio-agent
+tries for an OCI manifest (pkg/wasm/imagefetcher.go: last layer
+application/vnd.oci.image.layer.v1.tar+gzip, a tar.gz holding plugin.wasm). Any registry
+stores it like any image. The build is reproducible: the same .wasm gives the same digest.
+
+  oci.py build WASM LAYOUT_DIR            OCI image layout; prints digest and sha256
+  oci.py push LAYOUT_DIR HOST:PORT/REPO:TAG   Registry HTTP API v2 (plain HTTP: loopback tests)
+  oci.py pull HOST:PORT/REPO(:TAG|@sha256:D) OUT.wasm   checks every digest, extracts as istio-agent does
+
+For WasmPlugin with url oci://...: sha256 is the *manifest digest* (istio-agent compares
+it with the image digest, pkg/wasm/cache.go), not the sha256 of the .wasm file.
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+ACCEPT = ", ".join([MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"])
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def layer_tar(wasm):
+    """A reproducible tar with one file, plugin.wasm (fixed owner, mode and time)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("plugin.wasm")
+        info.size, info.mode, info.mtime = len(wasm), 0o644, 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        tar.addfile(info, io.BytesIO(wasm))
+    return buf.getvalue()
+
+
+def build(wasm_path, layout):
+    with open(wasm_path, "rb") as f:
+        wasm = f.read()
+    if wasm[:4] != b"\0asm":
+        sys.exit(f"oci.py: {wasm_path} is not a Wasm module")
+    tar = layer_tar(wasm)
+    layer = gzip.compress(tar, mtime=0)
+    config = json.dumps({
+        "architecture": "wasm", "os": "wasip1",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(tar)]},
+    }, sort_keys=True, separators=(",", ":")).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": {"mediaType": CONFIG, "digest": "sha256:" + sha256(config), "size": len(config)},
+        "layers": [{"mediaType": LAYER, "digest": "sha256:" + sha256(layer), "size": len(layer)}],
+        "annotations": {"module.wasm.image/variant": "compat"},
+    }, sort_keys=True, separators=(",", ":")).encode()
+    blobs = os.path.join(layout, "blobs", "sha256")
+    os.makedirs(blobs, exist_ok=True)
+    for blob in (layer, config, manifest):
+        with open(os.path.join(blobs, sha256(blob)), "wb") as f:
+            f.write(blob)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                   "manifests": [{"mediaType": MANIFEST, "digest": "sha256:" + sha256(manifest),
+                                  "size": len(manifest)}]}, f)
+    print(f"image layout:   {layout}")
+    print(f"module sha256:  {sha256(wasm)}  ({len(wasm)} bytes; for http(s):// or file:// urls)")
+    print(f"image digest:   sha256:{sha256(manifest)}")
+    print(f"WasmPlugin:     url: oci://<registry>/<repo>@sha256:{sha256(manifest)}")
+    print(f"                sha256: {sha256(manifest)}")
+
+
+def parse_ref(ref):
+    host, _, rest = ref.partition("/")
+    if "@" in rest:
+        repo, _, ident = rest.partition("@")
+    else:
+        repo, _, ident = rest.rpartition(":")
+    if not (host and repo and ident):
+        sys.exit(f"oci.py: {ref!r} is not HOST:PORT/REPO:TAG or HOST:PORT/REPO@sha256:DIGEST")
+    return f"http://{host}/v2/{repo}", ident
+
+
+def request(method, url, data=None, headers=None):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        sys.exit(f"oci.py: {method} {url}: HTTP {e.code}: {e.read()[:300]!r}")
+
+
+def push(layout, ref):
+    base, tag = parse_ref(ref)
+    with open(os.path.join(layout, "index.json")) as f:
+        digest = json.load(f)["manifests"][0]["digest"]
+    blob = lambda d: open(os.path.join(layout, "blobs", "sha256", d.split(":")[1]), "rb").read()
+    manifest = blob(digest)
+    m = json.loads(manifest)
+    for desc in [m["config"]] + m["layers"]:
+        _, headers, _ = request("POST", base + "/blobs/uploads/", b"")
+        location = headers["Location"]
+        if location.startswith("/"):
+            location = base.split("/v2/")[0] + location
+        sep = "&" if "?" in location else "?"
+        request("PUT", f"{location}{sep}digest={desc['digest']}", blob(desc["digest"]),
+                {"Content-Type": "application/octet-stream"})
+    _, headers, _ = request("PUT", f"{base}/manifests/{tag}", manifest, {"Content-Type": MANIFEST})
+    got = headers.get("Docker-Content-Digest")
+    if got != digest:
+        sys.exit(f"oci.py: registry answered digest {got}, expected {digest}")
+    print(f"pushed {ref} {digest}")
+
+
+def checked(data, digest, what):
+    if "sha256:" + sha256(data) != digest:
+        sys.exit(f"oci.py: {what} does not match its digest {digest}")
+    return data
+
+
+def pull(ref, out):
+    base, ident = parse_ref(ref)
+    _, headers, manifest = request("GET", f"{base}/manifests/{ident}", headers={"Accept": ACCEPT})
+    digest = headers.get("Docker-Content-Digest") or "sha256:" + sha256(manifest)
+    if ident.startswith("sha256:"):
+        checked(manifest, ident, "manifest")
+    m = json.loads(manifest)
+    layers = m.get("layers") or sys.exit("oci.py: the image has no layers")
+    last = layers[-1]  # istio-agent reads the last layer
+    if last["mediaType"] != LAYER:
+        sys.exit(f"oci.py: last layer is {last['mediaType']}, expected {LAYER}")
+    checked(request("GET", f"{base}/blobs/{m['config']['digest']}")[2], m["config"]["digest"], "config")
+    layer = checked(request("GET", f"{base}/blobs/{last['digest']}")[2], last["digest"], "layer")
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        for member in tar.getmembers():
+            if os.path.basename(member.name) == "plugin.wasm":
+                wasm = tar.extractfile(member).read()
+                break
+        else:
+            sys.exit("oci.py: plugin.wasm not found in the layer")
+    with open(out, "wb") as f:
+        f.write(wasm)
+    print(f"pulled {ref} {digest} -> {out} ({len(wasm)} bytes, sha256 {sha256(wasm)})")
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) == 3 and args[0] == "build":
+        build(args[1], args[2])
+    elif len(args) == 3 and args[0] == "push":
+        push(args[1], args[2])
+    elif len(args) == 3 and args[0] == "pull":
+        pull(args[1], args[2])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
