@@ -287,7 +287,7 @@ impl Probe {
         let mut set = false;
         for value in r.all("set-cookie") {
             if let Some(name) = jar.store(value) {
-                set |= self.o.cookie.as_deref().is_none_or(|c| c == name);
+                set |= self.o.cookie.as_deref().map_or(true, |c| c == name);
             }
         }
         set
@@ -309,7 +309,7 @@ impl Probe {
                 r.status
             ));
         }
-        if r.header(&self.o.pod_header).is_none_or(str::is_empty) {
+        if r.header(&self.o.pod_header).map_or(true, str::is_empty) {
             return Err(format!(
                 "the response ({}) has no `{}` header naming the pod that served it; headers received: {names}. \
                  Make the pods send one (e.g. the pod name from the Downward API) or name it with --pod-header",
