@@ -5,8 +5,11 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tether_probe::http::Connection;
 
 /// What one request through Envoy gave.
@@ -335,4 +338,185 @@ fn recovered_pod_does_not_take_back_sessions_that_were_re_pinned_away() {
         fresh_counts.get(&name).copied().unwrap_or(0) >= 40,
         "the recovered pod gets new sessions: {fresh_counts:?}"
     );
+}
+
+/// One request of the rolling-update load.
+struct Record {
+    started: Instant,
+    ended: Instant,
+    /// The pod the session's cookie named when the request was sent.
+    owner: SocketAddr,
+    ok: bool,
+    websocket: bool,
+}
+
+#[test]
+fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_session() {
+    let mut pods = Pod::start_many(3);
+    let mut live = addrs(&pods);
+    let mut eds = Eds::healthy(&live);
+    let envoy = Envoy::start(EnvoyConfig::shipped().eds(&eds), &pods.iter().collect::<Vec<_>>());
+    let sessions = mint(&envoy, 1000);
+    let initial: Vec<SocketAddr> = sessions.iter().map(|s| open_demo(&s.cookie).owner).collect();
+    let cookies: Arc<Vec<Mutex<String>>> =
+        Arc::new(sessions.iter().map(|s| Mutex::new(s.cookie.clone())).collect());
+    let records: Arc<Mutex<Vec<Record>>> = Arc::new(Mutex::new(Vec::new()));
+    // (session, from, to, when the answer arrived)
+    let moves: Arc<Mutex<Vec<(usize, SocketAddr, SocketAddr, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    const WS_SESSIONS: usize = 40;
+    const HTTP_THREADS: usize = 4;
+
+    // Records one answer: re-pins move the session (and are logged as moves).
+    let settle_answer =
+        |cookies: &[Mutex<String>], moves: &Mutex<Vec<_>>, i: usize, owner, new_cookie: Option<String>| {
+            if let Some(c) = new_cookie {
+                let to = open_demo(&c).owner;
+                if to != owner {
+                    moves.lock().unwrap().push((i, owner, to, Instant::now()));
+                }
+                *cookies[i].lock().unwrap() = c;
+            }
+        };
+    let mut load = Vec::new();
+    for t in 0..HTTP_THREADS {
+        let (cookies, records, moves, stop) = (cookies.clone(), records.clone(), moves.clone(), stop.clone());
+        let mut conn = envoy.keep_alive();
+        load.push(std::thread::spawn(move || {
+            let mine: Vec<usize> = (WS_SESSIONS + t..cookies.len()).step_by(HTTP_THREADS).collect();
+            for n in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = mine[n % mine.len()];
+                let cookie = cookies[i].lock().unwrap().clone();
+                let owner = open_demo(&cookie).owner;
+                let started = Instant::now();
+                let answer = ask(&mut conn, &[("cookie", &format!("{COOKIE}={cookie}"))]);
+                let ok = matches!(&answer, Ok(a) if a.status == 200);
+                records.lock().unwrap().push(Record {
+                    started,
+                    ended: Instant::now(),
+                    owner,
+                    ok,
+                    websocket: false,
+                });
+                if let (true, Ok(a)) = (ok, answer) {
+                    settle_answer(&cookies, &moves, i, owner, a.cookie);
+                }
+            }
+        }));
+    }
+    {
+        let (cookies, records, moves, stop) = (cookies.clone(), records.clone(), moves.clone(), stop.clone());
+        let addr = envoy.addr();
+        load.push(std::thread::spawn(move || {
+            for n in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = n % WS_SESSIONS;
+                let cookie = cookies[i].lock().unwrap().clone();
+                let owner = open_demo(&cookie).owner;
+                let started = Instant::now();
+                let result = try_websocket(addr, Some(&cookie));
+                let ok = matches!(&result, Ok((r, text)) if r.status == 101 && !text.is_empty());
+                records.lock().unwrap().push(Record {
+                    started,
+                    ended: Instant::now(),
+                    owner,
+                    ok,
+                    websocket: true,
+                });
+                if let (true, Ok((r, _))) = (ok, result) {
+                    settle_answer(&cookies, &moves, i, owner, r.cookie_value());
+                }
+            }
+        }));
+    }
+
+    // The rollout: each old pod is drained, then removed and killed, then replaced by a
+    // new pod on a new address.
+    std::thread::sleep(Duration::from_millis(1000));
+    let rollout_started = Instant::now();
+    let mut kills: Vec<(Instant, SocketAddr)> = Vec::new();
+    for (step, name) in ["pod-d", "pod-e", "pod-f"].iter().enumerate() {
+        let old = pods[step].addr;
+        eds.set(&announce(&live, &[old]));
+        envoy.wait_flags(old, Some("/eds_status_draining"));
+        envoy.settle();
+        kills.push((Instant::now(), old));
+        pods[step].kill();
+        live.retain(|a| *a != old);
+        eds.set(&announce(&live, &[]));
+        envoy.wait_flags(old, None);
+        let new = Pod::start(name);
+        live.push(new.addr);
+        eds.set(&announce(&live, &[]));
+        envoy.wait_health(new.addr, true);
+        envoy.settle();
+        pods.push(new);
+    }
+    let rollout = rollout_started.elapsed();
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+
+    let records = records.lock().unwrap();
+    let at_kill = |r: &Record| kills.iter().any(|(t, a)| r.owner == *a && r.started <= *t && r.ended >= *t);
+    let failed: Vec<&Record> = records.iter().filter(|r| !r.ok && !at_kill(r)).collect();
+    let failed_at_kill = records.iter().filter(|r| !r.ok && at_kill(r)).count();
+    let ws = records.iter().filter(|r| r.websocket).count();
+    let moves = moves.lock().unwrap();
+    // A session may move only away from a pod that had been killed by then.
+    let unjustified: Vec<_> = moves
+        .iter()
+        .filter(|(_, from, _, when)| !kills.iter().any(|(t, a)| a == from && t <= when))
+        .collect();
+    let mut per_session: HashMap<usize, usize> = HashMap::new();
+    for (i, ..) in moves.iter() {
+        *per_session.entry(*i).or_default() += 1;
+    }
+    let twice = per_session.values().filter(|n| **n > 1).count();
+    let finals: Vec<SocketAddr> = cookies.iter().map(|c| open_demo(&c.lock().unwrap()).owner).collect();
+    let ended_live = finals.iter().filter(|o| live.contains(o)).count();
+    let moved = finals.iter().zip(&initial).filter(|(f, i)| f != i).count();
+    println!(
+        "rolling update of 3 pods ({rollout:.1?}) under load: {} requests ({} HTTP, {ws} WebSocket), \
+         {} failed outside the kill instants, {failed_at_kill} failed in flight to a pod as it was killed; \
+         {moved} of {} sessions moved (every old pod was replaced), {} moves in all, {twice} sessions moved twice \
+         (re-pinned to an old pod replaced later); {} unjustified moves; {ended_live} sessions end pinned to a live pod; \
+         Envoy retries {}",
+        records.len(),
+        records.len() - ws,
+        failed.len(),
+        sessions.len(),
+        moves.len(),
+        unjustified.len(),
+        envoy.stat("cluster.pods.upstream_rq_retry"),
+    );
+    assert!(
+        records.len() - ws >= 3000 && ws >= 100,
+        "too little load: {} requests, {ws} WebSockets",
+        records.len()
+    );
+    assert!(failed.is_empty(), "{} requests failed that were not in flight to a killed pod", failed.len());
+    assert!(unjustified.is_empty(), "sessions moved away from live pods: {unjustified:?}");
+    assert_eq!(ended_live, sessions.len(), "sessions still pinned to a removed pod");
+
+    // Every session is served by the pod its cookie names, and stays there.
+    let names: HashMap<SocketAddr, &str> = pods.iter().map(|p| (p.addr, p.name.as_str())).collect();
+    let finals_now: Vec<Session> =
+        cookies.iter().map(|c| Session { cookie: c.lock().unwrap().clone(), pod: String::new() }).collect();
+    let answers = visit(&envoy, &finals_now);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(
+            Some(&a.pod.as_str()),
+            names.get(&finals[i]),
+            "session {i} is not served by its pinned pod"
+        );
+        assert!(a.cookie.is_none(), "session {i} re-pinned after the rollout");
+    }
 }
