@@ -340,6 +340,9 @@ fn recovered_pod_does_not_take_back_sessions_that_were_re_pinned_away() {
     );
 }
 
+/// A re-pin: (session, from, to, when the answer arrived).
+type Move = (usize, SocketAddr, SocketAddr, Instant);
+
 /// One request of the rolling-update load.
 struct Record {
     started: Instant,
@@ -361,8 +364,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let cookies: Arc<Vec<Mutex<String>>> =
         Arc::new(sessions.iter().map(|s| Mutex::new(s.cookie.clone())).collect());
     let records: Arc<Mutex<Vec<Record>>> = Arc::new(Mutex::new(Vec::new()));
-    // (session, from, to, when the answer arrived)
-    let moves: Arc<Mutex<Vec<(usize, SocketAddr, SocketAddr, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let moves: Arc<Mutex<Vec<Move>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     const WS_SESSIONS: usize = 40;
     const HTTP_THREADS: usize = 4;
