@@ -111,12 +111,16 @@ impl Pod {
     }
 
     pub fn start_on(host: &str, name: &str) -> Pod {
-        let port = free_port();
         let ip: std::net::IpAddr = host.parse().unwrap();
-        let addr = SocketAddr::new(ip, port);
+        Pod::start_at(SocketAddr::new(ip, free_port()), name)
+    }
+
+    /// Starts a pod on a given address (e.g. a pod coming back where it was).
+    pub fn start_at(addr: SocketAddr, name: &str) -> Pod {
+        let (host, port) = (addr.ip().to_string(), addr.port());
         let child = Command::new("python3")
             .arg(repo().join("demo/pod.py"))
-            .args(["--name", name, "--port", &port.to_string(), "--host", host])
+            .args(["--name", name, "--port", &port.to_string(), "--host", &host])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -130,6 +134,13 @@ impl Pod {
 
     pub fn start_many(n: usize) -> Vec<Pod> {
         (0..n).map(|i| Pod::start(&format!("pod-{}", (b'a' + i as u8) as char))).collect()
+    }
+
+    /// Starts the pod again on the same address, after `kill`.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (addr, name) = (self.addr, self.name.clone());
+        *self = Pod::start_at(addr, &name);
     }
 
     /// SIGKILL: the process dies at once, connections are reset.
@@ -239,9 +250,103 @@ impl EnvoyConfig {
         self.replace_once(&format!("TETHER_KEYS: \"{DEMO_KEYS}\""), &format!("TETHER_KEYS: \"{spec}\""))
     }
 
+    /// Serves the cluster's endpoints through EDS from `eds.path` (a `path_config_source`
+    /// that Envoy watches), instead of the static `load_assignment`, the way istiod updates
+    /// a sidecar. Everything else (MAGLEV, health checks, outlier detection) is unchanged.
+    pub fn eds(self, eds: &Eds) -> Self {
+        let mut config = self.replace_once(
+            "    type: STATIC\n",
+            &format!(
+                "    type: EDS\n    eds_cluster_config:\n      eds_config:\n        resource_api_version: V3\n        \
+                 path_config_source: {{ path: \"{}\" }}\n",
+                eds.path.display()
+            ),
+        );
+        let at = config.yaml.find("    load_assignment:\n").expect("load_assignment block");
+        let tail = &config.yaml[at..];
+        assert!(
+            tail.lines().skip(1).all(|l| l.starts_with("      ") || l.trim().is_empty()),
+            "load_assignment must end envoy.yaml"
+        );
+        config.yaml.truncate(at);
+        // xDS subscriptions need a node identity (istiod gives each sidecar one).
+        config.yaml.insert_str(0, "node: { id: tether-test, cluster: tether-test }\n");
+        config
+    }
+
+    /// Plain consistent hashing with no cookie pinning, as a baseline: the tether and
+    /// stateful_session filters removed, the route hashing the client header `header`
+    /// (the session id), the cluster's `lb_policy` set to `lb_policy`.
+    pub fn plain_hash(self, lb_policy: &str, header: &str) -> Self {
+        let start = self.yaml.find("          - name: tether\n").expect("tether filter");
+        let end = self.yaml.find("          - name: envoy.filters.http.router\n").expect("router filter");
+        let mut config = self;
+        config.yaml.replace_range(start..end, "");
+        config
+            .replace_once(
+                "header: { header_name: x-tether-key }",
+                &format!("header: {{ header_name: {header} }}"),
+            )
+            .replace_once("lb_policy: MAGLEV", &format!("lb_policy: {lb_policy}"))
+    }
+
     fn ports(self, listener: u16, admin: u16) -> Self {
         self.replace_once("port_value: 10000", &format!("port_value: {listener}"))
             .replace_once("port_value: 9901", &format!("port_value: {admin}"))
+    }
+}
+
+// ---------------------------------------------------------------- EDS from a file
+
+/// How an endpoint is announced through EDS (`health_status` of its `lb_endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    Healthy,
+    Draining,
+}
+
+/// The endpoints of cluster `pods`, served to Envoy from a file. Every `set` writes a new
+/// ClusterLoadAssignment to a temporary file and renames it into place: Envoy watches the
+/// path for moves (inotify) and applies it without a restart.
+pub struct Eds {
+    pub path: PathBuf,
+    version: u32,
+}
+
+impl Eds {
+    pub fn new(endpoints: &[(SocketAddr, Announce)]) -> Eds {
+        let mut eds = Eds { path: scratch_dir("eds").join("eds.yaml"), version: 0 };
+        eds.set(endpoints);
+        eds
+    }
+
+    pub fn healthy(pods: &[SocketAddr]) -> Eds {
+        Eds::new(&pods.iter().map(|p| (*p, Announce::Healthy)).collect::<Vec<_>>())
+    }
+
+    pub fn set(&mut self, endpoints: &[(SocketAddr, Announce)]) {
+        self.version += 1;
+        let mut yaml = format!(
+            "version_info: \"{}\"\nresources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  \
+             cluster_name: pods\n  endpoints:\n  - lb_endpoints:\n",
+            self.version
+        );
+        if endpoints.is_empty() {
+            yaml.push_str("    []\n");
+        }
+        for (addr, announce) in endpoints {
+            yaml.push_str(&format!(
+                "    - endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}\n",
+                addr.ip(),
+                addr.port()
+            ));
+            if *announce == Announce::Draining {
+                yaml.push_str("      health_status: DRAINING\n");
+            }
+        }
+        let tmp = self.path.with_extension(format!("{}.tmp", self.version));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
     }
 }
 
@@ -356,6 +461,33 @@ impl Envoy {
         let clusters = self.admin_get("/clusters");
         let key = format!("::{pod}::health_flags::");
         clusters.lines().any(|l| l.split_once(&key).is_some_and(|(_, flags)| flags == "healthy"))
+    }
+
+    /// The `health_flags` of `pod` in cluster `pods` (`healthy`, `/eds_status_draining`,
+    /// `/failed_active_hc`, ...), or None when Envoy does not have the host.
+    pub fn health_flags(&self, pod: SocketAddr) -> Option<String> {
+        let clusters = self.admin_get("/clusters");
+        let key = format!("pods::{}::health_flags::", pod);
+        clusters.lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
+    }
+
+    /// Waits until Envoy reports `flags` for `pod` (None: until the host is gone).
+    pub fn wait_flags(&self, pod: SocketAddr, flags: Option<&str>) {
+        wait_until(&format!("{pod} health_flags {flags:?} in Envoy"), Duration::from_secs(20), || {
+            self.health_flags(pod).as_deref() == flags
+        });
+    }
+
+    /// Waits until the workers' load balancers have the latest host set: Envoy merges host
+    /// changes (EDS, health checks) over `common_lb_config.update_merge_window`, 1 s by
+    /// default, so `/clusters` can show a new host healthy a second before traffic reaches it.
+    pub fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    /// A keep-alive HTTP/1.1 connection to the listener (the probe's client).
+    pub fn keep_alive(&self) -> tether_probe::http::Connection {
+        tether_probe::http::Connection::new(self.addr(), "app.test", Duration::from_secs(15))
     }
 
     pub fn wait_health(&self, pod: SocketAddr, healthy: bool) {
@@ -493,30 +625,41 @@ pub fn parse_response(buf: &[u8]) -> Option<Response> {
 /// Opens a WebSocket through `addr`; returns the handshake response and the first text
 /// frame the pod sends (its name).
 pub fn websocket(addr: SocketAddr, cookie: Option<&str>) -> (Response, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    try_websocket(addr, cookie).unwrap_or_else(|e| panic!("WebSocket through {addr}: {e}"))
+}
+
+/// `websocket`, with failures as errors rather than panics (for tests under load).
+pub fn try_websocket(addr: SocketAddr, cookie: Option<&str>) -> std::io::Result<(Response, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let cookie_line = cookie.map(|c| format!("cookie: {COOKIE}={c}\r\n")).unwrap_or_default();
     let req = format!(
         "GET /ws HTTP/1.1\r\nhost: app.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{cookie_line}\r\n"
     );
-    stream.write_all(req.as_bytes()).unwrap();
+    stream.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     // Read until the handshake and one complete small frame have arrived.
     loop {
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "connection closed during WebSocket handshake: {:?}", String::from_utf8_lossy(&buf));
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "connection closed during WebSocket handshake: {:?}",
+                String::from_utf8_lossy(&buf)
+            )));
+        }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let frame = &buf[end + 4..];
             if frame.len() >= 2 && frame.len() >= 2 + (frame[1] & 0x7f) as usize {
-                let response = parse_response(&buf[..end + 4]).unwrap();
+                let response = parse_response(&buf[..end + 4])
+                    .ok_or_else(|| std::io::Error::other("unparsable WebSocket handshake"))?;
                 let len = (frame[1] & 0x7f) as usize;
                 let text = String::from_utf8_lossy(&frame[2..2 + len]).into_owned();
                 // Close frame (masked, as clients must).
                 let _ = stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);
-                return (response, text);
+                return Ok((response, text));
             }
         }
     }

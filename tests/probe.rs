@@ -1,0 +1,98 @@
+//! tether-probe against tether: the demo pods behind the shipped Envoy. A measured run
+//! reports full stickiness over the three pods; in watch mode, killing a pod shows its
+//! sessions (and only those) moving to the survivors.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `Write` the test can read while the probe is still writing.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"))
+}
+
+#[test]
+fn probe_reports_stickiness_and_the_sessions_a_dead_pod_loses() {
+    let mut pods = Pod::start_many(3);
+    let envoy =
+        Envoy::start(EnvoyConfig::shipped().endpoints(&addrs(&pods)), &pods.iter().collect::<Vec<_>>());
+    let url = format!("http://{}/", envoy.addr());
+    let args: Vec<String> = [
+        "-n",
+        "300",
+        "-m",
+        "4",
+        "--cookie",
+        "tether",
+        "--no-progress",
+        "--watch",
+        "8s",
+        "--interval",
+        "400ms",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (out, err) = (Shared::default(), Shared::default());
+    let probe = {
+        let (mut out, mut err) = (out.clone(), err.clone());
+        std::thread::spawn(move || tether_probe::cli::run(&args, &mut out, &mut err))
+    };
+    // Kill pod-b once the measured run is over and the watch has begun.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.text().contains("round 2:") {
+        assert!(Instant::now() < deadline, "the probe did not start watching:\n{}{}", out.text(), err.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pods[1].kill();
+    let code = probe.join().unwrap();
+    let out = out.text();
+    println!("{out}");
+    assert_eq!(code, 0, "{out}{}", err.text());
+    assert!(line(&out, "requests:").contains("1200 sent"), "{out}");
+    assert!(line(&out, "requests:").contains("1200 answered by a pod, 0 failed"), "{out}");
+    assert!(line(&out, "cookies:").contains("300 of 300 sessions hold a `tether` cookie; 0 later"), "{out}");
+    assert!(
+        line(&out, "stickiness:").contains("100.00% of sessions stayed on one pod (300 of 300)"),
+        "{out}"
+    );
+    assert!(line(&out, "pods:").contains("3 "), "{out}");
+    // pod-b's share of the distribution is exactly what the watch saw move, all from pod-b.
+    let on_b: usize = line(&out, "  pod-b").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let moved = line(&out, "moved:");
+    assert!(
+        moved
+            .starts_with(&format!("moved:       {on_b} of 300 sessions moved at least once ({on_b} moves: ")),
+        "{out}"
+    );
+    let transitions = moved.split(" moves: ").nth(1).and_then(|t| t.split(')').next()).unwrap();
+    assert!(
+        transitions.split(", ").all(|t| t.starts_with("pod-b→pod-a") || t.starts_with("pod-b→pod-c")),
+        "{out}"
+    );
+    assert!(line(&out, "moved:").ends_with("; 0 requests failed"), "{out}");
+    assert!(line(&out, "now:").contains(&format!("{on_b} sessions away from their first pod")), "{out}");
+}
