@@ -167,6 +167,8 @@ pub struct EnvoyConfig {
     pub yaml: String,
     /// Extra environment variables for the Envoy process (e.g. keys read by host_env_keys).
     pub env: Vec<(String, String)>,
+    /// Envoy's `--log-level` (the wasm component always logs at debug or finer).
+    pub log_level: &'static str,
 }
 
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
@@ -180,7 +182,13 @@ impl EnvoyConfig {
 
     /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
     pub fn from_yaml(yaml: String) -> EnvoyConfig {
-        EnvoyConfig { yaml, env: Vec::new() }
+        EnvoyConfig { yaml, env: Vec::new(), log_level: "info" }
+    }
+
+    /// Runs Envoy at this log level (`trace` logs every header and the whole config).
+    pub fn log_level(mut self, level: &'static str) -> Self {
+        self.log_level = level;
+        self
     }
 
     /// Adds a variable to Envoy's own environment.
@@ -393,6 +401,8 @@ impl Envoy {
         let dir = scratch_dir("envoy");
         let config_path = dir.join("envoy.yaml");
         let env = config.env.clone();
+        let level = config.log_level;
+        let wasm_level = if level == "trace" { "wasm:trace" } else { "wasm:debug" };
         std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -400,8 +410,8 @@ impl Envoy {
             .current_dir(repo())
             .arg("-c")
             .arg(&config_path)
-            .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", "info"])
-            .args(["--component-log-level", "wasm:debug"])
+            .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", level])
+            .args(["--component-log-level", wasm_level])
             .envs(env)
             .stdout(log.try_clone().unwrap())
             .stderr(log)

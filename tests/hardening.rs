@@ -1,0 +1,301 @@
+//! tether parses attacker-controlled bytes in front of every request. Through a real Envoy:
+//! hostile requests never hurt the VM, tokens are bound to their scope, keys rotate across
+//! two Envoys without losing sessions, and no log line at any level carries a secret.
+
+mod common;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use common::*;
+use std::net::SocketAddr;
+use tether::keyring::Keyring;
+use tether::token::{self, SessionId, SessionToken};
+
+fn request_bytes(headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut req = b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n".to_vec();
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req
+}
+
+fn signed(owner: SocketAddr, issued_at: u64, expires_at: u64, keys: &str) -> String {
+    let ring = Keyring::parse(keys, None).unwrap();
+    let t =
+        SessionToken { session: SessionId([0x77; 16]), owner, issued_at, expires_at, cluster: String::new() };
+    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
+}
+
+#[test]
+fn hostile_requests_never_hurt_the_vm() {
+    let pods = Pod::start_many(3);
+    let config = EnvoyConfig::shipped().endpoints(&addrs(&pods)).plugin_config(
+        r#"{ "keysFromEnv": "TETHER_KEYS", "type": "CookieAndHeader", "debugHeader": "x-tether" }"#,
+    );
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let owner = &pods[1];
+    let good = demo_token(owner.addr, [0x42; 16]);
+    let now = now();
+    let raw = URL_SAFE_NO_PAD.decode(&good).unwrap();
+    let with = |i: usize, v: u8| {
+        let mut b = raw.clone();
+        b[i] = v;
+        URL_SAFE_NO_PAD.encode(b)
+    };
+    let family_at = 2 + 4 + 4 + 8 + 8 + 16; // version, key id "demo", fingerprint, times, session
+    let many: String = (0..300).map(|i| format!("c{i}=v{i}; ")).collect();
+    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+        ("59 KB cookie header", vec![("cookie", format!("tether={}", "A".repeat(59 * 1024)).into_bytes())]),
+        ("61 KB cookie header (over Envoy's limit)", vec![("cookie", "x".repeat(61 * 1024).into_bytes())]),
+        ("300 cookies then ours broken", vec![("cookie", format!("{many}tether=junk").into_bytes())]),
+        ("invalid UTF-8", vec![("cookie", b"tether=\xff\xfe\xfd; a=\xc3\x28".to_vec())]),
+        ("NUL byte", vec![("cookie", b"tether=ab\x00cd".to_vec())]),
+        ("control bytes", vec![("cookie", b"tether=\x01\x02\x1b[31m".to_vec())]),
+        ("duplicate names, all bad", vec![("cookie", b"tether=bad1; tether=\"bad2\"; tether=".to_vec())]),
+        ("unbalanced quotes", vec![("cookie", b"tether=\"abc; tether=abc\"".to_vec())]),
+        ("unknown version", vec![("cookie", format!("tether={}", with(0, 7)).into_bytes())]),
+        (
+            "unknown key id",
+            vec![(
+                "cookie",
+                format!("tether={}", signed(owner.addr, now, now + 60, &format!("zz={DEMO_SECRET}")))
+                    .into_bytes(),
+            )],
+        ),
+        (
+            "future issue time",
+            vec![(
+                "cookie",
+                format!("tether={}", signed(owner.addr, now + 7200, now + 9000, DEMO_KEYS)).into_bytes(),
+            )],
+        ),
+        (
+            "expiry beyond the maximum",
+            vec![(
+                "cookie",
+                format!("tether={}", signed(owner.addr, now, now + 90 * 86_400, DEMO_KEYS)).into_bytes(),
+            )],
+        ),
+        (
+            "standard base64 alphabet",
+            vec![("cookie", format!("tether={}", STANDARD.encode(&raw)).into_bytes())],
+        ),
+        ("truncated", vec![("cookie", format!("tether={}", &good[..good.len() / 2]).into_bytes())]),
+        (
+            "address that is not ip:port",
+            vec![("cookie", format!("tether={}", with(family_at, 5)).into_bytes())],
+        ),
+        ("huge token header", vec![("x-tether-session", "Q".repeat(40 * 1024).into_bytes())]),
+        ("invalid UTF-8 token header", vec![("x-tether-session", b"\xff\xff\x80".to_vec())]),
+        (
+            "spoofed internal headers",
+            vec![("x-tether-host", b"\xff==".to_vec()), ("x-tether-key", vec![b'k'; 5000])],
+        ),
+    ];
+    let mut answered = Vec::new();
+    for (case, headers) in &cases {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        let status = raw_request(envoy.addr(), &request_bytes(&headers))
+            .map(|r| (r.status, r.header("x-tether").map(str::to_string)));
+        answered.push(format!("{case}: {status:?}"));
+        // The VM survived: a normal request still gets affinity.
+        let r = envoy.get_with_cookie(Some(&good));
+        assert_eq!(
+            (r.status, r.pod(), r.header("x-tether")),
+            (200, owner.name.as_str(), Some("hit")),
+            "after {case}"
+        );
+    }
+    println!("{}", answered.join("\n"));
+    let log = envoy.log();
+    for bad in ["panicked", "Function: proxy_on", "wasm trap", "RuntimeError", "VM failed"] {
+        assert!(!log.contains(bad), "the log mentions `{bad}`");
+    }
+    for stat in ["wasm.tether.vm_reload", "wasm.tether.vm_reload_failure"] {
+        assert_eq!(envoy.stat(stat), 0, "{stat}");
+    }
+    assert_eq!(envoy.stat("wasmcustom.tether.affinity_hits"), cases.len() as u64);
+}
+
+#[test]
+fn configuration_values_that_could_inject_headers_are_refused() {
+    let cases = [
+        (r#"{"keysFromEnv":"TETHER_KEYS","cookie":{"name":"a\r\nx: y"}}"#, "cookie.name"),
+        (r#"{"keysFromEnv":"TETHER_KEYS","cookie":{"path":"/\r\nx: y"}}"#, "cookie.path"),
+        (r#"{"keysFromEnv":"TETHER_KEYS","cookie":{"domain":"a.test\nx: y"}}"#, "cookie.domain"),
+        (r#"{"keysFromEnv":"TETHER_KEYS","cookie":{"path":"/; Domain=evil.test"}}"#, "cookie.path"),
+        (r#"{"keysFromEnv":"TETHER_KEYS","header":{"name":"x\r\ny"},"type":"Header"}"#, "header.name"),
+        (r#"{"keysFromEnv":"TETHER_KEYS","debugHeader":"x-a\r\nx-b"}"#, "debugHeader"),
+    ];
+    for (json, field) in cases {
+        let mut envoy = Envoy::spawn(EnvoyConfig::shipped().plugin_config(json));
+        let code = envoy.wait_exit(std::time::Duration::from_secs(30));
+        assert!(matches!(code, Some(c) if c != 0), "{json}: not refused");
+        assert!(envoy.log().contains(&format!("invalid configuration: `{field}`")), "{json}");
+    }
+}
+
+#[test]
+fn a_token_of_one_service_never_steers_another() {
+    let pods = Pod::start_many(3);
+    // Two clusters over the same pods: without scope binding a token of one would pin the
+    // other's requests, since its owner address is in both.
+    let shipped = EnvoyConfig::shipped()
+        .endpoints(&addrs(&pods))
+        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let cluster_at = shipped.yaml.find("  - name: pods\n").unwrap();
+    let cluster_b = shipped.yaml[cluster_at..]
+        .replace("  - name: pods\n", "  - name: svc-b\n")
+        .replace("cluster_name: pods", "cluster_name: svc-b");
+    let yaml = format!("{}{cluster_b}", shipped.yaml).replacen(
+        "              - match: { prefix: \"/\" }\n",
+        "              - match: { prefix: \"/b/\" }\n                route:\n                  cluster: svc-b\n                  hash_policy:\n                  - header: { header_name: x-tether-key }\n              - match: { prefix: \"/\" }\n",
+        1,
+    );
+    let envoy = Envoy::start(EnvoyConfig::from_yaml(yaml), &pods.iter().collect::<Vec<_>>());
+    let a = envoy.get("/a/", &[]);
+    let b = envoy.get("/b/", &[]);
+    let (token_a, token_b) = (a.cookie_value().unwrap(), b.cookie_value().unwrap());
+    assert_eq!(open_scoped(&token_a, "pods").owner, pod_by_name(&pods, a.pod()).addr);
+    assert_eq!(open_scoped(&token_b, "svc-b").owner, pod_by_name(&pods, b.pod()).addr);
+    for _ in 0..5 {
+        // Each token pins its own service...
+        let own_a = envoy.get("/a/", &[("cookie", &format!("tether={token_a}"))]);
+        let own_b = envoy.get("/b/", &[("cookie", &format!("tether={token_b}"))]);
+        assert_eq!((own_a.pod(), own_a.header("x-tether")), (a.pod(), Some("hit")));
+        assert_eq!((own_b.pod(), own_b.header("x-tether")), (b.pod(), Some("hit")));
+        // ...and is refused by the other, same key notwithstanding.
+        for (path, token) in [("/b/", &token_a), ("/a/", &token_b)] {
+            let r = envoy.get(path, &[("cookie", &format!("tether={token}"))]);
+            assert_eq!(r.header("x-seen-host"), Some("-"), "{path}: a foreign token steered");
+            assert_eq!(r.header("x-tether"), Some("invalid:wrong_scope"));
+        }
+    }
+    assert_eq!(envoy.stat("wasmcustom.tether.invalid_token.wrong_scope"), 10);
+}
+
+const K1: &str = "k1=cm90YXRpb24ta2V5LW9uZS1mb3ItdGhlLWhhcmRlbmluZy10ZXN0";
+const K2: &str = "k2=cm90YXRpb24ta2V5LXR3by1mb3ItdGhlLWhhcmRlbmluZy10ZXN0";
+
+fn key_id(value: &str) -> String {
+    let raw = URL_SAFE_NO_PAD.decode(value).unwrap();
+    String::from_utf8(raw[2..2 + raw[1] as usize].to_vec()).unwrap()
+}
+
+#[test]
+fn keys_rotate_across_two_envoys_without_losing_sessions() {
+    let pods = Pod::start_many(3);
+    let all: Vec<&Pod> = pods.iter().collect();
+    let envoy_with = |keys: &str| {
+        let config = EnvoyConfig::shipped()
+            .endpoints(&addrs(&pods))
+            .keys_env(keys)
+            .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+        Envoy::start(config, &all)
+    };
+    // Phase 0: k1 everywhere. 20 sessions, 10 of them left idle for the rest of the rollout.
+    let (a, _b) = (envoy_with(K1), envoy_with(K1));
+    let mut sessions: Vec<(String, String, SessionId)> = (0..20)
+        .map(|_| {
+            let r = a.get_with_cookie(None);
+            let v = r.cookie_value().unwrap();
+            let id = open_demo_keys(&v, K1).session;
+            (v, r.pod().to_string(), id)
+        })
+        .collect();
+    let idle: Vec<(String, String, SessionId)> = sessions.split_off(10);
+
+    // Phase 1: k2 added after k1 on both (k1 still signs): nothing changes.
+    let (a, b) = (envoy_with(&format!("{K1},{K2}")), envoy_with(&format!("{K1},{K2}")));
+    for (cookie, pod, _) in &sessions {
+        for envoy in [&a, &b] {
+            let r = envoy.get_with_cookie(Some(cookie));
+            assert_eq!((r.pod(), r.header("x-tether")), (pod.as_str(), Some("hit")));
+        }
+    }
+
+    // Phase 2: A signs with k2, B still with k1. Clients bounce between them, keeping
+    // whatever cookie they get: no session is lost, each is re-signed as it passes.
+    let (a, b) = (envoy_with(&format!("{K2},{K1}")), envoy_with(&format!("{K1},{K2}")));
+    for (cookie, pod, id) in sessions.iter_mut() {
+        for (round, envoy) in [&a, &b, &a, &b].into_iter().enumerate() {
+            let r = envoy.get_with_cookie(Some(cookie));
+            assert_eq!(r.pod(), pod.as_str(), "round {round}: the session left its pod");
+            assert_eq!(r.header("x-tether"), Some("refreshed"), "round {round}");
+            let next = r.cookie_value().expect("re-signed");
+            assert_eq!(key_id(&next), if round % 2 == 0 { "k2" } else { "k1" });
+            assert_eq!(open_demo_keys(&next, &format!("{K1},{K2}")).session, *id);
+            *cookie = next;
+        }
+    }
+
+    // Phase 3: k2 signs everywhere: tokens move to k2 as they pass, then stay quiet.
+    let (a, b) = (envoy_with(&format!("{K2},{K1}")), envoy_with(&format!("{K2},{K1}")));
+    for (cookie, pod, _) in sessions.iter_mut() {
+        let r = b.get_with_cookie(Some(cookie));
+        assert_eq!((r.pod(), r.header("x-tether")), (pod.as_str(), Some("refreshed")));
+        *cookie = r.cookie_value().unwrap();
+        assert_eq!(key_id(cookie), "k2");
+        let again = a.get_with_cookie(Some(cookie));
+        assert_eq!(
+            (again.pod(), again.header("x-tether"), again.set_cookie()),
+            (pod.as_str(), Some("hit"), None)
+        );
+    }
+
+    // Phase 4: k1 removed. Sessions that passed keep their pod; tokens only k1 signed are
+    // new sessions.
+    let (a, b) = (envoy_with(K2), envoy_with(K2));
+    for (cookie, pod, _) in &sessions {
+        for envoy in [&a, &b] {
+            let r = envoy.get_with_cookie(Some(cookie));
+            assert_eq!((r.pod(), r.header("x-tether")), (pod.as_str(), Some("hit")));
+        }
+    }
+    for (cookie, _, id) in &idle {
+        let r = a.get_with_cookie(Some(cookie));
+        assert_eq!(r.header("x-tether"), Some("invalid:unknown_key"));
+        assert_ne!(open_demo_keys(&r.cookie_value().unwrap(), K2).session, *id);
+    }
+}
+
+fn open_demo_keys(value: &str, keys: &str) -> SessionToken {
+    let ring = Keyring::parse(keys, None).unwrap();
+    token::open(value.as_bytes(), &ring, DEMO_SCOPE, now(), DEMO_LIMITS).unwrap().token
+}
+
+#[test]
+fn no_log_line_at_any_level_carries_a_secret() {
+    // Production setup: the keys live in Envoy's own environment (host_env_keys).
+    let secret = "c2VjcmV0LWtleS10aGF0LW11c3QtbmV2ZXItYmUtbG9nZ2VkIQ==";
+    let decoded = String::from_utf8(STANDARD.decode(secret).unwrap()).unwrap();
+    let pods = Pod::start_many(3);
+    let config = EnvoyConfig::shipped()
+        .endpoints(&addrs(&pods))
+        .edit(
+            &format!("key_values:\n                      TETHER_KEYS: \"{DEMO_KEYS}\""),
+            "host_env_keys: [TETHER_KEYS]",
+        )
+        .process_env("TETHER_KEYS", &format!("prod={secret},old={DEMO_SECRET}"))
+        .log_level("trace");
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let mut cookie = None;
+    for _ in 0..5 {
+        let r = envoy.get_with_cookie(cookie.as_deref());
+        cookie = r.cookie_value().or(cookie);
+    }
+    let _ = envoy.get_with_cookie(Some(&demo_token(pods[0].addr, [1; 16])));
+    let _ = envoy.get("/", &[("cookie", "tether=forged")]);
+    let log = envoy.log();
+    assert!(
+        log.contains("[trace]") && log.contains("keys [prod,old] signing with `prod`"),
+        "trace logging is on"
+    );
+    for needle in [secret, &decoded, DEMO_SECRET] {
+        assert!(!log.contains(needle), "a secret reached Envoy's trace log");
+    }
+}
