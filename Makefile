@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: build test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image test-matrix istio-render change probe
+.PHONY: build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image test-matrix istio-render change probe
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -13,12 +13,16 @@ build: wasm-target
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
+## build-crash-test: a test-only module that panics on request (tests of failure policies)
+build-crash-test: wasm-target
+	cargo build --release --target $(WASM_TARGET) --features crash-test --target-dir target/crash-test
+
 ## envoy: print (and install if needed) the Envoy binary the tests use
 envoy:
 	@scripts/envoy.sh
 
 ## test: lints, native unit tests, and integration tests against real Envoy
-test: lint build
+test: lint build build-crash-test
 	ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2
 
 ## unit: the fast native unit tests only

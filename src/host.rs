@@ -105,6 +105,15 @@ impl Metrics {
     }
 }
 
+/// Test-only (feature `crash-test`): panics when the request asks for it.
+#[cfg(feature = "crash-test")]
+#[allow(clippy::panic)]
+fn crash_test() {
+    if let Ok(Some(_)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-tether-crash-test") {
+        panic!("crash test requested");
+    }
+}
+
 struct Shared {
     settings: Settings,
     metrics: Metrics,
@@ -198,6 +207,8 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         let settings = &shared.settings;
+        #[cfg(feature = "crash-test")]
+        crash_test();
         // Client-sent copies would let a client pick its pod (or cluster) without a token.
         let internal =
             [Some(&settings.host_header), Some(&settings.key_header), settings.cluster_header.as_ref()];
