@@ -63,16 +63,35 @@ pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: 
 
 static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// A free loopback port, never handed out twice in this process.
+/// A free loopback port below the kernel's ephemeral range, never handed out twice in
+/// this process. Ports from the ephemeral range (what binding port 0 returns) get taken
+/// by the thousands of outgoing connections the load tests open between the moment a
+/// port is chosen and the moment Envoy binds it.
 pub fn free_port() -> u16 {
+    let (low, high) = ephemeral_start()
+        .filter(|start| *start > 12_000)
+        .map_or((10_000u32, 30_000u32), |start| (u32::from(start) / 2, u32::from(start)));
     let mut given = PORTS.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if given.insert(port) {
+    let mut state = u64::from(std::process::id())
+        ^ SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    for _ in 0..10_000 {
+        // xorshift: a different walk per process and run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = (low + (state % u64::from(high - low)) as u32) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
+    panic!("no free port in {low}..{high}");
+}
+
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 pub fn scratch_dir(tag: &str) -> PathBuf {
