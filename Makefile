@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image test-matrix istio-render change probe
+.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image test-matrix istio-render change probe
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -55,8 +55,23 @@ probe:
 	cargo build --release -p tether-probe
 	@echo "built target/release/tether-probe (try: target/release/tether-probe --help)"
 
+## bench: tether against Envoy's own affinity options, same run (not part of `make test`)
+bench: build
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	cargo build --release -p tether-bench
+	cd bench/empty-filter && cargo build --release --target $(WASM_TARGET)
+	cargo bench --bench codec
+	python3 scripts/bench.py
+
+SIZE_BUDGET := 153600
+## size: the release .wasm and its wasm-opt -Oz form against the 150 KB budget
 size: build
-	@ls -l $(WASM) | awk '{print $$5 " bytes"}'
+	@command -v wasm-opt >/dev/null || (apt-get update -qq && apt-get install -y -qq binaryen)
+	wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	  --enable-nontrapping-float-to-int $(WASM) -o target/tether.opt.wasm
+	@raw=$$(stat -c %s $(WASM)); opt=$$(stat -c %s target/tether.opt.wasm); \
+	  echo "tether.wasm: $$raw bytes; after wasm-opt -Oz: $$opt bytes; budget $(SIZE_BUDGET)"; \
+	  test $$opt -le $(SIZE_BUDGET) || { echo "over the size budget"; exit 1; }
 
 clean:
 	cargo clean

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""make bench: tether against Envoy's own options, in one run, on this machine.
+
+Envoy runs with --concurrency 1 pinned to CPU 0; wrk and a fast upstream share CPU 1.
+Every configuration uses the same listener, cluster (3 upstream ports) and access-log-free
+HTTP connection manager, derived from envoy/envoy.yaml. Rounds alternate the
+configurations so drift on this shared machine hits all of them alike; each run starts a
+fresh Envoy, warms up (discarded), then measures. Figures are medians over rounds.
+
+Writes target/bench/summary.json and target/bench/chart.svg, prints a table.
+Also measures Envoy's memory before and after N distinct new sessions (--sessions).
+"""
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TETHER_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tether.wasm")
+EMPTY_WASM = os.path.join(ROOT, "bench/empty-filter/target/wasm32-wasip1/release/empty_filter.wasm")
+UPSTREAM = os.path.join(ROOT, "target/release/bench-upstream")
+PORTS = {"listener": 17000, "admin": 17001, "pods": [17081, 17082, 17083]}
+CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
+           "tether_hit_encrypted"]
+DESCRIPTIONS = {
+    "no_affinity": "same listener and cluster, no affinity filter",
+    "wasm_empty": "a wasm filter that does nothing (the floor any wasm filter pays)",
+    "native_cookie": "Envoy's stateful_session cookie extension (unsigned)",
+    "ring_hash_cookie": "Envoy's ring-hash hash_policy cookie with ttl",
+    "tether_hit": "tether with a valid cookie on every request",
+    "tether_mint": "tether with no cookie (mints each time)",
+    "tether_hit_encrypted": "tether, tokenFormat Encrypted, valid cookie on every request",
+}
+
+
+def block(text, start, end):
+    a = text.index(start)
+    b = text.index(end, a)
+    return a, b
+
+
+def envoy_config(name):
+    """envoy/envoy.yaml adapted to one benchmark configuration."""
+    y = open(os.path.join(ROOT, "envoy/envoy.yaml")).read()
+    y = y.replace("port_value: 10000", f"port_value: {PORTS['listener']}")
+    y = y.replace("port_value: 9901", f"port_value: {PORTS['admin']}")
+    for old, new in zip([8081, 8082, 8083], PORTS["pods"]):
+        y = y.replace(f"port_value: {old} ", f"port_value: {new} ")
+    y = y.replace(TETHER_WASM_REL, TETHER_WASM)
+    a, b = block(y, "          access_log:\n", "          route_config:\n")
+    y = y[:a] + y[b:]  # no access log: it would cost the same everywhere and add noise
+    tether_at, session_at = y.index("          - name: tether\n"), y.index("          - name: envoy.filters.http.stateful_session\n")
+    router_at = y.index("          - name: envoy.filters.http.router\n")
+    tether, session = y[tether_at:session_at], y[session_at:router_at]
+    if name in ("no_affinity", "ring_hash_cookie", "native_cookie", "wasm_empty"):
+        y = y.replace(tether + session, "")
+    if name == "wasm_empty":
+        empty = tether.replace(TETHER_WASM, EMPTY_WASM)
+        empty = re.sub(r"                configuration:\n.*?(?=          - name:|\Z)", "", empty, flags=re.S)
+        y = y.replace("          - name: envoy.filters.http.router\n", empty + "          - name: envoy.filters.http.router\n")
+    if name == "native_cookie":
+        native = (
+            "          - name: envoy.filters.http.stateful_session\n"
+            "            typed_config:\n"
+            "              \"@type\": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession\n"
+            "              session_state:\n"
+            "                name: envoy.http.stateful_session.cookie\n"
+            "                typed_config:\n"
+            "                  \"@type\": type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState\n"
+            "                  cookie: { name: native, ttl: 3600s, path: / }\n")
+        y = y.replace("          - name: envoy.filters.http.router\n", native + "          - name: envoy.filters.http.router\n")
+    if name == "ring_hash_cookie":
+        y = y.replace("lb_policy: MAGLEV", "lb_policy: RING_HASH")
+        y = y.replace("                  - header: { header_name: x-tether-key }\n",
+                      "                  - cookie: { name: rh, ttl: 3600s, path: / }\n")
+    if name == "tether_hit_encrypted":
+        y = y.replace('"keysFromEnv": "TETHER_KEYS",', '"keysFromEnv": "TETHER_KEYS", "tokenFormat": "Encrypted",')
+    return y
+
+
+TETHER_WASM_REL = "target/wasm32-wasip1/release/tether.wasm"
+
+
+def http_get(port, path="/", headers=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status, r.headers
+
+
+def wait_ready(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if http_get(port, "/ready")[0] == 200:
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"Envoy admin on {port} not ready")
+
+
+def wait_healthy(admin):
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=5) as r:
+                text = r.read().decode()
+            if sum(1 for l in text.splitlines() if l.endswith("health_flags::healthy")) >= 3:
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("upstreams not healthy in Envoy")
+
+
+class Envoy:
+    def __init__(self, envoy_bin, name, workdir):
+        self.path = os.path.join(workdir, f"{name}.yaml")
+        open(self.path, "w").write(envoy_config(name))
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", envoy_bin, "-c", self.path, "--concurrency", "1", "--disable-hot-restart",
+             "--log-level", "warn"], cwd=ROOT, stdout=self.log, stderr=self.log)
+        wait_ready(PORTS["admin"])
+        wait_healthy(PORTS["admin"])
+
+    def cpu_seconds(self):
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kb(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def allocated(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['admin']}/memory", timeout=5) as r:
+            return int(json.loads(r.read())["allocated"])
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def cookie_for(name):
+    """The cookie header a returning client of this configuration sends."""
+    if name in ("tether_mint",):
+        return None
+    if name in ("no_affinity", "wasm_empty"):
+        # Same request size as tether_hit: a tether-sized cookie nobody reads.
+        return "tether=" + "A" * 90
+    status, headers = http_get(PORTS["listener"])
+    cookies = headers.get_all("set-cookie") or []
+    want = {"native_cookie": "native=", "ring_hash_cookie": "rh="}.get(name, "tether=")
+    for c in cookies:
+        if c.startswith(want):
+            return c.split(";")[0]
+    raise SystemExit(f"{name}: no {want} cookie in {cookies}")
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+
+    def ms(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    return {"rps": rps, "requests": total, "p50_ms": ms(50), "p99_ms": ms(99),
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+
+
+def wrk(seconds, connections, cookie):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+           f"http://127.0.0.1:{PORTS['listener']}/"]
+    if cookie:
+        cmd[5:5] = ["-H", f"cookie: {cookie}"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def run_one(envoy_bin, name, args, workdir):
+    envoy = Envoy(envoy_bin, name, workdir)
+    try:
+        cookie = cookie_for(name)
+        wrk(args.warmup, args.connections, cookie)
+        cpu0 = envoy.cpu_seconds()
+        result = parse_wrk(wrk(args.seconds, args.connections, cookie))
+        result["cpu_us_per_req"] = (envoy.cpu_seconds() - cpu0) * 1e6 / max(result["requests"], 1)
+        if result["non_2xx"] or result["socket_errors"]:
+            raise SystemExit(f"{name}: {result['non_2xx']} non-2xx, {result['socket_errors']} socket errors")
+        return result
+    finally:
+        envoy.stop()
+
+
+def memory(envoy_bin, sessions, workdir):
+    """Envoy memory before/after `sessions` distinct new sessions (tether_mint)."""
+    envoy = Envoy(envoy_bin, "tether_mint", workdir)
+    try:
+        wrk(2, 16, None)
+        before = (envoy.rss_kb(), envoy.allocated())
+        done, started = 0, time.time()
+        while done < sessions and time.time() - started < 900:
+            done += parse_wrk(wrk(10, 16, None))["requests"]
+        after = (envoy.rss_kb(), envoy.allocated())
+        return {"sessions": done, "rss_kb_before": before[0], "rss_kb_after": after[0],
+                "allocated_before": before[1], "allocated_after": after[1]}
+    finally:
+        envoy.stop()
+
+
+def chart(summary, path):
+    names = [n for n in CONFIGS if n in summary]
+    top = max(summary[n]["rps"] for n in names) * 1.1
+    w, bar, gap, left = 760, 26, 12, 190
+    h = 60 + len(names) * (bar + gap)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="10" y="22" font-size="15" font-weight="bold">Requests/s through Envoy (1 worker), median of rounds</text>']
+    base = summary["no_affinity"]["rps"]
+    for i, n in enumerate(names):
+        y = 40 + i * (bar + gap)
+        width = (w - left - 90) * summary[n]["rps"] / top
+        color = "#d9822b" if n.startswith("tether") else "#8a8f98"
+        parts.append(f'<text x="{left - 8}" y="{y + bar * 0.7}" text-anchor="end">{n}</text>')
+        parts.append(f'<rect x="{left}" y="{y}" width="{width:.1f}" height="{bar}" fill="{color}"/>')
+        parts.append(f'<text x="{left + width + 6:.1f}" y="{y + bar * 0.7}">{summary[n]["rps"]:,.0f} ({summary[n]["rps"] / base:.2f}×)</text>')
+    parts.append("</svg>")
+    open(path, "w").write("\n".join(parts))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--sessions", type=int, default=1_000_000, help="distinct sessions for the memory check (0: skip)")
+    p.add_argument("--only", nargs="*", choices=CONFIGS)
+    args = p.parse_args()
+    envoy_bin = subprocess.run([os.path.join(ROOT, "scripts/envoy.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    for need in (TETHER_WASM, EMPTY_WASM, UPSTREAM):
+        if not os.path.exists(need):
+            raise SystemExit(f"missing {need}: run `make bench`")
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        raise SystemExit("wrk and taskset are needed (make bench installs wrk)")
+    outdir = os.path.join(ROOT, "target/bench")
+    os.makedirs(outdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="tether-bench-")
+    upstream = subprocess.Popen(["taskset", "-c", "1", UPSTREAM] + [str(p) for p in PORTS["pods"]])
+    names = args.only or CONFIGS
+    runs = {n: [] for n in names}
+    try:
+        time.sleep(0.3)
+        for r in range(args.rounds):
+            for n in (names if r % 2 == 0 else list(reversed(names))):
+                res = run_one(envoy_bin, n, args, workdir)
+                runs[n].append(res)
+                print(f"round {r + 1}/{args.rounds} {n:>22}: {res['rps']:>9,.0f} req/s  p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  {res['cpu_us_per_req']:.1f} µs CPU/req", flush=True)
+        mem = memory(envoy_bin, args.sessions, workdir) if args.sessions else None
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    summary = {}
+    for n in names:
+        summary[n] = {k: statistics.median(x[k] for x in runs[n]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+        summary[n]["rounds"] = [x["rps"] for x in runs[n]]
+        summary[n]["what"] = DESCRIPTIONS[n]
+    version = subprocess.run([envoy_bin, "--version"], capture_output=True, text=True).stdout.strip().split("version: ")[-1]
+    meta = {"date": time.strftime("%Y-%m-%d"), "envoy": version, "cpu": cpu_model(), "cores": os.cpu_count(),
+            "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
+            "wasm_bytes": os.path.getsize(TETHER_WASM)}
+    if mem:
+        meta["memory"] = mem
+    json.dump({**summary, "_meta": meta}, open(os.path.join(outdir, "summary.json"), "w"), indent=2)
+    if "no_affinity" in summary:
+        chart(summary, os.path.join(outdir, "chart.svg"))
+    base = summary.get("no_affinity", {}).get("rps")
+    native = summary.get("native_cookie", {}).get("rps")
+    print(f"\n{meta['date']}, Envoy {version}, {meta['cpu']}, {args.rounds} rounds × {args.seconds} s, {args.connections} connections")
+    print(f"{'configuration':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'µs CPU/req':>10} {'÷no_aff':>8} {'÷native':>8}")
+    for n in names:
+        s = summary[n]
+        r1 = f"{s['rps'] / base:.2f}" if base else "-"
+        r2 = f"{s['rps'] / native:.2f}" if native else "-"
+        print(f"{n:<22} {s['rps']:>9,.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['cpu_us_per_req']:>10.1f} {r1:>8} {r2:>8}")
+    if mem:
+        print(f"\nmemory over {mem['sessions']:,} new sessions: RSS {mem['rss_kb_before']:,} → {mem['rss_kb_after']:,} KiB, "
+              f"allocated {mem['allocated_before']:,} → {mem['allocated_after']:,} bytes")
+    print(f"\nwrote {os.path.relpath(os.path.join(outdir, 'summary.json'), ROOT)} and chart.svg")
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
