@@ -24,7 +24,8 @@ fn main() {
     let keys = "demo=dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh";
     let settings = config::load(format!(r#"{{"keys":"{keys}"}}"#).as_bytes(), &|_| None).unwrap();
     let encrypted =
-        config::load(format!(r#"{{"keys":"{keys}","tokenFormat":"Encrypted"}}"#).as_bytes(), &|_| None).unwrap();
+        config::load(format!(r#"{{"keys":"{keys}","tokenFormat":"Encrypted"}}"#).as_bytes(), &|_| None)
+            .unwrap();
     let now = 1_800_000_000;
     let t = SessionToken {
         session: SessionId([7; 16]),

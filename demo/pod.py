@@ -29,7 +29,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _common_headers(self):
         self.send_header("x-pod", self.server.pod_name)
         for name in ("host", "key"):
-            self.send_header(f"x-seen-{name}", self.headers.get(f"x-tether-{name}", "-"))
+            # Every copy, so tests see a client-sent duplicate that got through.
+            seen = self.headers.get_all(f"x-tether-{name}") or ["-"]
+            self.send_header(f"x-seen-{name}", ",".join(seen))
 
     def _answer(self, body_text):
         body = body_text.encode()

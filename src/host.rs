@@ -56,6 +56,11 @@ fn random_nonce() -> Option<[u8; crate::token::NONCE_LEN]> {
     }
 }
 
+/// The first value of a request header (binary-safe).
+fn header_value(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
@@ -209,60 +214,68 @@ impl HttpContext for Stream {
         let settings = &shared.settings;
         #[cfg(feature = "crash-test")]
         crash_test();
-        // Client-sent copies would let a client pick its pod (or cluster) without a token.
-        let internal =
-            [Some(&settings.host_header), Some(&settings.key_header), settings.cluster_header.as_ref()];
-        for name in internal.into_iter().flatten() {
-            if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-                log(
-                    LogLevel::Error,
-                    &format!(
-                        "cannot remove request header {name} ({status:?}); request passes without affinity"
-                    ),
-                );
-                return Action::Continue;
-            }
-        }
-        let headers = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(headers) => headers,
-            Err(status) => {
-                log(LogLevel::Error, &format!("cannot read request headers ({status:?})"));
-                return Action::Continue;
-            }
-        };
         self.scope = match &settings.scope {
             Some(scope) => scope.clone(),
             None => {
                 property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default()
             }
         };
-        let token_header = settings
-            .token_header
-            .as_ref()
-            .and_then(|name| headers.iter().find(|(k, _)| k == name))
-            .map(|(_, v)| v.as_slice());
-        let cookies = headers.iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v.as_slice());
         let now = now_secs();
-        let Some(affinity) =
-            session::resolve(token_header, cookies, &self.scope, settings, now, fresh_session_id)
-        else {
+        let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
+        // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
+        // Only when it holds no valid token are all Cookie headers read, so a token in a
+        // second Cookie header still counts.
+        let first_cookie = header_value("cookie");
+        let first_only = first_cookie.as_deref().map(|c| vec![c]).unwrap_or_default();
+        let fast = session::resolve(token_header.as_deref(), first_only, &self.scope, settings, now, || None);
+        let affinity = match fast {
+            Some(pinned @ Affinity::Pinned { .. }) => Some(pinned),
+            _ if first_cookie.is_none() => {
+                session::resolve(token_header.as_deref(), [], &self.scope, settings, now, fresh_session_id)
+            }
+            _ => {
+                let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                let cookies = headers.iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v.as_slice());
+                session::resolve(
+                    token_header.as_deref(),
+                    cookies,
+                    &self.scope,
+                    settings,
+                    now,
+                    fresh_session_id,
+                )
+            }
+        };
+        // Client-sent copies of the internal headers would let a client pick its pod (or
+        // cluster) without a token: each is replaced with tether's value, or removed.
+        let steering = affinity.as_ref().map(|a| session::steering(a, settings));
+        let mut internal = vec![
+            (settings.key_header.as_str(), steering.as_ref().map(|s| s.hash_key.as_str())),
+            (settings.host_header.as_str(), steering.as_ref().and_then(|s| s.override_host.as_deref())),
+        ];
+        if let Some(name) = &settings.cluster_header {
+            internal.push((name, steering.as_ref().and_then(|s| s.cluster.as_deref())));
+        }
+        for (name, value) in internal {
+            let done = match value {
+                Some(value) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
+                None => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+            };
+            if let Err(status) = done {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot set request header {name} ({status:?}); request refused"),
+                );
+                // Never forward a request whose steering headers may be the client's.
+                let _ = hostcalls::send_http_response(500, vec![], None);
+                return Action::Pause;
+            }
+        }
+        let Some(affinity) = affinity else {
             return Action::Continue;
         };
         if let Affinity::New { rejected: Some(reason), .. } = &affinity {
             shared.metrics.rejected(*reason);
-        }
-        let steering = session::steering(&affinity, settings);
-        let mut set = vec![(settings.key_header.as_str(), steering.hash_key.as_str())];
-        if let Some(host) = &steering.override_host {
-            set.push((&settings.host_header, host));
-        }
-        if let (Some(name), Some(cluster)) = (&settings.cluster_header, &steering.cluster) {
-            set.push((name, cluster));
-        }
-        for (name, value) in set {
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
-                return Action::Continue;
-            }
         }
         self.affinity = Some(affinity);
         Action::Continue

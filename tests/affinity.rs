@@ -211,6 +211,15 @@ fn client_sent_internal_headers_never_steer() {
     }
     assert!(on_c < 20, "{on_c}/24 requests followed the spoofed header");
 
+    // Several spoofed copies are all removed too.
+    let raw = format!(
+        "GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\nx-tether-host: {spoofed_host}\r\n\
+         x-tether-host: {spoofed_host}\r\nx-tether-key: a\r\nx-tether-key: b\r\n\r\n"
+    );
+    let r = raw_request(s.envoy.addr(), raw.as_bytes()).unwrap();
+    assert_eq!(r.header("x-seen-host"), Some("-"), "duplicate spoofed headers reached the pod");
+    assert!(!r.header("x-seen-key").unwrap().contains(','), "{:?}", r.header("x-seen-key"));
+
     // With a valid cookie for pod-a, a spoofed header for pod-c changes nothing.
     let a_cookie = demo_token(s.addr_of("pod-a"), [3; 16]);
     for _ in 0..10 {
@@ -219,10 +228,13 @@ fn client_sent_internal_headers_never_steer() {
             &[
                 ("cookie", &format!("tether={a_cookie}")),
                 ("x-tether-host", &spoofed_host),
+                ("x-tether-host", &spoofed_host),
                 ("x-tether-key", spoofed_key),
             ],
         );
         assert_eq!(r.pod(), "pod-a");
+        let ours = override_header(s.addr_of("pod-a"));
+        assert_eq!(r.header("x-seen-host"), Some(ours.as_str()), "only tether's value reaches the pod");
         assert_eq!(r.header("x-seen-key"), Some(SessionId([3; 16]).to_hex().as_str()));
     }
 }
