@@ -23,7 +23,10 @@ envoy:
 
 ## test: lints, native unit tests, and integration tests against real Envoy
 test: lint build build-crash-test
-	ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2
+	@mkdir -p target
+	set -o pipefail; ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2 \
+	  2>&1 | tee target/test.log
+	@awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 ## unit: the fast native unit tests only
 unit:
@@ -87,11 +90,11 @@ istio-render:
 
 ## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy
 MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))
-test-matrix: build
+test-matrix: build build-crash-test
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
 	  ENVOY="$$envoy" cargo test --release $(addprefix --test ,$(MATRIX_TESTS)) -- --test-threads=2 --nocapture \
 	    > target/matrix-$$v.log 2>&1 && echo "Envoy $$v: pass" || { echo "Envoy $$v: FAIL (target/matrix-$$v.log)"; failed="$$failed $$v"; }; \
-	  grep '^test result' target/matrix-$$v.log | awk '{p+=$$4; f+=$$6} END {print "  " p " passed, " f " failed"}'; \
+	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v '{p+=$$4; f+=$$6} END {print "envoy-" v ": " p " passed, " f " failed"}'; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }
