@@ -18,7 +18,7 @@ for target in "${targets[@]}"; do
     *) echo "usage: $0 smoke|long [RUNS]" >&2; exit 2 ;;
   esac
   echo "== fuzz $target (${args[*]})"
-  # A scratch corpus keeps the committed one small; new finds are merged by `make fuzz-cmin`.
+  # New finds go to a scratch corpus, so the committed seed corpus stays small.
   scratch="$(mktemp -d)"
   cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- "${args[@]}" -print_final_stats=1 2>&1 \
     | grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked|SUMMARY|==[0-9]+==" || true
