@@ -168,7 +168,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, scope: String::new() }))
+        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, scope: String::new(), now: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -202,6 +202,8 @@ struct Stream {
     affinity: Option<Affinity>,
     /// The scope tokens of this request are bound to.
     scope: String,
+    /// Wall-clock seconds at the request (second resolution: reused for the response).
+    now: u64,
 }
 
 impl Context for Stream {}
@@ -221,6 +223,7 @@ impl HttpContext for Stream {
             }
         };
         let now = now_secs();
+        self.now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
@@ -303,19 +306,27 @@ impl Stream {
     /// Sends the token the response needs, if any; returns the debug label.
     fn respond(&self, affinity: &Affinity, shared: &Shared) -> Option<String> {
         let settings = &shared.settings;
-        // On a local reply (e.g. 503 after retries) upstream.address is the last failed host.
-        if property(&["response", "code_details"]).as_deref() != Some(b"via_upstream".as_slice()) {
-            return Some("local-reply".into());
-        }
-        let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw))?;
-        let cluster = match settings.cluster_header {
-            Some(_) => {
+        let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw));
+        let cluster = match (settings.cluster_header.is_some(), by.is_some()) {
+            (true, true) => {
                 property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default()
             }
-            None => String::new(),
+            _ => String::new(),
         };
-        let now = now_secs();
-        let (outcome, token) = session::respond(affinity, &Served { by, cluster }, now, settings);
+        let (outcome, token) = match by {
+            Some(by) => session::respond(affinity, &Served { by, cluster }, self.now, settings),
+            None => (Outcome::New, None),
+        };
+        // A hit sends nothing, so whether the answer came from the upstream matters only
+        // otherwise: on a local reply (e.g. 503 after retries) upstream.address is the last
+        // failed host, and no token may name it.
+        if outcome != Outcome::Hit || by.is_none() {
+            let details = property(&["response", "code_details"]);
+            if by.is_none() || details.as_deref() != Some(b"via_upstream".as_slice()) {
+                return settings.debug_header.as_ref().map(|_| "local-reply".to_string());
+            }
+        }
+        let now = self.now;
         shared.metrics.outcome(outcome);
         if let Some(token) = token {
             let sealed = session::seal(&token, &self.scope, settings, random_nonce)?;
@@ -333,6 +344,6 @@ impl Stream {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&sealed));
             }
         }
-        Some(session::debug_label(affinity, outcome))
+        settings.debug_header.as_ref().map(|_| session::debug_label(affinity, outcome))
     }
 }
