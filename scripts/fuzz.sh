@@ -2,6 +2,7 @@
 # Fuzzes the token decoder, the Cookie/token-header parsing and the configuration parser.
 #   scripts/fuzz.sh smoke           # ~15 s per target (part of CI)
 #   scripts/fuzz.sh long [RUNS]     # RUNS executions per target (default 10,000,000)
+#   scripts/fuzz.sh corpus [SECS]   # grow the committed corpus for SECS per target, then minimise it
 # Needs the nightly toolchain and cargo-fuzz (installed here if missing). Crashes are
 # written to fuzz/artifacts/<target>/ and fail the run.
 set -euo pipefail
@@ -15,7 +16,12 @@ for target in "${targets[@]}"; do
   case "$mode" in
     smoke) args=(-max_total_time=15) ;;
     long) args=(-runs="${2:-10000000}") ;;
-    *) echo "usage: $0 smoke|long [RUNS]" >&2; exit 2 ;;
+    corpus)
+      cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="${2:-60}" -max_len=2048 2>&1 | grep -E "^Done" || true
+      cargo +nightly fuzz cmin "$target" "corpus/$target" 2>&1 | grep -E "MERGE-OUTER: [0-9]+ new files" || true
+      echo "corpus/$target: $(ls "corpus/$target" | wc -l) files"
+      continue ;;
+    *) echo "usage: $0 smoke|long [RUNS]|corpus [SECS]" >&2; exit 2 ;;
   esac
   echo "== fuzz $target (${args[*]})"
   # New finds go to a scratch corpus, so the committed seed corpus stays small.
