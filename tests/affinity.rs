@@ -89,16 +89,6 @@ fn crafted(owner: SocketAddr, issued_at: u64, expires_at: u64, keys: &str) -> St
     token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
-/// A valid token re-encoded with `+` and `/` (it must contain `-` or `_` to differ).
-fn standard_alphabet(owner: SocketAddr) -> String {
-    (0..=255u8)
-        .map(|b| demo_token(owner, [b; 16]))
-        .find(|t| t.contains(['-', '_']))
-        .unwrap()
-        .replace('-', "+")
-        .replace('_', "/")
-}
-
 #[test]
 fn bad_tokens_become_new_sessions_and_never_steer() {
     let s = setup();

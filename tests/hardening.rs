@@ -30,16 +30,6 @@ fn signed(owner: SocketAddr, issued_at: u64, expires_at: u64, keys: &str) -> Str
     token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
-/// A valid token re-encoded with `+` and `/` (it must contain `-` or `_` to differ).
-fn standard_alphabet(owner: SocketAddr) -> String {
-    (0..=255u8)
-        .map(|b| demo_token(owner, [b; 16]))
-        .find(|t| t.contains(['-', '_']))
-        .unwrap()
-        .replace('-', "+")
-        .replace('_', "/")
-}
-
 #[test]
 fn hostile_requests_never_hurt_the_vm() {
     let pods = Pod::start_many(3);
@@ -155,9 +145,7 @@ fn a_token_of_one_service_never_steers_another() {
     let pods = Pod::start_many(3);
     // Two clusters over the same pods: without scope binding a token of one would pin the
     // other's requests, since its owner address is in both.
-    let shipped = EnvoyConfig::shipped()
-        .endpoints(&addrs(&pods))
-        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let shipped = debug_config(&pods);
     let cluster_at = shipped.yaml.find("  - name: pods\n").unwrap();
     let cluster_b = shipped.yaml[cluster_at..]
         .replace("  - name: pods\n", "  - name: svc-b\n")

@@ -275,9 +275,7 @@ fn sticky_canaries_keep_sessions_on_their_cluster() {
 #[test]
 fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
     let pods = Pod::start_many(3);
-    let good = EnvoyConfig::shipped()
-        .endpoints(&addrs(&pods))
-        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let good = debug_config(&pods);
     let tether_start = good.yaml.find("          - name: tether\n").unwrap();
     let session_start = good.yaml.find("          - name: envoy.filters.http.stateful_session\n").unwrap();
     let router_start = good.yaml.find("          - name: envoy.filters.http.router\n").unwrap();

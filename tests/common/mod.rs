@@ -61,6 +61,24 @@ pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: 
     token::seal(&t, demo_keyring().signing_key().unwrap(), scope)
 }
 
+/// A valid demo token re-encoded with the standard base64 alphabet (`+` and `/`); it is
+/// chosen to contain `-` or `_`, so the re-encoding always differs from the original.
+pub fn standard_alphabet(owner: SocketAddr) -> String {
+    (0..=255u8)
+        .map(|b| demo_token(owner, [b; 16]))
+        .find(|t| t.contains(['-', '_']))
+        .unwrap()
+        .replace('-', "+")
+        .replace('_', "/")
+}
+
+/// The shipped configuration in front of `pods`, with the debug header `x-tether` on.
+pub fn debug_config(pods: &[Pod]) -> EnvoyConfig {
+    EnvoyConfig::shipped()
+        .endpoints(&addrs(pods))
+        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#)
+}
+
 static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A free loopback port below the kernel's ephemeral range, never handed out twice in
