@@ -30,7 +30,7 @@ EMPTY_WASM = os.path.join(ROOT, "bench/empty-filter/target/wasm32-wasip1/release
 UPSTREAM = os.path.join(ROOT, "target/release/bench-upstream")
 PORTS = {"listener": 17000, "admin": 17001, "pods": [17081, 17082, 17083]}
 CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
-           "tether_hit_encrypted"]
+           "tether_hit_encrypted", "diag_tether_no_session_filter"]
 DESCRIPTIONS = {
     "no_affinity": "same listener and cluster, no affinity filter",
     "wasm_empty": "a wasm filter that does nothing (the floor any wasm filter pays)",
@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "tether_hit": "tether with a valid cookie on every request",
     "tether_mint": "tether with no cookie (mints each time)",
     "tether_hit_encrypted": "tether, tokenFormat Encrypted, valid cookie on every request",
+    "diag_tether_no_session_filter": "diagnostic, not a working setup: tether_hit without stateful_session",
 }
 
 
@@ -63,6 +64,8 @@ def envoy_config(name):
     tether, session = y[tether_at:session_at], y[session_at:router_at]
     if name in ("no_affinity", "ring_hash_cookie", "native_cookie", "wasm_empty"):
         y = y.replace(tether + session, "")
+    if name == "diag_tether_no_session_filter":
+        y = y.replace(tether + session, tether)
     if name == "wasm_empty":
         empty = tether.replace(TETHER_WASM, EMPTY_WASM)
         empty = re.sub(r"                configuration:\n.*?(?=          - name:|\Z)", "", empty, flags=re.S)
