@@ -30,7 +30,8 @@ EMPTY_WASM = os.path.join(ROOT, "bench/empty-filter/target/wasm32-wasip1/release
 UPSTREAM = os.path.join(ROOT, "target/release/bench-upstream")
 PORTS = {"listener": 17000, "admin": 17001, "pods": [17081, 17082, 17083]}
 CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
-           "tether_hit_encrypted", "diag_tether_no_session_filter"]
+           "tether_hit_encrypted", "diag_tether_no_session_filter", "diag_wasm_sets_two_headers",
+           "diag_wasm_reads_two_properties"]
 DESCRIPTIONS = {
     "no_affinity": "same listener and cluster, no affinity filter",
     "wasm_empty": "a wasm filter that does nothing (the floor any wasm filter pays)",
@@ -40,6 +41,8 @@ DESCRIPTIONS = {
     "tether_mint": "tether with no cookie (mints each time)",
     "tether_hit_encrypted": "tether, tokenFormat Encrypted, valid cookie on every request",
     "diag_tether_no_session_filter": "diagnostic, not a working setup: tether_hit without stateful_session",
+    "diag_wasm_sets_two_headers": "diagnostic: the empty filter setting two request headers, nothing else",
+    "diag_wasm_reads_two_properties": "diagnostic: the empty filter reading xds.cluster_name and upstream.address",
 }
 
 
@@ -62,13 +65,20 @@ def envoy_config(name):
     tether_at, session_at = y.index("          - name: tether\n"), y.index("          - name: envoy.filters.http.stateful_session\n")
     router_at = y.index("          - name: envoy.filters.http.router\n")
     tether, session = y[tether_at:session_at], y[session_at:router_at]
-    if name in ("no_affinity", "ring_hash_cookie", "native_cookie", "wasm_empty"):
+    if name in ("no_affinity", "ring_hash_cookie", "native_cookie", "wasm_empty", "diag_wasm_sets_two_headers",
+                "diag_wasm_reads_two_properties"):
         y = y.replace(tether + session, "")
     if name == "diag_tether_no_session_filter":
         y = y.replace(tether + session, tether)
-    if name == "wasm_empty":
+    if name in ("wasm_empty", "diag_wasm_sets_two_headers",
+                "diag_wasm_reads_two_properties"):
         empty = tether.replace(TETHER_WASM, EMPTY_WASM)
         empty = re.sub(r"                configuration:\n.*?(?=          - name:|\Z)", "", empty, flags=re.S)
+        if name.startswith("diag_"):
+            mode = "set-two-headers" if name == "diag_wasm_sets_two_headers" else "read-two-properties"
+            empty = empty.replace("                vm_config:\n", "                configuration:\n"
+                                  "                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
+                                  f"                  value: {mode}\n                vm_config:\n", 1)
         y = y.replace("          - name: envoy.filters.http.router\n", empty + "          - name: envoy.filters.http.router\n")
     if name == "native_cookie":
         native = (
@@ -164,7 +174,8 @@ def cookie_for(name):
     """The cookie header a returning client of this configuration sends."""
     if name in ("tether_mint",):
         return None
-    if name in ("no_affinity", "wasm_empty"):
+    if name in ("no_affinity", "wasm_empty", "diag_wasm_sets_two_headers",
+                "diag_wasm_reads_two_properties"):
         # Same request size as tether_hit: a tether-sized cookie nobody reads.
         return "tether=" + "A" * 90
     status, headers = http_get(PORTS["listener"])
