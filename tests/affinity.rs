@@ -8,8 +8,7 @@ use base64::Engine;
 use common::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use tether::keyring::Keyring;
-use tether::token::{self, SessionId, SessionToken};
+use tether::token::SessionId;
 
 struct Setup {
     pods: Vec<Pod>,
@@ -81,14 +80,6 @@ fn new_sessions_spread_over_all_pods() {
     assert!(per_pod.values().all(|&n| n >= 15), "{per_pod:?}");
 }
 
-/// Builds a token with full control over every field and key.
-fn crafted(owner: SocketAddr, issued_at: u64, expires_at: u64, keys: &str) -> String {
-    let ring = Keyring::parse(keys, None).unwrap();
-    let t =
-        SessionToken { session: SessionId([0x5a; 16]), owner, issued_at, expires_at, cluster: String::new() };
-    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
-}
-
 #[test]
 fn bad_tokens_become_new_sessions_and_never_steer() {
     let s = setup();
@@ -107,11 +98,17 @@ fn bad_tokens_become_new_sessions_and_never_steer() {
     let cases: Vec<(&str, String)> = vec![
         ("tampered owner", with_byte(owner_ip_last, raw[owner_ip_last] ^ 1)),
         ("tampered tag", with_byte(raw.len() - 1, raw[raw.len() - 1] ^ 0x40)),
-        ("forged with another secret", crafted(target, now, now + 3600, other_key)),
-        ("unknown key id", crafted(target, now, now + 3600, &format!("other={DEMO_SECRET}"))),
-        ("expired", crafted(target, now - 7200, now - 5, DEMO_KEYS)),
-        ("issued in the future", crafted(target, now + 3600, now + 7200, DEMO_KEYS)),
-        ("lifetime beyond absoluteTimeout", crafted(target, now, now + 30 * 86_400, DEMO_KEYS)),
+        ("forged with another secret", sealed_token(other_key, target, now, now + 3600, [0x5a; 16])),
+        (
+            "unknown key id",
+            sealed_token(&format!("other={DEMO_SECRET}"), target, now, now + 3600, [0x5a; 16]),
+        ),
+        ("expired", sealed_token(DEMO_KEYS, target, now - 7200, now - 5, [0x5a; 16])),
+        ("issued in the future", sealed_token(DEMO_KEYS, target, now + 3600, now + 7200, [0x5a; 16])),
+        (
+            "lifetime beyond absoluteTimeout",
+            sealed_token(DEMO_KEYS, target, now, now + 30 * 86_400, [0x5a; 16]),
+        ),
         ("unknown version", with_byte(0, 9)),
         ("truncated", valid[..valid.len() - 4].to_string()),
         ("standard base64 alphabet", standard_alphabet(target)),

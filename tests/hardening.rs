@@ -7,7 +7,6 @@ mod common;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use common::*;
-use std::net::SocketAddr;
 use tether::keyring::Keyring;
 use tether::token::{self, SessionId, SessionToken};
 
@@ -21,13 +20,6 @@ fn request_bytes(headers: &[(&str, &[u8])]) -> Vec<u8> {
     }
     req.extend_from_slice(b"\r\n");
     req
-}
-
-fn signed(owner: SocketAddr, issued_at: u64, expires_at: u64, keys: &str) -> String {
-    let ring = Keyring::parse(keys, None).unwrap();
-    let t =
-        SessionToken { session: SessionId([0x77; 16]), owner, issued_at, expires_at, cluster: String::new() };
-    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
 #[test]
@@ -63,22 +55,27 @@ fn hostile_requests_never_hurt_the_vm() {
             "unknown key id",
             vec![(
                 "cookie",
-                format!("tether={}", signed(owner.addr, now, now + 60, &format!("zz={DEMO_SECRET}")))
-                    .into_bytes(),
+                format!(
+                    "tether={}",
+                    sealed_token(&format!("zz={DEMO_SECRET}"), owner.addr, now, now + 60, [0x77; 16])
+                )
+                .into_bytes(),
             )],
         ),
         (
             "future issue time",
             vec![(
                 "cookie",
-                format!("tether={}", signed(owner.addr, now + 7200, now + 9000, DEMO_KEYS)).into_bytes(),
+                format!("tether={}", sealed_token(DEMO_KEYS, owner.addr, now + 7200, now + 9000, [0x77; 16]))
+                    .into_bytes(),
             )],
         ),
         (
             "expiry beyond the maximum",
             vec![(
                 "cookie",
-                format!("tether={}", signed(owner.addr, now, now + 90 * 86_400, DEMO_KEYS)).into_bytes(),
+                format!("tether={}", sealed_token(DEMO_KEYS, owner.addr, now, now + 90 * 86_400, [0x77; 16]))
+                    .into_bytes(),
             )],
         ),
         (

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tether::keyring::Keyring;
-use tether::token::{self, SessionId, SessionToken};
+use tether::token::SessionId;
 
 const OLD_KEY: &str = "old=b2xkLWtleS10aGF0LXN0aWxsLXZlcmlmaWVzLWZvci1yb3RhdGlvbg==";
 
@@ -20,13 +19,6 @@ fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
         config = config.keys_env(keys);
     }
     Envoy::start(config, &pods.iter().collect::<Vec<_>>())
-}
-
-fn seal_with(keys: &str, owner: SocketAddr, issued_at: u64, expires_at: u64) -> String {
-    let ring = Keyring::parse(keys, None).unwrap();
-    let t =
-        SessionToken { session: SessionId([0x33; 16]), owner, issued_at, expires_at, cluster: String::new() };
-    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
 #[test]
@@ -53,12 +45,16 @@ fn counters_and_debug_header_match_known_traffic() {
     expect(first.cookie_value().as_deref(), "hit", 10);
     expect(Some("garbage"), "invalid:malformed", 2);
     let forged = "demo=Zm9yZ2VkLXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE=";
-    expect(Some(&seal_with(forged, owner, now, now + 60)), "invalid:bad_signature", 1);
-    expect(Some(&seal_with(DEMO_KEYS, owner, now - 100, now - 1)), "invalid:expired", 1);
-    expect(Some(&seal_with(&format!("nokey={DEMO_SECRET}"), owner, now, now + 60)), "invalid:unknown_key", 1);
+    expect(Some(&sealed_token(forged, owner, now, now + 60, [0x33; 16])), "invalid:bad_signature", 1);
+    expect(Some(&sealed_token(DEMO_KEYS, owner, now - 100, now - 1, [0x33; 16])), "invalid:expired", 1);
+    expect(
+        Some(&sealed_token(&format!("nokey={DEMO_SECRET}"), owner, now, now + 60, [0x33; 16])),
+        "invalid:unknown_key",
+        1,
+    );
     expect(Some(&scoped_token(owner, [1; 16], "another-service", "")), "invalid:wrong_scope", 1);
     expect(Some(&demo_token(gone, [2; 16])), "repinned", 2);
-    expect(Some(&seal_with(OLD_KEY, owner, now, now + 60)), "refreshed", 3);
+    expect(Some(&sealed_token(OLD_KEY, owner, now, now + 60, [0x33; 16])), "refreshed", 3);
 
     let counters = [
         ("sessions_minted", 11),

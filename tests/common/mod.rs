@@ -50,6 +50,21 @@ pub fn demo_token(owner: SocketAddr, session: [u8; 16]) -> String {
     scoped_token(owner, session, DEMO_SCOPE, "")
 }
 
+/// A token with every field chosen, signed by the first key of `keys`, in the demo scope
+/// (for forged, expired, future and over-long tokens).
+pub fn sealed_token(
+    keys: &str,
+    owner: SocketAddr,
+    issued_at: u64,
+    expires_at: u64,
+    session: [u8; 16],
+) -> String {
+    let ring = Keyring::parse(keys, None).unwrap();
+    let t =
+        SessionToken { session: SessionId(session), owner, issued_at, expires_at, cluster: String::new() };
+    token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
+}
+
 pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: &str) -> String {
     let t = SessionToken {
         session: SessionId(session),
