@@ -168,7 +168,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, scope: String::new(), now: 0 }))
+        Some(Box::new(Stream {
+            shared: self.shared.clone(),
+            affinity: None,
+            cluster_scope: String::new(),
+            now: 0,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -200,8 +205,8 @@ fn describe(s: &Settings) -> String {
 struct Stream {
     shared: Option<Rc<Shared>>,
     affinity: Option<Affinity>,
-    /// The scope tokens of this request are bound to.
-    scope: String,
+    /// The upstream cluster's name, read per request when no `scope` is configured.
+    cluster_scope: String,
     /// Wall-clock seconds at the request (second resolution: reused for the response).
     now: u64,
 }
@@ -216,12 +221,12 @@ impl HttpContext for Stream {
         let settings = &shared.settings;
         #[cfg(feature = "crash-test")]
         crash_test();
-        self.scope = match &settings.scope {
-            Some(scope) => scope.clone(),
-            None => {
-                property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default()
-            }
-        };
+        if settings.scope.is_none() {
+            self.cluster_scope = property(&["xds", "cluster_name"])
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+        }
+        let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
         let now = now_secs();
         self.now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
@@ -230,23 +235,16 @@ impl HttpContext for Stream {
         // second Cookie header still counts.
         let first_cookie = header_value("cookie");
         let first_only = first_cookie.as_deref().map(|c| vec![c]).unwrap_or_default();
-        let fast = session::resolve(token_header.as_deref(), first_only, &self.scope, settings, now, || None);
+        let fast = session::resolve(token_header.as_deref(), first_only, scope, settings, now, || None);
         let affinity = match fast {
             Some(pinned @ Affinity::Pinned { .. }) => Some(pinned),
             _ if first_cookie.is_none() => {
-                session::resolve(token_header.as_deref(), [], &self.scope, settings, now, fresh_session_id)
+                session::resolve(token_header.as_deref(), [], scope, settings, now, fresh_session_id)
             }
             _ => {
                 let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
                 let cookies = headers.iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v.as_slice());
-                session::resolve(
-                    token_header.as_deref(),
-                    cookies,
-                    &self.scope,
-                    settings,
-                    now,
-                    fresh_session_id,
-                )
+                session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
             }
         };
         // Client-sent copies of the internal headers would let a client pick its pod (or
@@ -329,7 +327,8 @@ impl Stream {
         let now = self.now;
         shared.metrics.outcome(outcome);
         if let Some(token) = token {
-            let sealed = session::seal(&token, &self.scope, settings, random_nonce)?;
+            let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
+            let sealed = session::seal(&token, scope, settings, random_nonce)?;
             let (by_cookie, by_header) = session::carriers(affinity, settings);
             if by_cookie {
                 if let Some(cookie) = session::set_cookie(&sealed, &token, now, settings) {
