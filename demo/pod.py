@@ -4,8 +4,8 @@
     python3 demo/pod.py --name pod-a --port 8081 [--host 127.0.0.1]
 
 GET /healthz -> 200 "ok". Any other request -> 200 "<name>" with headers
-x-pod: <name>, and x-seen-host / x-seen-key echoing the steering headers Envoy
-forwarded (so tests can see what tether set). A WebSocket upgrade is accepted:
+x-pod: <name>, and x-seen-host / x-seen-key / x-seen-cookie echoing the steering
+headers and the Cookie headers Envoy forwarded (so tests can see what tether set). A WebSocket upgrade is accepted:
 the pod sends one text frame holding its name, then echoes text frames until close.
 """
 import argparse
@@ -32,6 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # Every copy, so tests see a client-sent duplicate that got through.
             seen = self.headers.get_all(f"x-tether-{name}") or ["-"]
             self.send_header(f"x-seen-{name}", ",".join(seen))
+        # Every Cookie header, joined with " | " (tether may rewrite it: Istio cookie mode).
+        self.send_header("x-seen-cookie", " | ".join(self.headers.get_all("cookie") or ["-"]))
 
     def _answer(self, body_text):
         body = body_text.encode()

@@ -35,6 +35,11 @@ pub struct Settings {
     pub keyring: Keyring,
     /// Request header read by stateful_session (base64 `ip:port` of the owner).
     pub host_header: String,
+    /// Cookie read by stateful_session's cookie session state instead of `host_header`
+    /// (Istio's cookie label `istio.io/persistent-session`, the one that keeps draining
+    /// endpoints): tether writes the owner into the request's `Cookie` header under this
+    /// name and strips the session filter's `Set-Cookie` of it from responses.
+    pub host_cookie: Option<String>,
     /// Request header the cluster's hash policy reads (the session id).
     pub key_header: String,
     /// Keys came inline in the configuration: fine for demos, not for production.
@@ -70,6 +75,7 @@ const TOP_FIELDS: &[&str] = &[
     "tokenFormat",
     "scope",
     "hostHeader",
+    "hostCookie",
     "keyHeader",
     "clusterHeader",
     "debugHeader",
@@ -225,6 +231,19 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
     };
 
     let host_header = header_name(&top, "hostHeader", "hostHeader", DEFAULT_HOST_HEADER)?;
+    let host_cookie = string(&top, "hostCookie", "hostCookie")?;
+    if let Some(owner) = host_cookie {
+        if owner.is_empty() || owner.len() > 64 || !owner.bytes().all(is_token_char) {
+            return fail("hostCookie", "must be 1-64 characters of an HTTP token (a cookie name)");
+        }
+        if top.contains_key("hostHeader") {
+            return fail("hostCookie", "give either `hostHeader` or `hostCookie`, not both");
+        }
+        // tether removes every client-sent cookie of this name, so it cannot be its own.
+        if use_cookie && owner == name {
+            return fail("hostCookie", format!("`{owner}` is already used by cookie.name"));
+        }
+    }
     let key_header = header_name(&top, "keyHeader", "keyHeader", DEFAULT_KEY_HEADER)?;
     let cluster_header = optional_header_name(&top, "clusterHeader")?;
     let debug_header = optional_header_name(&top, "debugHeader")?;
@@ -259,6 +278,7 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         debug_header,
         keyring,
         host_header,
+        host_cookie: host_cookie.map(str::to_string),
         key_header,
         inline_keys,
     })
@@ -363,8 +383,18 @@ mod tests {
         assert_eq!((s.idle_timeout_secs, s.scope.as_deref(), s.token_header.as_deref()), (None, None, None));
         assert_eq!((s.cluster_header.as_deref(), s.debug_header.as_deref()), (None, None));
         assert_eq!(s.host_header, "x-tether-host");
+        assert_eq!(s.host_cookie, None);
         assert_eq!(s.key_header, "x-tether-key");
         assert!(s.inline_keys);
+    }
+
+    #[test]
+    fn host_cookie_replaces_the_host_header() {
+        let s = load_str(r#"{"keysFromEnv":"TETHER_KEYS","hostCookie":"tether-owner"}"#).unwrap();
+        assert_eq!(s.host_cookie.as_deref(), Some("tether-owner"));
+        // In header mode there is no tether cookie for the name to collide with.
+        let s = load_str(r#"{"keysFromEnv":"TETHER_KEYS","type":"Header","hostCookie":"tether"}"#).unwrap();
+        assert_eq!(s.host_cookie.as_deref(), Some("tether"));
     }
 
     #[test]
@@ -448,6 +478,11 @@ mod tests {
             (&format!(r#"{{{k},"":1}}"#), "(empty name)"),
             (&format!(r#"{{{k},"cookie":{{"":1}}}}"#), "cookie.(empty name)"),
             (&format!(r#"{{{k},"tokenFormat":"Hidden"}}"#), "tokenFormat"),
+            (&format!(r#"{{{k},"hostCookie":""}}"#), "hostCookie"),
+            (&format!(r#"{{{k},"hostCookie":"a;b"}}"#), "hostCookie"),
+            (&format!(r#"{{{k},"hostCookie":"o\r\nx: y"}}"#), "hostCookie"),
+            (&format!(r#"{{{k},"hostCookie":"tether"}}"#), "hostCookie"),
+            (&format!(r#"{{{k},"hostCookie":"o","hostHeader":"x-h"}}"#), "hostCookie"),
             (&format!(r#"{{{k},"clusterHeader":"x-tether-host"}}"#), "clusterHeader"),
             (&format!(r#"{{{k},"debugHeader":"Bad Name"}}"#), "debugHeader"),
         ];

@@ -16,6 +16,66 @@ pub fn values_named<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item 
     })
 }
 
+/// What to do with the request's `Cookie` headers when the owner travels to Envoy's cookie
+/// session state as cookie `name` (`hostCookie`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CookieRewrite {
+    /// No cookie of that name and no owner to present: forward the headers as they are.
+    Keep,
+    /// Forward no `Cookie` header (the client's held only cookies of that name).
+    Remove,
+    /// Replace every `Cookie` header with this one value.
+    Set(Vec<u8>),
+}
+
+/// The `Cookie` header to forward: every client-sent cookie called `name` removed (a client
+/// must not pick its pod), then `name=owner` first if there is an owner, then the other
+/// cookies of all `Cookie` headers in order, joined with `; ` as HTTP/2 joins them.
+pub fn with_owner_cookie<'a>(
+    headers: impl IntoIterator<Item = &'a [u8]>,
+    name: &[u8],
+    owner: Option<&[u8]>,
+) -> CookieRewrite {
+    let mut found = false;
+    let mut others: Vec<&[u8]> = Vec::new();
+    for header in headers {
+        for pair in header.split(|&b| b == b';').map(trim).filter(|p| !p.is_empty()) {
+            let pair_name = pair.iter().position(|&b| b == b'=').and_then(|eq| pair.get(..eq)).map(trim);
+            if pair_name == Some(name) {
+                found = true;
+            } else {
+                others.push(pair);
+            }
+        }
+    }
+    if !found && owner.is_none() {
+        return CookieRewrite::Keep;
+    }
+    let mut out = Vec::new();
+    if let Some(owner) = owner {
+        out.extend_from_slice(name);
+        out.push(b'=');
+        out.extend_from_slice(owner);
+    }
+    for pair in others {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    if out.is_empty() {
+        CookieRewrite::Remove
+    } else {
+        CookieRewrite::Set(out)
+    }
+}
+
+/// The cookie name of a `Set-Cookie` value (`name=value; attributes`).
+pub fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let pair = value.split(|&b| b == b';').next().unwrap_or_default();
+    trim(pair.split(|&b| b == b'=').next().unwrap_or_default())
+}
+
 fn trim(bytes: &[u8]) -> &[u8] {
     let is_space = |b: &u8| *b == b' ' || *b == b'\t';
     let start = bytes.iter().position(|b| !is_space(b)).unwrap_or(bytes.len());
@@ -120,6 +180,43 @@ mod tests {
         for (header, want) in cases {
             assert_eq!(found(header), *want, "{}", String::from_utf8_lossy(header));
         }
+    }
+
+    #[test]
+    fn owner_cookie_rewrite() {
+        use CookieRewrite::*;
+        let rewrite = |headers: &[&[u8]], owner: Option<&[u8]>| {
+            with_owner_cookie(headers.iter().copied(), b"owner", owner)
+        };
+        let set = |v: &str| Set(v.as_bytes().to_vec());
+        // Nothing to hide and nothing to present: untouched.
+        assert_eq!(rewrite(&[b"a=1; tether=T"], None), Keep);
+        assert_eq!(rewrite(&[], None), Keep);
+        // The owner goes first (Envoy reads the first cookie of the name).
+        assert_eq!(rewrite(&[b"a=1; tether=T"], Some(b"V")), set("owner=V; a=1; tether=T"));
+        assert_eq!(rewrite(&[], Some(b"V")), set("owner=V"));
+        // Client-sent copies are removed, in every header, however they are spaced or quoted.
+        assert_eq!(
+            rewrite(&[b"owner=X; a=1", b" owner = \"Y\" ;b=2;owner="], Some(b"V")),
+            set("owner=V; a=1; b=2")
+        );
+        assert_eq!(rewrite(&[b"owner=X; a=1", b"b=2"], None), set("a=1; b=2"));
+        assert_eq!(rewrite(&[b"owner=X", b"owner=Y;"], None), Remove);
+        // Only that exact name; pairs without `=` and odd bytes pass through.
+        assert_eq!(rewrite(&[b"Owner=1; owner2=2; flag; \xff=\x00"], None), Keep);
+        assert_eq!(
+            rewrite(&[b"Owner=1; owner2=2; flag; \xff=\x00"], Some(b"V")),
+            Set(b"owner=V; Owner=1; owner2=2; flag; \xff=\x00".to_vec())
+        );
+    }
+
+    #[test]
+    fn set_cookie_names() {
+        assert_eq!(set_cookie_name(b"owner=\"Cg8=\"; Path=/; HttpOnly"), b"owner");
+        assert_eq!(set_cookie_name(b" owner =x"), b"owner");
+        assert_eq!(set_cookie_name(b"owner"), b"owner");
+        assert_eq!(set_cookie_name(b""), b"");
+        assert_eq!(set_cookie_name(b"tether=owner=1"), b"tether");
     }
 
     fn spec() -> CookieSpec {

@@ -4,11 +4,13 @@
 
 use crate::address::parse_upstream_address;
 use crate::config::{self, Settings};
+use crate::cookie::{self, CookieRewrite};
 use crate::session::{self, Affinity, Outcome, Served};
 use crate::token::{Rejection, SessionId};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -53,6 +55,26 @@ fn random_nonce() -> Option<[u8; crate::token::NONCE_LEN]> {
             log(LogLevel::Error, &format!("no randomness for a token nonce ({e}); no token sent"));
             None
         }
+    }
+}
+
+/// Every `Cookie` request header, in order (HTTP/1 clients may send several).
+fn all_cookie_headers() -> Vec<Vec<u8>> {
+    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+    headers.into_iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v).collect()
+}
+
+/// Removes the response's `Set-Cookie` headers for cookie `name` and keeps the others.
+fn strip_set_cookie(name: &str) {
+    let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+    let set_cookies: Vec<Vec<u8>> =
+        headers.into_iter().filter(|(n, _)| n == "set-cookie").map(|(_, v)| v).collect();
+    if !set_cookies.iter().any(|v| cookie::set_cookie_name(v) == name.as_bytes()) {
+        return;
+    }
+    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "set-cookie");
+    for value in set_cookies.iter().filter(|v| cookie::set_cookie_name(v) != name.as_bytes()) {
+        let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", value);
     }
 }
 
@@ -192,12 +214,12 @@ fn describe(s: &Settings) -> String {
         (None, None) => "nothing".into(),
     };
     format!(
-        "configured: {carriers}, {:?} tokens, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, headers {} / {}",
+        "configured: {carriers}, {:?} tokens, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, owner to {} / key header {}",
         s.format,
         s.absolute_timeout_secs,
         s.idle_timeout_secs.map_or("off".into(), |t| format!("{t}s")),
         s.scope.as_deref().unwrap_or("(upstream cluster)"),
-        s.host_header,
+        s.host_cookie.as_ref().map_or(format!("header {}", s.host_header), |c| format!("cookie {c}")),
         s.key_header
     )
 }
@@ -232,27 +254,42 @@ impl HttpContext for Stream {
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
-        // second Cookie header still counts.
+        // second Cookie header still counts. With `hostCookie` the Cookie headers are
+        // rewritten, so all of them are read at once.
         let first_cookie = header_value("cookie");
-        let first_only = first_cookie.as_deref().map(|c| vec![c]).unwrap_or_default();
-        let fast = session::resolve(token_header.as_deref(), first_only, scope, settings, now, || None);
-        let affinity = match fast {
-            Some(pinned @ Affinity::Pinned { .. }) => Some(pinned),
-            _ if first_cookie.is_none() => {
-                session::resolve(token_header.as_deref(), [], scope, settings, now, fresh_session_id)
-            }
-            _ => {
-                let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-                let cookies = headers.iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v.as_slice());
-                session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
+        let all_cookies = match (&settings.host_cookie, &first_cookie) {
+            (Some(_), Some(_)) => Some(all_cookie_headers()),
+            _ => None,
+        };
+        let affinity = if let Some(all) = &all_cookies {
+            let cookies = all.iter().map(Vec::as_slice);
+            session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
+        } else {
+            let first_only = first_cookie.as_deref().map(|c| vec![c]).unwrap_or_default();
+            let fast = session::resolve(token_header.as_deref(), first_only, scope, settings, now, || None);
+            match fast {
+                Some(pinned @ Affinity::Pinned { .. }) => Some(pinned),
+                _ if first_cookie.is_none() => {
+                    session::resolve(token_header.as_deref(), [], scope, settings, now, fresh_session_id)
+                }
+                _ => {
+                    let all = all_cookie_headers();
+                    let cookies = all.iter().map(Vec::as_slice);
+                    session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
+                }
             }
         };
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
         let steering = affinity.as_ref().map(|a| session::steering(a, settings));
+        let override_host = steering.as_ref().and_then(|s| s.override_host.as_deref());
+        let (host_header_value, host_cookie_value) = match settings.host_cookie {
+            Some(_) => (None, override_host),
+            None => (override_host, None),
+        };
         let mut internal = vec![
             (settings.key_header.as_str(), steering.as_ref().map(|s| s.hash_key.as_str())),
-            (settings.host_header.as_str(), steering.as_ref().and_then(|s| s.override_host.as_deref())),
+            (settings.host_header.as_str(), host_header_value),
         ];
         if let Some(name) = &settings.cluster_header {
             internal.push((name, steering.as_ref().and_then(|s| s.cluster.as_deref())));
@@ -272,6 +309,26 @@ impl HttpContext for Stream {
                 return Action::Pause;
             }
         }
+        if let Some(name) = &settings.host_cookie {
+            let cookies = all_cookies.iter().flatten().map(Vec::as_slice);
+            let rewrite =
+                cookie::with_owner_cookie(cookies, name.as_bytes(), host_cookie_value.map(str::as_bytes));
+            let done = match rewrite {
+                CookieRewrite::Keep => Ok(()),
+                CookieRewrite::Remove => hostcalls::remove_map_value(MapType::HttpRequestHeaders, "cookie"),
+                CookieRewrite::Set(value) => {
+                    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "cookie", Some(&value))
+                }
+            };
+            if let Err(status) = done {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot rewrite the cookie header ({status:?}); request refused"),
+                );
+                let _ = hostcalls::send_http_response(500, vec![], None);
+                return Action::Pause;
+            }
+        }
         let Some(affinity) = affinity else {
             return Action::Continue;
         };
@@ -287,12 +344,28 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         let settings = &shared.settings;
-        // stateful_session announces the host it used in this header; clients need not see it.
-        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
+        let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw));
+        match &settings.host_cookie {
+            // stateful_session announces the host it used in this header; clients need not see it.
+            None => {
+                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
+            }
+            // The cookie session state sets its cookie when the host it used is not the one
+            // tether presented (a new session, a re-pin, a retry, a local reply).
+            Some(name) => {
+                let presented = match &self.affinity {
+                    Some(Affinity::Pinned { token, .. }) => Some(token.owner),
+                    _ => None,
+                };
+                if by.is_some() && by != presented {
+                    strip_set_cookie(name);
+                }
+            }
+        }
         let Some(affinity) = &self.affinity else {
             return Action::Continue;
         };
-        let label = self.respond(affinity, &shared);
+        let label = self.respond(affinity, by, &shared);
         if let (Some(name), Some(label)) = (&settings.debug_header, label) {
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&label));
         }
@@ -302,9 +375,8 @@ impl HttpContext for Stream {
 
 impl Stream {
     /// Sends the token the response needs, if any; returns the debug label.
-    fn respond(&self, affinity: &Affinity, shared: &Shared) -> Option<String> {
+    fn respond(&self, affinity: &Affinity, by: Option<SocketAddr>, shared: &Shared) -> Option<String> {
         let settings = &shared.settings;
-        let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw));
         let cluster = match (settings.cluster_header.is_some(), by.is_some()) {
             (true, true) => {
                 property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default()

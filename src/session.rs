@@ -1,7 +1,7 @@
 //! The routing decision, free of any host call: which session a request belongs to,
 //! which headers steer it, and which token (if any) the response must carry.
 
-use crate::address::override_host_value;
+use crate::address::{override_cookie_value, override_host_value};
 use crate::config::Settings;
 use crate::cookie;
 use crate::token::{self, Rejection, SessionId, SessionToken};
@@ -76,7 +76,8 @@ pub fn resolve<'a>(
 }
 
 /// Request headers to set: the override host and the session's cluster (only for a
-/// pinned session), and the hash key.
+/// pinned session), and the hash key. `override_host` is in the form the session filter
+/// reads: the header value, or the cookie value when `hostCookie` is set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Steering {
     pub override_host: Option<String>,
@@ -87,7 +88,10 @@ pub struct Steering {
 pub fn steering(affinity: &Affinity, settings: &Settings) -> Steering {
     match affinity {
         Affinity::Pinned { token, .. } => Steering {
-            override_host: Some(override_host_value(&token.owner)),
+            override_host: Some(match settings.host_cookie {
+                Some(_) => override_cookie_value(&token.owner),
+                None => override_host_value(&token.owner),
+            }),
             cluster: (settings.cluster_header.is_some() && !token.cluster.is_empty())
                 .then(|| token.cluster.clone()),
             hash_key: token.session.to_hex(),
@@ -274,6 +278,18 @@ mod tests {
         assert_eq!(steer.hash_key, "07".repeat(16));
         assert_eq!(steer.cluster, None);
         assert_eq!(respond(&affinity, &served("10.0.0.2:8080"), NOW, &s), (Outcome::Hit, None));
+    }
+
+    #[test]
+    fn host_cookie_mode_steers_with_envoys_cookie_value() {
+        let s = settings_with(&format!("k1={K1}"), r#","hostCookie":"tether-owner""#);
+        let t = token("10.0.0.2:8080");
+        let header = cookie_for(&t, &s);
+        let affinity = resolve(None, [header.as_bytes()], SCOPE, &s, NOW, || Some(FRESH)).unwrap();
+        let steer = steering(&affinity, &s);
+        // base64 of the protobuf `envoy.Cookie { address: "10.0.0.2:8080" }`.
+        assert_eq!(steer.override_host.as_deref(), Some("Cg0xMC4wLjAuMjo4MDgw"));
+        assert_eq!(steer.hash_key, "07".repeat(16));
     }
 
     #[test]
