@@ -16,15 +16,43 @@ use tether::token::{self, SessionId, SessionToken};
 
 /// Runs scripts/istio-render.py; returns (envoy.yaml, ecds.yaml) contents.
 fn render(plugin: &str, pods: &[SocketAddr], out: &Path) -> (String, String) {
+    render_from("istio", plugin, &pods.iter().map(|p| p.to_string()).collect::<Vec<_>>(), out, false)
+}
+
+/// Runs scripts/istio-render.py with the manifests of `istio_dir` and endpoints given as
+/// `ip:port[=ready|terminating|stopped]` (EndpointSlice conditions); `endpoints_only`
+/// rewrites eds.yaml alone, as istiod pushes EDS when a pod's conditions change.
+fn render_from(
+    istio_dir: &str,
+    plugin: &str,
+    endpoints: &[String],
+    out: &Path,
+    endpoints_only: bool,
+) -> (String, String) {
     let mut cmd = Command::new("python3");
     cmd.current_dir(repo()).arg("scripts/istio-render.py").args(["--plugin", plugin]);
-    for pod in pods {
-        cmd.args(["--endpoint", &pod.to_string()]);
+    cmd.args(["--istio-dir", istio_dir]);
+    for endpoint in endpoints {
+        cmd.args(["--endpoint", endpoint]);
+    }
+    if endpoints_only {
+        cmd.arg("--endpoints-only");
     }
     let result = cmd.arg("--out").arg(out).output().expect("python3 scripts/istio-render.py");
     assert!(result.status.success(), "render failed: {}", String::from_utf8_lossy(&result.stderr));
-    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
     (read("envoy.yaml"), read("ecds.yaml"))
+}
+
+/// The rendered cluster's name (tokens are bound to it: no `scope` in pluginConfig).
+fn cluster_name(out: &Path) -> String {
+    std::fs::read_to_string(out.join("eds.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cluster_name: "))
+        .expect("the rendered cluster")
+        .trim_matches(['"', '\''])
+        .to_string()
 }
 
 /// The JSON plugin configuration inside the ECDS StringValue.
@@ -59,9 +87,9 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     let (envoy_yaml, ecds) = render(plugin, &addrs(&pods), &out);
 
     // The filter order istiod produces: the WasmPlugin (by ECDS) before stateful_session,
-    // router last; the per-route session state reads tether's host header.
+    // router last; the per-route session state reads the cookie tether writes.
     let config = plugin_json(&ecds);
-    let host_header = config["hostHeader"].as_str().unwrap();
+    let host_cookie = config["hostCookie"].as_str().unwrap();
     let key_header = config["keyHeader"].as_str().unwrap();
     let wasm_at = position(&envoy_yaml, "name: extensions.istio.io/trafficextension/");
     let session_at = position(&envoy_yaml, "name: envoy.filters.http.stateful_session\n");
@@ -69,23 +97,17 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     assert!(wasm_at < session_at && session_at < router_at, "filter order:\n{envoy_yaml}");
     assert!(envoy_yaml.contains("config_discovery:") && envoy_yaml.contains("path_config_source:"));
     assert!(ecds.contains("host_env_keys:\n          - TETHER_KEYS"), "keys from the proxy's environment");
-    assert!(envoy_yaml.contains("header.v3.HeaderBasedSessionState"), "header session state");
+    assert!(envoy_yaml.contains("cookie.v3.CookieBasedSessionState"), "cookie session state");
     assert!(
-        envoy_yaml.contains(&format!("name: {host_header}\n")),
-        "the Service label names tether's hostHeader `{host_header}`"
+        envoy_yaml.contains(&format!("name: {host_cookie}\n")),
+        "the Service label names tether's hostCookie `{host_cookie}`"
     );
     assert!(
         envoy_yaml.contains(&format!("header_name: {key_header}\n")),
         "the DestinationRule hashes tether's keyHeader `{key_header}`"
     );
 
-    // Tokens are bound to the upstream cluster's name (no `scope` in pluginConfig).
-    let scope = envoy_yaml
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("cluster_name: "))
-        .expect("the rendered cluster")
-        .trim_matches(['"', '\''])
-        .to_string();
+    let scope = cluster_name(&out);
     assert!(scope.starts_with("outbound|"), "{scope}");
     let open_demo = |value: &str| open_scoped(value, &scope);
     let forged = |owner| forged(owner, &scope);
@@ -101,11 +123,15 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     let value = first.cookie_value().unwrap();
     let owner = open_demo(&value).owner;
     assert_eq!(owner, pod_by_name(&pods, first.pod()).addr);
+    assert_no_owner_cookie_for_client(&first, host_cookie);
 
-    // Sticky.
+    // Sticky; the pod receives exactly one owner cookie, tether's, first.
+    let presented = format!("{host_cookie}={}", owner_cookie_value(owner));
     for i in 0..20 {
         let r = envoy.get_with_cookie(Some(&value));
         assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None), "request {i}");
+        assert_eq!(r.header("x-seen-cookie"), Some(format!("{presented}; {COOKIE}={value}").as_str()));
+        assert_eq!(r.all("set-cookie").len(), 0);
     }
 
     // A forged token aimed at another pod never steers.
@@ -113,7 +139,9 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     for _ in 0..5 {
         let r = envoy.get_with_cookie(Some(&forged(target)));
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-seen-host"), Some("-"), "a forged token must not steer");
+        let seen = r.header("x-seen-cookie").unwrap();
+        assert!(!seen.contains(host_cookie), "a forged token must not steer: the pod saw `{seen}`");
+        assert_no_owner_cookie_for_client(&r, host_cookie);
         let minted = open_demo(&r.cookie_value().expect("a forged token starts a new session"));
         assert_ne!(minted.session, SessionId([7; 16]));
     }
@@ -128,6 +156,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
         let r = envoy.get_with_cookie(Some(&cookie));
         assert_eq!(r.status, 200, "request {i} after the owner died");
         assert_ne!(r.pod(), owner_name);
+        assert_no_owner_cookie_for_client(&r, host_cookie);
         if let Some(new) = r.cookie_value() {
             let token = open_demo(&new);
             assert_eq!(token.owner, pod_by_name(&pods, r.pod()).addr, "re-pinned to the pod that served");
@@ -140,6 +169,21 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     }
     assert!(repinned.is_some(), "the session was re-pinned to a live pod");
     println!("{plugin}: owner {owner_name} killed, session moved to {}", repinned.unwrap());
+}
+
+/// What Envoy's cookie session state reads: base64 of `envoy.Cookie { address }`.
+fn owner_cookie_value(owner: SocketAddr) -> String {
+    tether::address::override_cookie_value(&owner)
+}
+
+/// The session filter's own Set-Cookie (naming the pod) never reaches the client.
+fn assert_no_owner_cookie_for_client(r: &Response, host_cookie: &str) {
+    for value in r.all("set-cookie") {
+        assert!(
+            !value.starts_with(&format!("{host_cookie}=")),
+            "the owner cookie leaked to the client: {value}"
+        );
+    }
 }
 
 #[test]
@@ -173,6 +217,54 @@ fn render_refuses_a_plugin_on_the_inbound_side() {
     assert!(stderr.contains("match.mode") && stderr.contains("CLIENT"), "{stderr}");
 }
 
+/// What istiod's admission or its session filter would not accept is refused by the
+/// renderer with the field named: a maglev DestinationRule without a prime tableSize
+/// (validateLoadBalancer), and a pluginConfig that presents the owner where the Service
+/// label does not make istiod's session filter look.
+#[test]
+fn render_refuses_what_istio_would_not_accept() {
+    let cases = [
+        ("destinationrule.yaml", "          tableSize: 65537\n", "", "tableSize must be set"),
+        ("destinationrule.yaml", "tableSize: 65537", "tableSize: 65536", "must be a prime"),
+        (
+            "service.yaml",
+            "persistent-session: tether-owner",
+            "persistent-session: other",
+            "hostCookie must be `other`",
+        ),
+        (
+            "service.yaml",
+            "istio.io/persistent-session: tether-owner",
+            "istio.io/persistent-session-header: x-tether-host",
+            "pluginConfig.hostCookie: the Service has only",
+        ),
+        ("service.yaml", "    istio.io/persistent-session: tether-owner\n", "", "has neither"),
+    ];
+    for (file, from, to, want) in cases {
+        let dir = scratch_dir("istio-refuse-dr");
+        for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
+        std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+        let result = Command::new("python3")
+            .current_dir(repo())
+            .arg("scripts/istio-render.py")
+            .arg("--plugin")
+            .arg(dir.join("wasmplugin-gateway.yaml"))
+            .arg("--istio-dir")
+            .arg(&dir)
+            .arg("--out")
+            .arg(dir.join("rendered"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success() && stderr.contains(want), "{file} `{to}`: {stderr}");
+    }
+}
+
 /// `envoy --mode validate` on every Envoy configuration in envoy/ and rendered from istio/.
 #[test]
 fn every_shipped_and_rendered_config_validates() {
@@ -202,4 +294,255 @@ fn every_shipped_and_rendered_config_validates() {
         assert!(result.status.success() && log.contains("OK"), "{}:\n{log}", config.display());
         println!("validated {}", config.display());
     }
+}
+
+// ---------------------------------------------------------------- draining under Istio
+
+/// Cluster `pods` health flags as Envoy's /clusters reports them for the rendered cluster
+/// (None: Envoy does not have the host).
+fn flags(envoy: &Envoy, cluster: &str, pod: SocketAddr) -> Option<String> {
+    let key = format!("{cluster}::{pod}::health_flags::");
+    envoy.admin_get("/clusters").lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
+}
+
+fn wait_flags(envoy: &Envoy, cluster: &str, pod: SocketAddr, want: Option<&str>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while flags(envoy, cluster, pod).as_deref() != want {
+        assert!(std::time::Instant::now() < deadline, "{pod}: health_flags {want:?} never came");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// One request on a keep-alive connection: (status, pod, the tether cookie it set).
+fn ask(conn: &mut tether_probe::http::Connection, cookie: Option<&str>) -> (u16, String, Option<String>) {
+    let header = cookie.map(|c| format!("{COOKIE}={c}"));
+    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
+    let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
+    let set = r.all("set-cookie").find_map(|v| {
+        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
+    });
+    assert!(r.all("set-cookie").all(|v| !v.starts_with("tether-owner=")), "the owner cookie leaked");
+    (r.status, r.header("x-pod").unwrap_or("(none)").to_string(), set)
+}
+
+/// `n` new sessions: (cookie value, pod name).
+fn mint_sessions(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
+    let mut conn = envoy.keep_alive();
+    (0..n)
+        .map(|i| {
+            let (status, pod, cookie) = ask(&mut conn, None);
+            assert_eq!(status, 200, "session {i}");
+            (cookie.expect("a new session sets the cookie"), pod)
+        })
+        .collect()
+}
+
+/// One request per session with its cookie: (pod name, whether the response set a new cookie).
+fn visit_sessions(envoy: &Envoy, sessions: &[(String, String)]) -> Vec<(String, bool)> {
+    let mut conn = envoy.keep_alive();
+    sessions
+        .iter()
+        .map(|(cookie, _)| {
+            let (status, pod, set) = ask(&mut conn, Some(cookie));
+            assert_eq!(status, 200);
+            (pod, set.is_some())
+        })
+        .collect()
+}
+
+struct Drained {
+    own: usize,
+    kept: usize,
+    ws_kept: usize,
+    fresh_on_drained: usize,
+    fresh: usize,
+    fresh_ws_on_drained: usize,
+}
+
+/// 600 sessions over 3 pods; one pod starts its graceful shutdown (EndpointSlice: serving,
+/// terminating, not ready) and istiod's EDS is rendered for it from `istio_dir`'s labels.
+/// Returns what its sessions and new sessions did, then (with `then_gone`) stops the pod.
+fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>) {
+    let mut pods = Pod::start_many(3);
+    let out = scratch_dir(tag);
+    let plugin = format!("{istio_dir}/wasmplugin-gateway.yaml");
+    let plugin = plugin.as_str();
+    let ready: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    let (envoy_yaml, _) = render_from(istio_dir, plugin, &ready, &out, false);
+    let cluster = cluster_name(&out);
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    let sessions = mint_sessions(&envoy, 600);
+    let drained = pods[0].name.clone();
+    let drained_addr = pods[0].addr;
+    let own: Vec<&(String, String)> = sessions.iter().filter(|(_, pod)| *pod == drained).collect();
+    assert!(own.len() >= 120, "{} of 600 sessions on {drained}", own.len());
+
+    let mut states = ready.clone();
+    states[0] = format!("{}=terminating", drained_addr);
+    render_from(istio_dir, plugin, &states, &out, true);
+    let draining_flags = if istio_dir == "istio" { Some("/eds_status_draining") } else { None };
+    wait_flags(&envoy, &cluster, drained_addr, draining_flags);
+    envoy.settle();
+
+    let after = visit_sessions(&envoy, &sessions);
+    let kept = sessions
+        .iter()
+        .zip(&after)
+        .filter(|((_, pod), (now, repinned))| *pod == drained && *now == drained && !repinned)
+        .count();
+    let moved_elsewhere = sessions
+        .iter()
+        .zip(&after)
+        .filter(|((_, pod), (now, repinned))| *pod != drained && (now != pod || *repinned))
+        .count();
+    assert_eq!(moved_elsewhere, 0, "sessions of the other pods moved");
+    let ws_kept = own
+        .iter()
+        .filter(|(cookie, _)| {
+            let (r, first_frame) = websocket(envoy.addr(), Some(cookie));
+            assert_eq!(r.status, 101);
+            first_frame == drained && r.set_cookie().is_none()
+        })
+        .count();
+    let fresh = mint_sessions(&envoy, 300);
+    let fresh_on_drained = fresh.iter().filter(|(_, pod)| *pod == drained).count();
+    let fresh_ws_on_drained = (0..30).filter(|_| websocket(envoy.addr(), None).1 == drained).count();
+    let result =
+        Drained { own: own.len(), kept, ws_kept, fresh_on_drained, fresh: fresh.len(), fresh_ws_on_drained };
+    if istio_dir != "istio" {
+        return (result, None);
+    }
+
+    // The grace period ends: the pod stops serving (istiod drops it from EDS) and exits.
+    states[0] = format!("{}=stopped", drained_addr);
+    render_from(istio_dir, plugin, &states, &out, true);
+    wait_flags(&envoy, &cluster, drained_addr, None);
+    pods[0].kill();
+    envoy.settle();
+    let gone = visit_sessions(&envoy, &sessions);
+    let own_moved = sessions
+        .iter()
+        .zip(&gone)
+        .filter(|((_, pod), (now, repinned))| *pod == drained && *now != drained && *repinned)
+        .count();
+    let others_moved = sessions
+        .iter()
+        .zip(&gone)
+        .filter(|((_, pod), (now, repinned))| *pod != drained && (now != pod || *repinned))
+        .count();
+    (result, Some((own_moved, others_moved)))
+}
+
+/// With the cookie label (istio/service.yaml), istiod keeps a terminating pod in EDS as
+/// DRAINING: its sessions stay on it (HTTP and WebSocket reconnects), it gets no new
+/// session, and its sessions move only once it is gone.
+#[test]
+fn draining_pod_keeps_its_sessions_under_istio_with_the_cookie_label() {
+    let (d, gone) = drain_one_pod("istio", "istio-drain-cookie");
+    let (own_moved, others_moved) = gone.unwrap();
+    println!(
+        "istio cookie label, pod draining: {} of its {} sessions stayed (HTTP), {} of {} WebSocket reconnects \
+         stayed; new sessions on it: {} of {}, new WebSockets on it: {} of 30; once gone: {own_moved} of {} moved \
+         and were re-pinned, {others_moved} other sessions moved",
+        d.kept, d.own, d.ws_kept, d.own, d.fresh_on_drained, d.fresh, d.fresh_ws_on_drained, d.own
+    );
+    assert_eq!(d.kept, d.own, "a draining pod's session left it");
+    assert_eq!(d.ws_kept, d.own, "a draining pod's WebSocket reconnect left it");
+    assert_eq!(
+        (d.fresh_on_drained, d.fresh_ws_on_drained),
+        (0, 0),
+        "a new session landed on the draining pod"
+    );
+    assert_eq!(own_moved, d.own, "every session of the gone pod moves and is re-pinned");
+    assert_eq!(others_moved, 0);
+}
+
+/// The baseline the cookie label fixes: with only the header label, istiod drops the
+/// terminating endpoint at once, and every one of its sessions moves in the first second
+/// of its shutdown (while the pod still holds their state).
+#[test]
+fn header_label_loses_a_draining_pods_sessions_at_once() {
+    let dir = scratch_dir("istio-header-label");
+    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(
+            "istio.io/persistent-session: tether-owner",
+            "istio.io/persistent-session-header: x-tether-host",
+        );
+        std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+    }
+    // The plugin must then present the owner in the header the session filter reads.
+    let plugin = dir.join("wasmplugin-gateway.yaml");
+    let text = std::fs::read_to_string(&plugin).unwrap();
+    assert_eq!(text.matches("hostCookie: tether-owner").count(), 1);
+    std::fs::write(&plugin, text.replace("hostCookie: tether-owner", "hostHeader: x-tether-host")).unwrap();
+    let (d, _) = drain_one_pod(dir.to_str().unwrap(), "istio-drain-header");
+    println!(
+        "istio header label, pod terminating: {} of its {} sessions stayed, {} of {} WebSocket reconnects stayed",
+        d.kept, d.own, d.ws_kept, d.own
+    );
+    assert_eq!((d.kept, d.ws_kept), (0, 0), "istiod dropped the endpoint, so none can stay");
+    assert_eq!(d.fresh_on_drained, 0);
+}
+
+/// In cookie mode the client's own `tether-owner` cookies — first, in a second Cookie
+/// header, quoted — never reach the session filter: tether removes every copy and puts its
+/// own first, only for a token that verifies.
+#[test]
+fn client_sent_owner_cookies_never_steer() {
+    let pods = Pod::start_many(3);
+    let out = scratch_dir("istio-owner-cookie");
+    let (envoy_yaml, _) = render("istio/wasmplugin-gateway.yaml", &addrs(&pods), &out);
+    let scope = cluster_name(&out);
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    let target = &pods[2];
+    let aimed = format!("tether-owner={}", owner_cookie_value(target.addr));
+    let quoted = format!("tether-owner=\"{}\"", owner_cookie_value(target.addr));
+
+    // No token: a new session, placed by the hash of its id; the pod sees no owner cookie.
+    let mut on_target = 0;
+    for i in 0..30 {
+        let r = http_to(
+            envoy.addr(),
+            "GET",
+            "/",
+            &[("cookie", &format!("{aimed}; app=1")), ("cookie", &format!("x=2; {quoted}"))],
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(
+            r.header("x-seen-cookie"),
+            Some("app=1; x=2"),
+            "request {i}: the client's owner cookie got through"
+        );
+        assert!(r.cookie_value().is_some(), "a new session");
+        assert_no_owner_cookie_for_client(&r, "tether-owner");
+        on_target += usize::from(r.pod() == target.name);
+    }
+    assert!(on_target < 30, "every request reached the pod the client chose");
+
+    // A valid token for pod a, with the client's cookie aimed at pod c around it: pod a.
+    let owner = &pods[0];
+    let token = scoped_token(owner.addr, [5; 16], &scope, "");
+    for i in 0..10 {
+        let r = http_to(
+            envoy.addr(),
+            "GET",
+            "/",
+            &[("cookie", &format!("{aimed}; {COOKIE}={token}")), ("cookie", &quoted)],
+        )
+        .unwrap();
+        assert_eq!((r.status, r.pod()), (200, owner.name.as_str()), "request {i}");
+        let mine = format!("tether-owner={}; {COOKIE}={token}", owner_cookie_value(owner.addr));
+        assert_eq!(r.header("x-seen-cookie"), Some(mine.as_str()), "request {i}");
+        assert_eq!(r.all("set-cookie").len(), 0, "a hit sets nothing");
+    }
+    println!("client-sent owner cookies: {on_target} of 30 new sessions reached the aimed pod (hash: ~10)");
 }
