@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image test-matrix istio-render change probe
+.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render change probe tools
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -21,8 +21,12 @@ build-crash-test: wasm-target
 envoy:
 	@scripts/envoy.sh
 
+## tools: what the tests need besides Rust and Envoy (skopeo for the image test)
+tools:
+	@command -v skopeo >/dev/null || { echo "installing skopeo (Debian package)"; apt-get update -qq && apt-get install -y -qq skopeo; }
+
 ## test: lints, native unit tests, and integration tests against real Envoy
-test: lint build build-crash-test
+test: tools lint build build-crash-test
 	@mkdir -p target
 	set -o pipefail; ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2 \
 	  2>&1 | tee target/test.log
@@ -83,6 +87,19 @@ clean:
 image: build
 	python3 scripts/oci.py build $(WASM) target/oci
 
+## push IMAGE=registry/repo:tag: pushes target/oci with skopeo (your `skopeo login`
+## credentials, TLS verified unless TLS_VERIFY=false); prints the digest
+push: image
+	@test -n "$(IMAGE)" || { echo "usage: make push IMAGE=registry/repo:tag [TLS_VERIFY=false]"; exit 2; }
+	TLS_VERIFY=$(or $(TLS_VERIFY),true) scripts/push.sh $(IMAGE) target/oci
+
+## istio IMAGE=registry/repo:tag: ready-to-apply manifests in target/istio/, each WasmPlugin
+## pinned to the digest of the image `make image` built (kubectl apply -k target/istio)
+istio: image
+	@test -n "$(IMAGE)" || { echo "usage: make istio IMAGE=registry/repo:tag"; exit 2; }
+	rm -rf target/istio
+	python3 scripts/istio-manifests.py --image $(IMAGE) --digest $$(python3 scripts/oci.py digest target/oci) --out target/istio
+
 ## istio-render: what istiod would send for istio/ (target/istio-{gateway,sidecar}/)
 istio-render:
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out target/istio-gateway
@@ -90,7 +107,7 @@ istio-render:
 
 ## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy
 MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))
-test-matrix: build build-crash-test
+test-matrix: tools build build-crash-test
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \

@@ -7,9 +7,15 @@ tries for an OCI manifest (pkg/wasm/imagefetcher.go: last layer
 application/vnd.oci.image.layer.v1.tar+gzip, a tar.gz holding plugin.wasm). Any registry
 stores it like any image. The build is reproducible: the same .wasm gives the same digest.
 
-  oci.py build WASM LAYOUT_DIR            OCI image layout; prints digest and sha256
-  oci.py push LAYOUT_DIR HOST:PORT/REPO:TAG   Registry HTTP API v2 (plain HTTP: loopback tests)
-  oci.py pull HOST:PORT/REPO(:TAG|@sha256:D) OUT.wasm   checks every digest, extracts as istio-agent does
+Why a layout writer here: the standard tools either need a container engine (docker,
+podman, buildah) or do not write a byte-reproducible single-file image (fixed tar header,
+gzip without timestamp), and the digest is what WasmPlugin pins. Moving images between
+layouts and registries is skopeo's job (scripts/push.sh); nothing here speaks to a registry.
+
+  oci.py build WASM LAYOUT_DIR      OCI image layout; prints digest and sha256
+  oci.py digest LAYOUT_DIR          the image (manifest) digest, sha256:...
+  oci.py extract LAYOUT_DIR OUT     checks every digest, writes plugin.wasm as istio-agent
+                                    extracts it (e.g. from `skopeo copy docker://... oci:DIR`)
 
 For WasmPlugin with url oci://...: sha256 is the *manifest digest* (istio-agent compares
 it with the image digest, pkg/wasm/cache.go), not the sha256 of the .wasm file.
@@ -21,13 +27,10 @@ import json
 import os
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-ACCEPT = ", ".join([MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"])
 
 
 def sha256(data):
@@ -83,46 +86,20 @@ def build(wasm_path, layout):
     print(f"                sha256: {sha256(manifest)}")
 
 
-def parse_ref(ref):
-    host, _, rest = ref.partition("/")
-    if "@" in rest:
-        repo, _, ident = rest.partition("@")
-    else:
-        repo, _, ident = rest.rpartition(":")
-    if not (host and repo and ident):
-        sys.exit(f"oci.py: {ref!r} is not HOST:PORT/REPO:TAG or HOST:PORT/REPO@sha256:DIGEST")
-    return f"http://{host}/v2/{repo}", ident
-
-
-def request(method, url, data=None, headers=None):
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.headers, resp.read()
-    except urllib.error.HTTPError as e:
-        sys.exit(f"oci.py: {method} {url}: HTTP {e.code}: {e.read()[:300]!r}")
-
-
-def push(layout, ref):
-    base, tag = parse_ref(ref)
+def manifest_digest(layout):
     with open(os.path.join(layout, "index.json")) as f:
-        digest = json.load(f)["manifests"][0]["digest"]
-    blob = lambda d: open(os.path.join(layout, "blobs", "sha256", d.split(":")[1]), "rb").read()
-    manifest = blob(digest)
-    m = json.loads(manifest)
-    for desc in [m["config"]] + m["layers"]:
-        _, headers, _ = request("POST", base + "/blobs/uploads/", b"")
-        location = headers["Location"]
-        if location.startswith("/"):
-            location = base.split("/v2/")[0] + location
-        sep = "&" if "?" in location else "?"
-        request("PUT", f"{location}{sep}digest={desc['digest']}", blob(desc["digest"]),
-                {"Content-Type": "application/octet-stream"})
-    _, headers, _ = request("PUT", f"{base}/manifests/{tag}", manifest, {"Content-Type": MANIFEST})
-    got = headers.get("Docker-Content-Digest")
-    if got != digest:
-        sys.exit(f"oci.py: registry answered digest {got}, expected {digest}")
-    print(f"pushed {ref} {digest}")
+        manifests = json.load(f)["manifests"]
+    if len(manifests) != 1:
+        sys.exit(f"oci.py: {layout} holds {len(manifests)} images, expected one")
+    return manifests[0]["digest"]
+
+
+def blob(layout, digest, what):
+    algo, _, hexdigest = digest.partition(":")
+    if algo != "sha256":
+        sys.exit(f"oci.py: {what} digest {digest} is not sha256")
+    with open(os.path.join(layout, "blobs", "sha256", hexdigest), "rb") as f:
+        return checked(f.read(), digest, what)
 
 
 def checked(data, digest, what):
@@ -131,19 +108,15 @@ def checked(data, digest, what):
     return data
 
 
-def pull(ref, out):
-    base, ident = parse_ref(ref)
-    _, headers, manifest = request("GET", f"{base}/manifests/{ident}", headers={"Accept": ACCEPT})
-    digest = headers.get("Docker-Content-Digest") or "sha256:" + sha256(manifest)
-    if ident.startswith("sha256:"):
-        checked(manifest, ident, "manifest")
-    m = json.loads(manifest)
+def extract(layout, out):
+    digest = manifest_digest(layout)
+    m = json.loads(blob(layout, digest, "manifest"))
     layers = m.get("layers") or sys.exit("oci.py: the image has no layers")
     last = layers[-1]  # istio-agent reads the last layer
     if last["mediaType"] != LAYER:
         sys.exit(f"oci.py: last layer is {last['mediaType']}, expected {LAYER}")
-    checked(request("GET", f"{base}/blobs/{m['config']['digest']}")[2], m["config"]["digest"], "config")
-    layer = checked(request("GET", f"{base}/blobs/{last['digest']}")[2], last["digest"], "layer")
+    blob(layout, m["config"]["digest"], "config")
+    layer = blob(layout, last["digest"], "layer")
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
         for member in tar.getmembers():
             if os.path.basename(member.name) == "plugin.wasm":
@@ -153,17 +126,17 @@ def pull(ref, out):
             sys.exit("oci.py: plugin.wasm not found in the layer")
     with open(out, "wb") as f:
         f.write(wasm)
-    print(f"pulled {ref} {digest} -> {out} ({len(wasm)} bytes, sha256 {sha256(wasm)})")
+    print(f"extracted {digest} -> {out} ({len(wasm)} bytes, sha256 {sha256(wasm)})")
 
 
 def main():
     args = sys.argv[1:]
     if len(args) == 3 and args[0] == "build":
         build(args[1], args[2])
-    elif len(args) == 3 and args[0] == "push":
-        push(args[1], args[2])
-    elif len(args) == 3 and args[0] == "pull":
-        pull(args[1], args[2])
+    elif len(args) == 2 and args[0] == "digest":
+        print(manifest_digest(args[1]))
+    elif len(args) == 3 and args[0] == "extract":
+        extract(args[1], args[2])
     else:
         sys.exit(__doc__)
 

@@ -1,6 +1,8 @@
-//! `make image`'s OCI image through a real registry: Debian's docker-registry on loopback
-//! (scripts/registry.sh), push, pull back by tag and by digest, and the extracted module is
-//! byte-identical to the built .wasm. The image is reproducible, and a wrong digest is refused.
+//! `make image`'s OCI image through a real registry with the standard tool: Debian's
+//! docker-registry on loopback (scripts/registry.sh), pushed by scripts/push.sh (`make
+//! push`, skopeo), pulled back by tag and by digest with skopeo, and the module extracted
+//! as istio-agent does is byte-identical to the built .wasm. The image is reproducible, a
+//! wrong digest is refused, and `make istio`'s manifests pin exactly the pushed digest.
 
 mod common;
 
@@ -103,25 +105,70 @@ fn image_round_trips_through_a_registry_byte_identical() {
 
     let registry = Registry::start(&dir.join("registry"));
     let tagged = format!("{}/tether/tether:0.1.0", registry.addr);
-    let pushed = ok(oci(&["push", layout.to_str().unwrap(), &tagged]));
-    assert!(pushed.contains(&digest), "{pushed}");
+    let pushed = Command::new(repo().join("scripts/push.sh"))
+        .current_dir(repo())
+        .env("TLS_VERIFY", "false")
+        .arg(&tagged)
+        .arg(&layout)
+        .output()
+        .unwrap();
+    let pushed = ok(pushed);
+    assert_eq!(field(&pushed, "image digest:"), digest, "the registry holds the built image unchanged");
+    let pinned = format!("{}/tether/tether@{digest}", registry.addr);
+    assert_eq!(field(&pushed, "pinned:"), pinned);
 
-    for reference in [tagged.clone(), format!("{}/tether/tether@{digest}", registry.addr)] {
-        let out = dir.join("pulled.wasm");
-        let _ = std::fs::remove_file(&out);
-        let pulled = ok(oci(&["pull", &reference, out.to_str().unwrap()]));
-        assert!(pulled.contains(&digest), "{pulled}");
+    for (i, reference) in [tagged.clone(), pinned.clone()].iter().enumerate() {
+        let pulled = dir.join(format!("pulled-{i}"));
+        ok(skopeo(&[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &oci_dir(&pulled),
+        ]));
+        let out = dir.join(format!("pulled-{i}.wasm"));
+        let extracted = ok(oci(&["extract", pulled.to_str().unwrap(), out.to_str().unwrap()]));
+        assert!(extracted.contains(&digest), "{extracted}");
         assert!(
             std::fs::read(&out).unwrap() == module,
             "{reference}: the pulled module differs from the built one"
         );
-        println!("{}", pulled.trim());
+        println!("{reference}: {}", extracted.trim());
     }
 
     // A digest the registry does not have is an error, not an empty module.
-    let missing = format!("{}/tether/tether@sha256:{}", registry.addr, "0".repeat(64));
-    let refused = oci(&["pull", &missing, dir.join("none.wasm").to_str().unwrap()]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("HTTP 404"), "{refused:?}");
-    assert!(!dir.join("none.wasm").exists());
+    let missing = format!("docker://{}/tether/tether@sha256:{}", registry.addr, "0".repeat(64));
+    let refused = skopeo(&["copy", "--src-tls-verify=false", &missing, &oci_dir(&dir.join("none"))]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(!dir.join("none/index.json").exists());
+
+    // `make istio`: the manifests pin the url and sha256 to the pushed digest; the base in
+    // istio/ carries neither (Istio's admission refuses a WasmPlugin without a url).
+    let manifests = dir.join("istio");
+    ok(Command::new("python3")
+        .current_dir(repo())
+        .args(["scripts/istio-manifests.py", "--image", &tagged, "--digest", &digest, "--out"])
+        .arg(&manifests)
+        .output()
+        .unwrap());
+    for plugin in ["wasmplugin-gateway.yaml", "wasmplugin-sidecar.yaml"] {
+        let base = std::fs::read_to_string(repo().join("istio").join(plugin)).unwrap();
+        assert!(!base.lines().any(|l| l.starts_with("  url:") || l.starts_with("  sha256:")), "{plugin}");
+        let text = std::fs::read_to_string(manifests.join(plugin)).unwrap();
+        assert!(text.contains(&format!("\n  url: oci://{pinned}\n")), "{plugin}:\n{text}");
+        assert!(text.contains(&format!("\n  sha256: {}\n", &digest["sha256:".len()..])), "{plugin}");
+    }
+    let kustomization = std::fs::read_to_string(manifests.join("kustomization.yaml")).unwrap();
+    for file in ["wasmplugin-gateway.yaml", "service.yaml", "destinationrule.yaml", "gateway.yaml"] {
+        assert!(kustomization.contains(&format!("- {file}\n")), "{kustomization}");
+    }
+    assert!(!manifests.join("istiod-values.yaml").exists(), "Helm values are not a resource to apply");
+}
+
+fn skopeo(args: &[&str]) -> Output {
+    Command::new("skopeo").args(args).output().expect("skopeo (make tools installs it)")
+}
+
+fn oci_dir(dir: &Path) -> String {
+    format!("oci:{}", dir.display())
 }

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Ready-to-apply Istio manifests: istio/ with each WasmPlugin pinned to the built image.
+
+  scripts/istio-manifests.py --image REGISTRY/REPO:TAG --digest sha256:D --out target/istio
+
+Copies the Kubernetes resources of istio/ (the base, whose WasmPlugins carry no url on
+purpose: Istio's admission refuses them, so they cannot be applied by mistake) to OUT and
+gives each WasmPlugin `url: oci://REGISTRY/REPO@sha256:D` and `sha256: D` (for an oci://
+url istio-agent compares sha256 with the image manifest digest). Files that are not
+resources to apply — Helm values (istiod-values.yaml), patches (proxy-env.yaml) — stay
+behind. Also writes OUT/kustomization.yaml, so both `kubectl apply -f OUT` and
+`kubectl apply -k OUT` work. Text edits only: comments stay.
+"""
+import argparse
+import os
+import re
+import sys
+
+
+def pinned_repo(image):
+    """REGISTRY/REPO from REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:... (ports kept)."""
+    repo = image.split("@", 1)[0]
+    last = repo.rsplit("/", 1)
+    if "/" not in repo:
+        sys.exit(f"istio-manifests: IMAGE {image!r} must be REGISTRY/REPO[:TAG]")
+    if ":" in last[1]:
+        repo = repo.rsplit(":", 1)[0]
+    return repo
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--digest", required=True)
+    ap.add_argument("--istio-dir", default="istio")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", args.digest):
+        sys.exit(f"istio-manifests: --digest {args.digest!r} is not sha256:<64 hex digits>")
+    url = f"oci://{pinned_repo(args.image)}@{args.digest}"
+    os.makedirs(args.out, exist_ok=True)
+    names = []
+    plugins = 0
+    for name in sorted(f for f in os.listdir(args.istio_dir) if f.endswith(".yaml")):
+        with open(os.path.join(args.istio_dir, name)) as f:
+            text = f.read()
+        if not re.search(r"^apiVersion: ", text, re.M) or name == "kustomization.yaml":
+            continue  # Helm values or a patch, not a resource to apply
+        names.append(name)
+        if re.search(r"^kind: WasmPlugin$", text, re.M):
+            if re.search(r"^  (url|sha256):", text, re.M):
+                sys.exit(f"istio-manifests: {name} already has a url or sha256; the base must not")
+            text = re.sub(r"^  # No url or sha256.*?\n(?=  [^#])",
+                          "  # Pinned to the built image by `make istio` (scripts/istio-manifests.py).\n",
+                          text, count=1, flags=re.M | re.S)
+            text, n = re.subn(r"^(  pluginName: .*)$",
+                              rf"  url: {url}\n  sha256: {args.digest[len('sha256:'):]}\n\1",
+                              text, count=1, flags=re.M)
+            if n != 1:
+                sys.exit(f"istio-manifests: {name}: no `pluginName:` line to put the url before")
+            plugins += 1
+        with open(os.path.join(args.out, name), "w") as f:
+            f.write(text)
+    with open(os.path.join(args.out, "kustomization.yaml"), "w") as f:
+        f.write("# Written by scripts/istio-manifests.py (make istio).\n"
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
+        f.writelines(f"- {name}\n" for name in names)
+    print(f"wrote {len(names)} manifests to {args.out}/ ({plugins} WasmPlugins with url: {url})")
+
+
+if __name__ == "__main__":
+    main()
