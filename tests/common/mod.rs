@@ -436,12 +436,18 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy and waits until it is ready and sees every pod healthy.
+    /// Starts Envoy and waits until it is ready, sees every pod healthy, and its workers do
+    /// too: a host's health change reaches the workers' load balancers up to
+    /// `update_merge_window` (1 s) after `/clusters` shows it (a run that minted 1,000
+    /// sessions in that second put none on one of three pods).
     pub fn start(config: EnvoyConfig, pods: &[&Pod]) -> Envoy {
         let mut envoy = Envoy::spawn(config);
         envoy.wait_ready();
         for pod in pods {
             envoy.wait_health(pod.addr, true);
+        }
+        if !pods.is_empty() {
+            envoy.settle();
         }
         envoy
     }
