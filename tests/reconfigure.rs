@@ -2,7 +2,9 @@
 //! the WasmPlugin is edited, rendered as istiod would (scripts/istio-render.py), and its
 //! filter configuration reaches the running Envoy by ECDS from a file (moved into place).
 //! While 8 clients send requests, three edits: add a key; make it the signing key; change
-//! a cookie attribute. No request fails and no session changes pod.
+//! a cookie attribute. No request fails and no session changes pod. The keys travel in the
+//! VM's environment (`vmConfig.env`): Envoy 1.39+ builds a new VM for such an edit, 1.36-1.38
+//! keep the running VM and its environment until the proxy restarts.
 
 mod common;
 
@@ -187,12 +189,28 @@ fn wasmplugin_edits_under_load_fail_nothing_and_move_no_session() {
     assert!(failed.is_empty(), "requests failed during the edits: {:?}", &failed[..failed.len().min(10)]);
     assert_eq!(moved, 0, "sessions changed pod during the edits");
     assert!(requests >= 1000, "too little load: {requests}");
-    assert_eq!(resigned, 220, "each of the 200 sessions re-signed once by k2, and the 20 new ones");
     assert_eq!(strict, 20, "every session minted after the cookie edit carries it");
+    if envoy_minor() >= 39 {
+        assert_eq!(resigned, 220, "each of the 200 sessions re-signed once by k2, and the 20 new ones");
+    } else {
+        // Up to Envoy 1.38 a change of the VM's environment alone keeps the running VM (and
+        // the keys it read at start); the new pluginConfig still applies. README says so.
+        assert_eq!(resigned, 0, "Envoy {} applied an environment-only edit: update README", envoy_minor());
+    }
     assert!(set_cookies.iter().all(|c| !c.starts_with("tether-owner=")));
 }
 
 fn set_cookie_value(r: &tether_probe::http::Response) -> Option<String> {
     r.all("set-cookie")
         .find_map(|v| v.strip_prefix("tether=").map(|v| v.split(';').next().unwrap_or("").to_string()))
+}
+
+/// The minor version of the Envoy under test (1.`N`.x).
+fn envoy_minor() -> u32 {
+    let out = Command::new(envoy_binary()).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`
+    let after = text.split("version: ").nth(1).unwrap_or_else(|| panic!("envoy --version: {text}"));
+    let version = after.split('/').nth(1).unwrap_or_else(|| panic!("envoy --version: {text}"));
+    version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("version {version}"))
 }
