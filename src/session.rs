@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn cluster_pinning() {
-        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster""#);
+        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster","scope":"app""#);
         let on_stable = SessionToken { cluster: "stable".into(), ..token("10.0.0.2:8080") };
         let affinity = pinned(on_stable.clone(), true);
         assert_eq!(steering(&affinity, &s).cluster.as_deref(), Some("stable"));
