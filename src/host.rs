@@ -10,6 +10,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
 proxy_wasm::main! {{
@@ -18,6 +19,9 @@ proxy_wasm::main! {{
     }));
     proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
+
+/// Whether this VM has already warned about a cluster name too long to pin.
+static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
@@ -311,6 +315,16 @@ impl Stream {
             }
             _ => String::new(),
         };
+        if !session::can_pin_cluster(&cluster) && !CLUSTER_WARNED.swap(true, Ordering::Relaxed) {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "cluster name of {} bytes is longer than a token can record ({} bytes): sessions served by it are not pinned to their cluster (clusterHeader) and follow the route's weights",
+                    cluster.len(),
+                    crate::token::MAX_CLUSTER_LEN
+                ),
+            );
+        }
         let (outcome, token) = match by {
             Some(by) => session::respond(affinity, &Served { by, cluster }, self.now, settings),
             None => (Outcome::New, None),

@@ -138,7 +138,13 @@ pub fn respond(
     now: u64,
     settings: &Settings,
 ) -> (Outcome, Option<SessionToken>) {
-    let cluster = if settings.cluster_header.is_some() { served.cluster.clone() } else { String::new() };
+    // A cluster name a token cannot hold is not recorded at all (the host warns): recording
+    // nothing consistently keeps such sessions from re-pinning on every response.
+    let cluster = if settings.cluster_header.is_some() && can_pin_cluster(&served.cluster) {
+        served.cluster.clone()
+    } else {
+        String::new()
+    };
     match affinity {
         Affinity::New { session, .. } => (
             Outcome::New,
@@ -162,6 +168,11 @@ pub fn respond(
             }
         }
     }
+}
+
+/// Whether a token can record this cluster name (cluster pinning).
+pub fn can_pin_cluster(name: &str) -> bool {
+    name.len() <= token::MAX_CLUSTER_LEN
 }
 
 /// Past half its idle window, a token is re-signed so an active session never idles out;
@@ -410,6 +421,51 @@ mod tests {
         assert_eq!(steering(&affinity, &plain).cluster, None);
         let (_, minted) = respond(&Affinity::New { session: FRESH, rejected: None }, &canary, NOW, &plain);
         assert_eq!(minted.unwrap().cluster, "");
+    }
+
+    /// Sends `rounds` requests of one client through resolve → respond → seal, each carrying
+    /// the cookie of the last response that set one; returns each round's outcome and the
+    /// cluster steered to.
+    fn rounds(s: &Settings, served: &Served, rounds: usize) -> Vec<(Outcome, Option<String>)> {
+        let mut cookie = String::new();
+        let mut seen = Vec::new();
+        for round in 0..rounds {
+            let affinity = resolve(None, [cookie.as_bytes()], "app", s, NOW, || Some(FRESH)).unwrap();
+            let steer = steering(&affinity, s);
+            let (outcome, token) = respond(&affinity, served, NOW + round as u64, s);
+            if let Some(token) = token {
+                let text = seal(&token, "app", s, || Some([3; 24])).unwrap();
+                cookie = set_cookie(&text, &token, NOW, s).unwrap().split(';').next().unwrap().to_string();
+            }
+            seen.push((outcome, steer.cluster));
+        }
+        seen
+    }
+
+    #[test]
+    fn long_cluster_names_pin() {
+        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster","scope":"app""#);
+        let name = format!("outbound|8080|canary-v2|{}.{}.svc.cluster.local", "s".repeat(60), "n".repeat(43));
+        assert_eq!(name.len(), 146);
+        let served = Served { by: "10.0.0.2:8080".parse().unwrap(), cluster: name.clone() };
+        let got = rounds(&s, &served, 4);
+        assert_eq!(got[0], (Outcome::New, None));
+        for later in &got[1..] {
+            assert_eq!(*later, (Outcome::Hit, Some(name.clone())));
+        }
+        for format in [r#","tokenFormat":"Encrypted""#, ""] {
+            let s = settings_with(
+                &format!("k1={K1}"),
+                &format!(r#","clusterHeader":"x-tether-cluster","scope":"app"{format}"#),
+            );
+            let longest = Served { cluster: "c".repeat(token::MAX_CLUSTER_LEN), ..served.clone() };
+            assert_eq!(rounds(&s, &longest, 3)[2], (Outcome::Hit, Some(longest.cluster.clone())));
+        }
+        // A name no token can hold is not recorded: no re-pin on every response.
+        assert!(!can_pin_cluster(&"c".repeat(token::MAX_CLUSTER_LEN + 1)));
+        let overlong = Served { cluster: "c".repeat(300), ..served };
+        let got = rounds(&s, &overlong, 3);
+        assert_eq!(got, [(Outcome::New, None), (Outcome::Hit, None), (Outcome::Hit, None)]);
     }
 
     #[test]
