@@ -75,6 +75,8 @@ struct Metrics {
     hits: Option<u32>,
     repinned: Option<u32>,
     refreshed: Option<u32>,
+    /// Requests carrying more distinct candidate tokens than tether verifies.
+    over_limit: Option<u32>,
     invalid: Vec<(Rejection, Option<u32>)>,
 }
 
@@ -87,6 +89,7 @@ impl Metrics {
             hits: counter("affinity_hits"),
             repinned: counter("repinned"),
             refreshed: counter("refreshed"),
+            over_limit: counter("tokens_over_limit"),
             invalid: Rejection::ALL
                 .iter()
                 .map(|r| (*r, counter(&format!("invalid_token.{}", r.as_str()))))
@@ -236,21 +239,29 @@ impl HttpContext for Stream {
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
-        // second Cookie header still counts.
+        // second Cookie header still counts. The resolver verifies each distinct value once
+        // (the first header's values are not verified again in the full pass) and at most
+        // `session::MAX_CANDIDATES` of them per request.
         let first_cookie = header_value("cookie");
-        let first_only = first_cookie.as_deref().map(|c| vec![c]).unwrap_or_default();
-        let fast = session::resolve(token_header.as_deref(), first_only, scope, settings, now, || None);
-        let affinity = match fast {
-            Some(pinned @ Affinity::Pinned { .. }) => Some(pinned),
-            _ if first_cookie.is_none() => {
-                session::resolve(token_header.as_deref(), [], scope, settings, now, fresh_session_id)
+        let all_headers: Vec<(String, Vec<u8>)>;
+        let mut resolver = session::Resolver::new(scope, settings, now);
+        let mut found = resolver.token_header(token_header.as_deref());
+        if let (None, Some(first)) = (&found, first_cookie.as_deref()) {
+            found = resolver.cookie_header(first);
+            if found.is_none() && resolver.wants_more() {
+                all_headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                for (_, value) in all_headers.iter().filter(|(name, _)| name == "cookie") {
+                    found = resolver.cookie_header(value);
+                    if found.is_some() || !resolver.wants_more() {
+                        break;
+                    }
+                }
             }
-            _ => {
-                let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-                let cookies = headers.iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v.as_slice());
-                session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
-            }
-        };
+        }
+        if resolver.over_limit() {
+            Metrics::bump(shared.metrics.over_limit);
+        }
+        let affinity = found.or_else(|| resolver.new_session(fresh_session_id));
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
         let steering = affinity.as_ref().map(|a| session::steering(a, settings));

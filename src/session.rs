@@ -34,45 +34,124 @@ impl Affinity {
     }
 }
 
-/// Finds the first valid token: the token header (header mode) first, then every cookie
-/// of our name across all `Cookie` header values. `fresh_id` is called only when a new
-/// session is needed; `None` from it means no affinity for this request.
-pub fn resolve<'a>(
-    token_header: Option<&[u8]>,
-    cookie_headers: impl IntoIterator<Item = &'a [u8]>,
-    scope: &str,
-    settings: &Settings,
+/// Most candidate tokens one request can make tether verify (the token header and every
+/// distinct value of our cookie count). A browser sends one; a few more arise from stale
+/// cookies of other paths or domains. Each costs one HMAC or AEAD, so without a cap a
+/// 60 KB Cookie header of fake tokens would cost hundreds of them.
+pub const MAX_CANDIDATES: usize = 4;
+
+/// Looks for the first valid token, one source at a time, so that the host reads more
+/// headers only when needed. Every distinct value is verified at most once, and at most
+/// [`MAX_CANDIDATES`] are verified per request.
+pub struct Resolver<'a> {
+    scope: &'a str,
+    settings: &'a Settings,
     now: u64,
-    fresh_id: impl FnOnce() -> Option<SessionId>,
-) -> Option<Affinity> {
-    let mut rejected = None;
-    let limits = settings.limits();
-    let mut check = |value: &[u8], carrier| match token::open(value, &settings.keyring, scope, now, limits) {
-        Ok(v) => Some(Affinity::Pinned {
-            token: v.token,
-            current: v.signed_by_current_key && v.format == settings.format,
-            carrier,
-        }),
-        Err(reason) => {
-            rejected = Some(reason);
-            None
-        }
-    };
-    if let (Some(value), Some(_)) = (token_header, &settings.token_header) {
-        if let Some(pinned) = check(value, Carrier::Header) {
-            return Some(pinned);
-        }
+    /// Values already verified (all refused), in order.
+    checked: Vec<&'a [u8]>,
+    rejected: Option<Rejection>,
+    /// Candidates left unverified because the cap was reached.
+    over_limit: bool,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(scope: &'a str, settings: &'a Settings, now: u64) -> Resolver<'a> {
+        Resolver { scope, settings, now, checked: Vec::new(), rejected: None, over_limit: false }
     }
-    if let Some(spec) = &settings.cookie {
-        for header in cookie_headers {
-            for value in cookie::values_named(header, spec.name.as_bytes()) {
-                if let Some(pinned) = check(value, Carrier::Cookie) {
-                    return Some(pinned);
-                }
+
+    /// Verifies one candidate unless it was seen already or the cap is reached.
+    fn check(&mut self, value: &'a [u8], carrier: Carrier) -> Option<Affinity> {
+        if self.checked.contains(&value) {
+            return None;
+        }
+        if self.checked.len() >= MAX_CANDIDATES {
+            self.over_limit = true;
+            return None;
+        }
+        self.checked.push(value);
+        let limits = self.settings.limits();
+        match token::open(value, &self.settings.keyring, self.scope, self.now, limits) {
+            Ok(v) => Some(Affinity::Pinned {
+                token: v.token,
+                current: v.signed_by_current_key && v.format == self.settings.format,
+                carrier,
+            }),
+            Err(reason) => {
+                self.rejected = Some(reason);
+                None
             }
         }
     }
-    fresh_id().map(|session| Affinity::New { session, rejected })
+
+    /// The token header's value (header mode), if the request has one.
+    pub fn token_header(&mut self, value: Option<&'a [u8]>) -> Option<Affinity> {
+        match (value, &self.settings.token_header) {
+            (Some(value), Some(_)) => self.check(value, Carrier::Header),
+            _ => None,
+        }
+    }
+
+    /// Every value of our cookie in one `Cookie` header value.
+    pub fn cookie_header(&mut self, header: &'a [u8]) -> Option<Affinity> {
+        let spec = self.settings.cookie.as_ref()?;
+        for value in cookie::values_named(header, spec.name.as_bytes()) {
+            if let Some(pinned) = self.check(value, Carrier::Cookie) {
+                return Some(pinned);
+            }
+            if self.over_limit {
+                break;
+            }
+        }
+        None
+    }
+
+    /// Whether another source could still change the answer (cookies on, cap not reached).
+    pub fn wants_more(&self) -> bool {
+        self.settings.cookie.is_some() && !self.over_limit
+    }
+
+    /// How many candidates were verified so far.
+    pub fn verified(&self) -> usize {
+        self.checked.len()
+    }
+
+    /// Whether candidates were left unverified because of [`MAX_CANDIDATES`].
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+
+    /// No valid token: a new session (`fresh_id` is called only now; `None` from it means
+    /// no affinity for this request).
+    pub fn new_session(&self, fresh_id: impl FnOnce() -> Option<SessionId>) -> Option<Affinity> {
+        fresh_id().map(|session| Affinity::New { session, rejected: self.rejected })
+    }
+}
+
+/// Finds the first valid token: the token header (header mode) first, then every cookie
+/// of our name across all `Cookie` header values, within [`MAX_CANDIDATES`]. `fresh_id`
+/// is called only when a new session is needed; `None` from it means no affinity for this
+/// request.
+pub fn resolve<'a>(
+    token_header: Option<&'a [u8]>,
+    cookie_headers: impl IntoIterator<Item = &'a [u8]>,
+    scope: &'a str,
+    settings: &'a Settings,
+    now: u64,
+    fresh_id: impl FnOnce() -> Option<SessionId>,
+) -> Option<Affinity> {
+    let mut resolver = Resolver::new(scope, settings, now);
+    if let Some(pinned) = resolver.token_header(token_header) {
+        return Some(pinned);
+    }
+    for header in cookie_headers {
+        if !resolver.wants_more() {
+            break;
+        }
+        if let Some(pinned) = resolver.cookie_header(header) {
+            return Some(pinned);
+        }
+    }
+    resolver.new_session(fresh_id)
 }
 
 /// Request headers to set: the override host and the session's cluster (only for a
@@ -303,6 +382,54 @@ mod tests {
         let headers = ["tether=garbage; x=1".to_string(), cookie_for(&t, &s), second];
         let affinity = resolve(None, headers.iter().map(|h| h.as_bytes()), SCOPE, &s, NOW, || None).unwrap();
         assert_eq!(affinity, pinned(t, true));
+    }
+
+    #[test]
+    fn at_most_a_few_distinct_candidates_are_verified() {
+        let s = settings_with(&format!("k1={K1}"), r#","type":"CookieAndHeader""#);
+        let forged = settings(&format!("k1={K2}"));
+        let valid = cookie_for(&token("10.0.0.2:8080"), &s);
+        let fakes: Vec<String> = (0..MAX_CANDIDATES as u8)
+            .map(|i| cookie_for(&token(&format!("10.0.0.{i}:1")), &forged))
+            .collect();
+        // The same fake value many times costs one verification, and the valid token after
+        // it still counts.
+        let repeated = format!("{}; {valid}", vec![fakes[0].as_str(); 50].join("; "));
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        assert!(matches!(r.cookie_header(repeated.as_bytes()), Some(Affinity::Pinned { .. })));
+        assert_eq!((r.verified(), r.over_limit()), (2, false));
+        // A header seen twice (the host's fast path, then every Cookie header) is not verified again.
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        let first = fakes.join("; ");
+        assert_eq!(r.cookie_header(first.as_bytes()), None);
+        assert_eq!(r.verified(), MAX_CANDIDATES);
+        assert_eq!(r.cookie_header(first.as_bytes()), None);
+        assert_eq!((r.verified(), r.over_limit()), (MAX_CANDIDATES, false));
+        // Past the cap nothing more is verified, not even a valid token: a new session.
+        let header = format!("{first}; {valid}");
+        let got = resolve(None, [header.as_bytes()], SCOPE, &s, NOW, || Some(FRESH)).unwrap();
+        assert_eq!(got, Affinity::New { session: FRESH, rejected: Some(Rejection::BadSignature) });
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        assert_eq!(r.cookie_header(header.as_bytes()), None);
+        assert!(r.over_limit() && !r.wants_more());
+        // The token header counts as a candidate too; cookies in a later header also count.
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        let fake_header = fakes[0].strip_prefix("tether=").unwrap();
+        assert_eq!(r.token_header(Some(fake_header.as_bytes())), None);
+        let rest = fakes[1..].join("; ");
+        assert_eq!(r.cookie_header(rest.as_bytes()), None, "the header's value is not verified twice");
+        assert_eq!((r.verified(), r.over_limit()), (MAX_CANDIDATES, false));
+        assert_eq!(r.cookie_header(valid.as_bytes()), None);
+        assert!(r.over_limit());
+        // 650 fakes in a 61 KB header: still MAX_CANDIDATES verifications.
+        let many: Vec<String> = (0..650u32)
+            .map(|i| cookie_for(&token(&format!("10.{}.{}.1:1", i / 256, i % 256)), &forged))
+            .collect();
+        let header = many.join("; ");
+        assert!(header.len() > 61 * 1000, "{}", header.len());
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        assert_eq!(r.cookie_header(header.as_bytes()), None);
+        assert_eq!((r.verified(), r.over_limit()), (MAX_CANDIDATES, true));
     }
 
     #[test]
