@@ -175,12 +175,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream {
-            shared: self.shared.clone(),
-            affinity: None,
-            cluster_scope: String::new(),
-            now: 0,
-        }))
+        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, cluster_scope: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -214,8 +209,6 @@ struct Stream {
     affinity: Option<Affinity>,
     /// The upstream cluster's name, read per request when no `scope` is configured.
     cluster_scope: String,
-    /// Wall-clock seconds at the request (second resolution: reused for the response).
-    now: u64,
 }
 
 impl Context for Stream {}
@@ -235,7 +228,6 @@ impl HttpContext for Stream {
         }
         let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
         let now = now_secs();
-        self.now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
@@ -336,8 +328,11 @@ impl Stream {
                 ),
             );
         }
+        // The clock is read again: a long poll or a slow upload can outlast the idle window,
+        // and the token's issue time, the refresh decision and Max-Age must count from now.
+        let now = now_secs();
         let (outcome, token) = match by {
-            Some(by) => session::respond(affinity, &Served { by, cluster }, self.now, settings),
+            Some(by) => session::respond(affinity, &Served { by, cluster }, now, settings),
             None => (Outcome::New, None),
         };
         // A hit sends nothing, so whether the answer came from the upstream matters only
@@ -349,7 +344,6 @@ impl Stream {
                 return settings.debug_header.as_ref().map(|_| "local-reply".to_string());
             }
         }
-        let now = self.now;
         shared.metrics.outcome(outcome);
         if let Some(token) = token {
             let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);

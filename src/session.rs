@@ -532,6 +532,39 @@ mod tests {
         assert!(set_cookie("T", &near_end, NOW, &permanent).unwrap().contains("Max-Age=100;"));
     }
 
+    /// The response is judged at its own time, not the request's: a long poll or a slow
+    /// upload can outlast the idle window (the host reads the clock again for the response).
+    #[test]
+    fn a_long_request_is_judged_at_response_time() {
+        let s = settings_with(
+            &format!("k1={K1}"),
+            r#","idleTimeout":"60s","cookie":{"lifetimeType":"Permanent"}"#,
+        );
+        let a = served("10.0.0.2:8080");
+        // A 29 s-old token on a 45 s request.
+        let t = SessionToken { issued_at: NOW - 29, ..token("10.0.0.2:8080") };
+        let cookie = cookie_for(&t, &s);
+        let affinity = resolve(None, [cookie.as_bytes()], SCOPE, &s, NOW, || None).unwrap();
+        assert_eq!(respond(&affinity, &a, NOW, &s), (Outcome::Hit, None), "at the request's time");
+        let done = NOW + 45;
+        let (outcome, refreshed) = respond(&affinity, &a, done, &s);
+        assert_eq!(outcome, Outcome::Refreshed, "at the response's time the token is 74 s old");
+        let refreshed = refreshed.unwrap();
+        assert_eq!(refreshed.issued_at, done);
+        let header = set_cookie("T", &refreshed, done, &s).unwrap();
+        assert!(header.contains("Max-Age=60;"), "{header}");
+        let text = sealed(&refreshed, &s);
+        assert!(token::open(text.as_bytes(), &s.keyring, SCOPE, done + 59, s.limits()).is_ok());
+        // A session minted on a 70 s request: its token counts from the response.
+        let new = Affinity::New { session: FRESH, rejected: None };
+        let (_, minted) = respond(&new, &a, NOW + 70, &s);
+        let minted = minted.unwrap();
+        assert_eq!((minted.issued_at, minted.expires_at), (NOW + 70, NOW + 70 + 3600));
+        let text = sealed(&minted, &s);
+        assert!(token::open(text.as_bytes(), &s.keyring, SCOPE, NOW + 71, s.limits()).is_ok());
+        assert!(set_cookie("T", &minted, NOW + 70, &s).unwrap().contains("Max-Age=60;"));
+    }
+
     #[test]
     fn cluster_pinning() {
         let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster","scope":"app""#);
