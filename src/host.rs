@@ -20,6 +20,8 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
 
+/// Whether this VM has already logged a request that arrived without a configuration.
+static UNCONFIGURED_WARNED: AtomicBool = AtomicBool::new(false);
 /// Whether this VM has already warned about a cluster name too long to pin.
 static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -216,6 +218,17 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
+            // No configuration reached this stream: fail safe (see `session::header_plan`).
+            if let session::HeaderPlan::Refuse = session::header_plan(None, None) {
+                if !UNCONFIGURED_WARNED.swap(true, Ordering::Relaxed) {
+                    log(
+                        LogLevel::Error,
+                        "a request reached tether before any valid configuration; refused (503)",
+                    );
+                }
+                let _ = hostcalls::send_http_response(503, vec![], Some(b"tether is not configured\n"));
+                return Action::Pause;
+            }
             return Action::Continue;
         };
         let settings = &shared.settings;
@@ -257,13 +270,11 @@ impl HttpContext for Stream {
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
         let steering = affinity.as_ref().map(|a| session::steering(a, settings));
-        let mut internal = vec![
-            (settings.key_header.as_str(), steering.as_ref().map(|s| s.hash_key.as_str())),
-            (settings.host_header.as_str(), steering.as_ref().and_then(|s| s.override_host.as_deref())),
-        ];
-        if let Some(name) = &settings.cluster_header {
-            internal.push((name, steering.as_ref().and_then(|s| s.cluster.as_deref())));
-        }
+        let session::HeaderPlan::Edit(internal) = session::header_plan(Some(settings), steering.as_ref())
+        else {
+            let _ = hostcalls::send_http_response(503, vec![], None);
+            return Action::Pause;
+        };
         for (name, value) in internal {
             let done = match value {
                 Some(value) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),

@@ -177,6 +177,37 @@ pub fn steering(affinity: &Affinity, settings: &Settings) -> Steering {
     }
 }
 
+/// What tether does to the internal request headers (`hostHeader`, `keyHeader`,
+/// `clusterHeader`) of a request. Client-sent copies would let a client pick its pod (or
+/// cluster) without a token, so none may ever reach the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderPlan<'a> {
+    /// Set each header to tether's value (`Some`) or remove it (`None`).
+    Edit(Vec<(&'a str, Option<&'a str>)>),
+    /// Answer the request locally instead of forwarding it.
+    Refuse,
+}
+
+/// The internal-header plan of a request. Without settings (no configuration reached this
+/// stream) the request is refused: the names of the internal headers come from that
+/// configuration, so removing the default names would not be enough when the deployment
+/// renamed them, and Envoy never runs a filter whose configuration was refused, so this
+/// case means something is wrong, never normal traffic. `steering` is `None` when the
+/// request has no affinity (no randomness): every internal header is removed.
+pub fn header_plan<'a>(settings: Option<&'a Settings>, steering: Option<&'a Steering>) -> HeaderPlan<'a> {
+    let Some(settings) = settings else {
+        return HeaderPlan::Refuse;
+    };
+    let mut edits = vec![
+        (settings.key_header.as_str(), steering.map(|s| s.hash_key.as_str())),
+        (settings.host_header.as_str(), steering.and_then(|s| s.override_host.as_deref())),
+    ];
+    if let Some(name) = &settings.cluster_header {
+        edits.push((name.as_str(), steering.and_then(|s| s.cluster.as_deref())));
+    }
+    HeaderPlan::Edit(edits)
+}
+
 /// Where a response came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
@@ -475,6 +506,30 @@ mod tests {
             let label = debug_label(&affinity, Outcome::New);
             assert_eq!(label, rejected.map_or("new".to_string(), |r| format!("invalid:{}", r.as_str())));
         }
+    }
+
+    #[test]
+    fn internal_headers_are_always_replaced_or_removed_and_unconfigured_streams_refused() {
+        assert_eq!(header_plan(None, None), HeaderPlan::Refuse);
+        let steer = Steering {
+            override_host: Some("aG9zdA==".into()),
+            cluster: Some("stable".into()),
+            hash_key: "07".repeat(16),
+        };
+        assert_eq!(header_plan(None, Some(&steer)), HeaderPlan::Refuse);
+        let s = settings_with(
+            &format!("k1={K1}"),
+            r#","hostHeader":"x-h","keyHeader":"x-k","clusterHeader":"x-c","scope":"app""#,
+        );
+        let key = "07".repeat(16);
+        let want = vec![("x-k", Some(key.as_str())), ("x-h", Some("aG9zdA==")), ("x-c", Some("stable"))];
+        assert_eq!(header_plan(Some(&s), Some(&steer)), HeaderPlan::Edit(want));
+        let removed = vec![("x-k", None), ("x-h", None), ("x-c", None)];
+        assert_eq!(header_plan(Some(&s), None), HeaderPlan::Edit(removed));
+        let plain = settings(&format!("k1={K1}"));
+        let new = Steering { override_host: None, cluster: None, hash_key: key.clone() };
+        let want = vec![("x-tether-key", Some(key.as_str())), ("x-tether-host", None)];
+        assert_eq!(header_plan(Some(&plain), Some(&new)), HeaderPlan::Edit(want));
     }
 
     #[test]
