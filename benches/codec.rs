@@ -61,6 +61,38 @@ fn main() {
         let a = session::resolve(None, [cookie_hidden.as_bytes()], "pods", &encrypted, now, || None).unwrap();
         black_box(session::steering(&a, &encrypted));
     });
+    // The worst case a client can send: a 61 KB Cookie header of fake tokens that carry the
+    // right key id, so each would need a full HMAC / AEAD check (issue 15, item 2).
+    let forged =
+        tether::keyring::Keyring::parse("demo=ZmFrZS1rZXktZmFrZS1rZXktZmFrZS1rZXktZmFrZS0=", None).unwrap();
+    let forged_key = forged.signing_key().unwrap();
+    let fake = |i: u32, sealed: &dyn Fn(&SessionToken) -> String| {
+        let mut f = t.clone();
+        f.session = SessionId([(i % 251) as u8; 16]);
+        f.owner = std::net::SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 80));
+        format!("tether={}", sealed(&f))
+    };
+    let fakes_signed: Vec<String> =
+        (0..650).map(|i| fake(i, &|f| token::seal(f, forged_key, "pods"))).collect();
+    let fakes_hidden: Vec<String> = (0..520)
+        .map(|i| fake(i, &|f| token::seal_encrypted(f, forged_key, "pods", [i as u8; 24]).unwrap()))
+        .collect();
+    let many_signed = fakes_signed.join("; ");
+    let many_hidden = fakes_hidden.join("; ");
+    measure(
+        &format!("resolve: {} fake signed tokens ({} B)", fakes_signed.len(), many_signed.len()),
+        200,
+        || {
+            black_box(session::resolve(None, [many_signed.as_bytes()], "pods", &settings, now, || None));
+        },
+    );
+    measure(
+        &format!("resolve: {} fake encrypted tokens ({} B)", fakes_hidden.len(), many_hidden.len()),
+        200,
+        || {
+            black_box(session::resolve(None, [many_hidden.as_bytes()], "pods", &encrypted, now, || None));
+        },
+    );
     measure("mint: respond + seal + Set-Cookie", 200_000, || {
         let a = session::Affinity::New { session: SessionId([1; 16]), rejected: None };
         let served = session::Served { by: "10.1.2.3:8080".parse().unwrap(), cluster: String::new() };

@@ -145,6 +145,7 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         (Some(SameSite::None), _) => true,
         (_, explicit) => explicit.unwrap_or(false),
     };
+    check_prefix(name, path, domain, secure)?;
     let lifetime = match string(cookie, "lifetimeType", "cookie.lifetimeType")? {
         None | Some("Session") => Lifetime::Session,
         Some("Permanent") => Lifetime::Permanent,
@@ -258,6 +259,16 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
             return fail(field, format!("`{name}` is already used by {other}"));
         }
     }
+    // With cluster pinning, the upstream cluster differs between sessions, and at request
+    // time `xds.cluster_name` is the route's pick before tether sets the cluster header:
+    // one the client's own header or the weighted split chose. A token must verify
+    // whichever cluster that is, so its scope has to be fixed.
+    if cluster_header.is_some() && scope.is_none() {
+        return fail(
+            "scope",
+            "required with clusterHeader (e.g. the service name): without it tokens would be bound to whichever cluster the route picked before tether ran",
+        );
+    }
 
     Ok(Settings {
         cookie: use_cookie.then(|| CookieSpec {
@@ -291,6 +302,42 @@ impl Settings {
             idle_timeout: self.idle_timeout_secs,
         }
     }
+}
+
+/// Cookie name prefixes (RFC 6265bis 4.1.3): browsers refuse a `__Secure-` cookie without
+/// `Secure`, and a `__Host-` cookie without `Secure`, with a `Domain` or with a `Path`
+/// other than `/`. Such a configuration would make every request a new session. Browsers
+/// match the prefixes without regard to case.
+fn check_prefix(name: &str, path: &str, domain: Option<&str>, secure: bool) -> Result<(), ConfigError> {
+    let starts = |prefix: &str| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    let prefix = if starts("__Host-") {
+        "__Host-"
+    } else if starts("__Secure-") {
+        "__Secure-"
+    } else {
+        return Ok(());
+    };
+    if !secure {
+        return fail(
+            "cookie.secure",
+            format!("must be true for a `{prefix}` cookie name (browsers refuse it otherwise)"),
+        );
+    }
+    if prefix == "__Host-" {
+        if domain.is_some() {
+            return fail(
+                "cookie.domain",
+                "must be absent for a `__Host-` cookie name (browsers refuse it otherwise)",
+            );
+        }
+        if path != "/" {
+            return fail(
+                "cookie.path",
+                "must be `/` for a `__Host-` cookie name (browsers refuse it otherwise)",
+            );
+        }
+    }
+    Ok(())
 }
 
 fn key_field(reason: &str, default: &'static str) -> &'static str {
@@ -434,6 +481,29 @@ mod tests {
     }
 
     #[test]
+    fn cookie_prefixes_load_with_the_attributes_browsers_require() {
+        let cases = [
+            (
+                r#"{"name":"__Host-tether","secure":true}"#,
+                "__Host-tether=T; Path=/; Secure; HttpOnly; SameSite=Lax",
+            ),
+            (
+                r#"{"name":"__Host-tether","sameSite":"None"}"#,
+                "__Host-tether=T; Path=/; Secure; HttpOnly; SameSite=None",
+            ),
+            (
+                r#"{"name":"__Secure-tether","secure":true,"domain":"example.com","path":"/app"}"#,
+                "__Secure-tether=T; Path=/app; Domain=example.com; Secure; HttpOnly; SameSite=Lax",
+            ),
+            (r#"{"name":"_Host-tether"}"#, "_Host-tether=T; Path=/; HttpOnly; SameSite=Lax"),
+        ];
+        for (cookie, want) in cases {
+            let s = load_str(&format!(r#"{{"keysFromEnv":"TETHER_KEYS","cookie":{cookie}}}"#)).unwrap();
+            assert_eq!(s.cookie.unwrap().render("T", 1), want);
+        }
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         let k = r#""keysFromEnv":"TETHER_KEYS""#;
         let cases = [
@@ -485,6 +555,22 @@ mod tests {
             (&format!(r#"{{{k},"hostCookie":"o","hostHeader":"x-h"}}"#), "hostCookie"),
             (&format!(r#"{{{k},"clusterHeader":"x-tether-host"}}"#), "clusterHeader"),
             (&format!(r#"{{{k},"debugHeader":"Bad Name"}}"#), "debugHeader"),
+            (&format!(r#"{{{k},"clusterHeader":"x-tether-cluster"}}"#), "scope"),
+            (&format!(r#"{{{k},"absoluteTimeout":"30m30m"}}"#), "absoluteTimeout"),
+            (&format!(r#"{{{k},"idleTimeout":"1s1m"}}"#), "idleTimeout"),
+            (&format!(r#"{{{k},"cookie":{{"name":"__Host-tether"}}}}"#), "cookie.secure"),
+            (&format!(r#"{{{k},"cookie":{{"name":"__Host-tether","secure":false}}}}"#), "cookie.secure"),
+            (&format!(r#"{{{k},"cookie":{{"name":"__host-tether","secure":false}}}}"#), "cookie.secure"),
+            (
+                &format!(r#"{{{k},"cookie":{{"name":"__Host-t","secure":true,"domain":"a.com"}}}}"#),
+                "cookie.domain",
+            ),
+            (
+                &format!(r#"{{{k},"cookie":{{"name":"__Host-t","secure":true,"path":"/app"}}}}"#),
+                "cookie.path",
+            ),
+            (&format!(r#"{{{k},"cookie":{{"name":"__Secure-tether"}}}}"#), "cookie.secure"),
+            (&format!(r#"{{{k},"cookie":{{"name":"__SECURE-tether","secure":false}}}}"#), "cookie.secure"),
         ];
         for (json, field) in cases {
             let err = load_str(json).unwrap_err();

@@ -1,7 +1,9 @@
 //! Gateway API duration strings (GEP-2257): `1h`, `30m`, `1h30m`, `90s`, `500ms`.
 
 /// Parses a GEP-2257 duration into whole seconds (milliseconds are rounded down).
-/// Returns a reason on error; callers add the field name.
+/// Units are `h`, `m`, `s` and `ms`, each at most once and in that order (`1h30m`, not
+/// `30m1h` or `30m30m`), up to 5 digits each. Returns a reason on error; callers add the
+/// field name.
 pub fn parse_seconds(text: &str) -> Result<u64, String> {
     if text.is_empty() {
         return Err("empty duration".into());
@@ -9,6 +11,8 @@ pub fn parse_seconds(text: &str) -> Result<u64, String> {
     let mut total_ms: u64 = 0;
     let mut rest = text;
     let mut parts = 0;
+    // Rank of the last unit seen (h = 0, m = 1, s = 2, ms = 3): each must be larger.
+    let mut last_rank: Option<u8> = None;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 || digits > 5 {
@@ -16,17 +20,21 @@ pub fn parse_seconds(text: &str) -> Result<u64, String> {
         }
         let (number, tail) = rest.split_at(digits);
         let value: u64 = number.parse().map_err(|_| format!("bad number in `{text}`"))?;
-        let (unit_ms, unit_len) = if tail.starts_with("ms") {
-            (1, 2)
+        let (unit_ms, unit_len, rank) = if tail.starts_with("ms") {
+            (1, 2, 3)
         } else if tail.starts_with('h') {
-            (3_600_000, 1)
+            (3_600_000, 1, 0)
         } else if tail.starts_with('m') {
-            (60_000, 1)
+            (60_000, 1, 1)
         } else if tail.starts_with('s') {
-            (1_000, 1)
+            (1_000, 1, 2)
         } else {
             return Err(format!("`{text}` needs a unit (h, m, s or ms) after each number"));
         };
+        if last_rank.is_some_and(|last| rank <= last) {
+            return Err(format!("`{text}` repeats a unit or has units out of order (write them as h, m, s, ms, each at most once)"));
+        }
+        last_rank = Some(rank);
         total_ms = total_ms.saturating_add(value.saturating_mul(unit_ms));
         rest = tail.get(unit_len..).unwrap_or("");
         parts += 1;
@@ -60,6 +68,13 @@ mod tests {
     #[test]
     fn refuses_other_shapes() {
         for text in ["", "1", "h", "1d", "1.5h", "-1h", "1h ", " 1h", "123456s", "1s1s1s1s1s", "1H"] {
+            assert!(parse_seconds(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_repeated_or_out_of_order_units() {
+        for text in ["1s1h", "30m30m", "1m1h", "1ms1s", "1h1h", "1s1m", "1ms1ms", "1h1s1m", "5s5ms5s"] {
             assert!(parse_seconds(text).is_err(), "{text}");
         }
     }

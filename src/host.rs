@@ -12,6 +12,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
 proxy_wasm::main! {{
@@ -20,6 +21,11 @@ proxy_wasm::main! {{
     }));
     proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
+
+/// Whether this VM has already logged a request that arrived without a configuration.
+static UNCONFIGURED_WARNED: AtomicBool = AtomicBool::new(false);
+/// Whether this VM has already warned about a cluster name too long to pin.
+static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
@@ -58,12 +64,6 @@ fn random_nonce() -> Option<[u8; crate::token::NONCE_LEN]> {
     }
 }
 
-/// Every `Cookie` request header, in order (HTTP/1 clients may send several).
-fn all_cookie_headers() -> Vec<Vec<u8>> {
-    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-    headers.into_iter().filter(|(name, _)| name == "cookie").map(|(_, v)| v).collect()
-}
-
 /// Removes the response's `Set-Cookie` headers for cookie `name` and keeps the others.
 fn strip_set_cookie(name: &str) {
     let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
@@ -93,6 +93,8 @@ struct Metrics {
     hits: Option<u32>,
     repinned: Option<u32>,
     refreshed: Option<u32>,
+    /// Requests carrying more distinct candidate tokens than tether verifies.
+    over_limit: Option<u32>,
     invalid: Vec<(Rejection, Option<u32>)>,
 }
 
@@ -105,6 +107,7 @@ impl Metrics {
             hits: counter("affinity_hits"),
             repinned: counter("repinned"),
             refreshed: counter("refreshed"),
+            over_limit: counter("tokens_over_limit"),
             invalid: Rejection::ALL
                 .iter()
                 .map(|r| (*r, counter(&format!("invalid_token.{}", r.as_str()))))
@@ -190,12 +193,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream {
-            shared: self.shared.clone(),
-            affinity: None,
-            cluster_scope: String::new(),
-            now: 0,
-        }))
+        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, cluster_scope: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -229,8 +227,6 @@ struct Stream {
     affinity: Option<Affinity>,
     /// The upstream cluster's name, read per request when no `scope` is configured.
     cluster_scope: String,
-    /// Wall-clock seconds at the request (second resolution: reused for the response).
-    now: u64,
 }
 
 impl Context for Stream {}
@@ -238,6 +234,17 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
+            // No configuration reached this stream: fail safe (see `session::header_plan`).
+            if let session::HeaderPlan::Refuse = session::header_plan(None, None) {
+                if !UNCONFIGURED_WARNED.swap(true, Ordering::Relaxed) {
+                    log(
+                        LogLevel::Error,
+                        "a request reached tether before any valid configuration; refused (503)",
+                    );
+                }
+                let _ = hostcalls::send_http_response(503, vec![], Some(b"tether is not configured\n"));
+                return Action::Pause;
+            }
             return Action::Continue;
         };
         let settings = &shared.settings;
@@ -250,50 +257,63 @@ impl HttpContext for Stream {
         }
         let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
         let now = now_secs();
-        self.now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
-        // second Cookie header still counts. With `hostCookie` the Cookie headers are
-        // rewritten, so all of them are read at once.
+        // second Cookie header still counts. The resolver verifies each distinct value once
+        // (the first header's values are not verified again in the full pass) and at most
+        // `session::MAX_CANDIDATES` of them per request. With `hostCookie` every Cookie
+        // header is rewritten below, so all of them are read at once.
         let first_cookie = header_value("cookie");
-        let all_cookies = match (&settings.host_cookie, &first_cookie) {
-            (Some(_), Some(_)) => Some(all_cookie_headers()),
+        let rewritten: Option<Vec<(String, Vec<u8>)>> = match (&settings.host_cookie, &first_cookie) {
+            (Some(_), Some(_)) => match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+                Ok(headers) => Some(headers),
+                Err(status) => {
+                    // Without every Cookie header, a client's owner cookie could survive.
+                    log(
+                        LogLevel::Error,
+                        &format!("cannot read the request headers ({status:?}); request refused"),
+                    );
+                    let _ = hostcalls::send_http_response(500, vec![], None);
+                    return Action::Pause;
+                }
+            },
             _ => None,
         };
-        let affinity = if let Some(all) = &all_cookies {
-            let cookies = all.iter().map(Vec::as_slice);
-            session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
-        } else {
-            let first_only = first_cookie.as_deref().map(|c| vec![c]).unwrap_or_default();
-            let fast = session::resolve(token_header.as_deref(), first_only, scope, settings, now, || None);
-            match fast {
-                Some(pinned @ Affinity::Pinned { .. }) => Some(pinned),
-                _ if first_cookie.is_none() => {
-                    session::resolve(token_header.as_deref(), [], scope, settings, now, fresh_session_id)
+        let all_headers: Vec<(String, Vec<u8>)>;
+        let mut resolver = session::Resolver::new(scope, settings, now);
+        let mut found = resolver.token_header(token_header.as_deref());
+        if let Some(headers) = &rewritten {
+            for (_, value) in headers.iter().filter(|(name, _)| name == "cookie") {
+                if found.is_some() || !resolver.wants_more() {
+                    break;
                 }
-                _ => {
-                    let all = all_cookie_headers();
-                    let cookies = all.iter().map(Vec::as_slice);
-                    session::resolve(token_header.as_deref(), cookies, scope, settings, now, fresh_session_id)
+                found = resolver.cookie_header(value);
+            }
+        } else if let (None, Some(first)) = (&found, first_cookie.as_deref()) {
+            found = resolver.cookie_header(first);
+            if found.is_none() && resolver.wants_more() {
+                all_headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                for (_, value) in all_headers.iter().filter(|(name, _)| name == "cookie") {
+                    found = resolver.cookie_header(value);
+                    if found.is_some() || !resolver.wants_more() {
+                        break;
+                    }
                 }
             }
-        };
+        }
+        if resolver.over_limit() {
+            Metrics::bump(shared.metrics.over_limit);
+        }
+        let affinity = found.or_else(|| resolver.new_session(fresh_session_id));
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
         let steering = affinity.as_ref().map(|a| session::steering(a, settings));
-        let override_host = steering.as_ref().and_then(|s| s.override_host.as_deref());
-        let (host_header_value, host_cookie_value) = match settings.host_cookie {
-            Some(_) => (None, override_host),
-            None => (override_host, None),
+        let session::HeaderPlan::Edit(internal) = session::header_plan(Some(settings), steering.as_ref())
+        else {
+            let _ = hostcalls::send_http_response(503, vec![], None);
+            return Action::Pause;
         };
-        let mut internal = vec![
-            (settings.key_header.as_str(), steering.as_ref().map(|s| s.hash_key.as_str())),
-            (settings.host_header.as_str(), host_header_value),
-        ];
-        if let Some(name) = &settings.cluster_header {
-            internal.push((name, steering.as_ref().and_then(|s| s.cluster.as_deref())));
-        }
         for (name, value) in internal {
             let done = match value {
                 Some(value) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
@@ -310,9 +330,10 @@ impl HttpContext for Stream {
             }
         }
         if let Some(name) = &settings.host_cookie {
-            let cookies = all_cookies.iter().flatten().map(Vec::as_slice);
-            let rewrite =
-                cookie::with_owner_cookie(cookies, name.as_bytes(), host_cookie_value.map(str::as_bytes));
+            let cookies =
+                rewritten.iter().flatten().filter(|(n, _)| n == "cookie").map(|(_, v)| v.as_slice());
+            let owner = steering.as_ref().and_then(|s| s.override_host.as_deref()).map(str::as_bytes);
+            let rewrite = cookie::with_owner_cookie(cookies, name.as_bytes(), owner);
             let done = match rewrite {
                 CookieRewrite::Keep => Ok(()),
                 CookieRewrite::Remove => hostcalls::remove_map_value(MapType::HttpRequestHeaders, "cookie"),
@@ -383,8 +404,21 @@ impl Stream {
             }
             _ => String::new(),
         };
+        if !session::can_pin_cluster(&cluster) && !CLUSTER_WARNED.swap(true, Ordering::Relaxed) {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "cluster name of {} bytes is longer than a token can record ({} bytes): sessions served by it are not pinned to their cluster (clusterHeader) and follow the route's weights",
+                    cluster.len(),
+                    crate::token::MAX_CLUSTER_LEN
+                ),
+            );
+        }
+        // The clock is read again: a long poll or a slow upload can outlast the idle window,
+        // and the token's issue time, the refresh decision and Max-Age must count from now.
+        let now = now_secs();
         let (outcome, token) = match by {
-            Some(by) => session::respond(affinity, &Served { by, cluster }, self.now, settings),
+            Some(by) => session::respond(affinity, &Served { by, cluster }, now, settings),
             None => (Outcome::New, None),
         };
         // A hit sends nothing, so whether the answer came from the upstream matters only
@@ -396,7 +430,6 @@ impl Stream {
                 return settings.debug_header.as_ref().map(|_| "local-reply".to_string());
             }
         }
-        let now = self.now;
         shared.metrics.outcome(outcome);
         if let Some(token) = token {
             let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);

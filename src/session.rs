@@ -34,45 +34,124 @@ impl Affinity {
     }
 }
 
-/// Finds the first valid token: the token header (header mode) first, then every cookie
-/// of our name across all `Cookie` header values. `fresh_id` is called only when a new
-/// session is needed; `None` from it means no affinity for this request.
-pub fn resolve<'a>(
-    token_header: Option<&[u8]>,
-    cookie_headers: impl IntoIterator<Item = &'a [u8]>,
-    scope: &str,
-    settings: &Settings,
+/// Most candidate tokens one request can make tether verify (the token header and every
+/// distinct value of our cookie count). A browser sends one; a few more arise from stale
+/// cookies of other paths or domains. Each costs one HMAC or AEAD, so without a cap a
+/// 60 KB Cookie header of fake tokens would cost hundreds of them.
+pub const MAX_CANDIDATES: usize = 4;
+
+/// Looks for the first valid token, one source at a time, so that the host reads more
+/// headers only when needed. Every distinct value is verified at most once, and at most
+/// [`MAX_CANDIDATES`] are verified per request.
+pub struct Resolver<'a> {
+    scope: &'a str,
+    settings: &'a Settings,
     now: u64,
-    fresh_id: impl FnOnce() -> Option<SessionId>,
-) -> Option<Affinity> {
-    let mut rejected = None;
-    let limits = settings.limits();
-    let mut check = |value: &[u8], carrier| match token::open(value, &settings.keyring, scope, now, limits) {
-        Ok(v) => Some(Affinity::Pinned {
-            token: v.token,
-            current: v.signed_by_current_key && v.format == settings.format,
-            carrier,
-        }),
-        Err(reason) => {
-            rejected = Some(reason);
-            None
-        }
-    };
-    if let (Some(value), Some(_)) = (token_header, &settings.token_header) {
-        if let Some(pinned) = check(value, Carrier::Header) {
-            return Some(pinned);
-        }
+    /// Values already verified (all refused), in order.
+    checked: Vec<&'a [u8]>,
+    rejected: Option<Rejection>,
+    /// Candidates left unverified because the cap was reached.
+    over_limit: bool,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(scope: &'a str, settings: &'a Settings, now: u64) -> Resolver<'a> {
+        Resolver { scope, settings, now, checked: Vec::new(), rejected: None, over_limit: false }
     }
-    if let Some(spec) = &settings.cookie {
-        for header in cookie_headers {
-            for value in cookie::values_named(header, spec.name.as_bytes()) {
-                if let Some(pinned) = check(value, Carrier::Cookie) {
-                    return Some(pinned);
-                }
+
+    /// Verifies one candidate unless it was seen already or the cap is reached.
+    fn check(&mut self, value: &'a [u8], carrier: Carrier) -> Option<Affinity> {
+        if self.checked.contains(&value) {
+            return None;
+        }
+        if self.checked.len() >= MAX_CANDIDATES {
+            self.over_limit = true;
+            return None;
+        }
+        self.checked.push(value);
+        let limits = self.settings.limits();
+        match token::open(value, &self.settings.keyring, self.scope, self.now, limits) {
+            Ok(v) => Some(Affinity::Pinned {
+                token: v.token,
+                current: v.signed_by_current_key && v.format == self.settings.format,
+                carrier,
+            }),
+            Err(reason) => {
+                self.rejected = Some(reason);
+                None
             }
         }
     }
-    fresh_id().map(|session| Affinity::New { session, rejected })
+
+    /// The token header's value (header mode), if the request has one.
+    pub fn token_header(&mut self, value: Option<&'a [u8]>) -> Option<Affinity> {
+        match (value, &self.settings.token_header) {
+            (Some(value), Some(_)) => self.check(value, Carrier::Header),
+            _ => None,
+        }
+    }
+
+    /// Every value of our cookie in one `Cookie` header value.
+    pub fn cookie_header(&mut self, header: &'a [u8]) -> Option<Affinity> {
+        let spec = self.settings.cookie.as_ref()?;
+        for value in cookie::values_named(header, spec.name.as_bytes()) {
+            if let Some(pinned) = self.check(value, Carrier::Cookie) {
+                return Some(pinned);
+            }
+            if self.over_limit {
+                break;
+            }
+        }
+        None
+    }
+
+    /// Whether another source could still change the answer (cookies on, cap not reached).
+    pub fn wants_more(&self) -> bool {
+        self.settings.cookie.is_some() && !self.over_limit
+    }
+
+    /// How many candidates were verified so far.
+    pub fn verified(&self) -> usize {
+        self.checked.len()
+    }
+
+    /// Whether candidates were left unverified because of [`MAX_CANDIDATES`].
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+
+    /// No valid token: a new session (`fresh_id` is called only now; `None` from it means
+    /// no affinity for this request).
+    pub fn new_session(&self, fresh_id: impl FnOnce() -> Option<SessionId>) -> Option<Affinity> {
+        fresh_id().map(|session| Affinity::New { session, rejected: self.rejected })
+    }
+}
+
+/// Finds the first valid token: the token header (header mode) first, then every cookie
+/// of our name across all `Cookie` header values, within [`MAX_CANDIDATES`]. `fresh_id`
+/// is called only when a new session is needed; `None` from it means no affinity for this
+/// request.
+pub fn resolve<'a>(
+    token_header: Option<&'a [u8]>,
+    cookie_headers: impl IntoIterator<Item = &'a [u8]>,
+    scope: &'a str,
+    settings: &'a Settings,
+    now: u64,
+    fresh_id: impl FnOnce() -> Option<SessionId>,
+) -> Option<Affinity> {
+    let mut resolver = Resolver::new(scope, settings, now);
+    if let Some(pinned) = resolver.token_header(token_header) {
+        return Some(pinned);
+    }
+    for header in cookie_headers {
+        if !resolver.wants_more() {
+            break;
+        }
+        if let Some(pinned) = resolver.cookie_header(header) {
+            return Some(pinned);
+        }
+    }
+    resolver.new_session(fresh_id)
 }
 
 /// Request headers to set: the override host and the session's cluster (only for a
@@ -100,6 +179,43 @@ pub fn steering(affinity: &Affinity, settings: &Settings) -> Steering {
             Steering { override_host: None, cluster: None, hash_key: session.to_hex() }
         }
     }
+}
+
+/// What tether does to the internal request headers (`hostHeader`, `keyHeader`,
+/// `clusterHeader`) of a request. Client-sent copies would let a client pick its pod (or
+/// cluster) without a token, so none may ever reach the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderPlan<'a> {
+    /// Set each header to tether's value (`Some`) or remove it (`None`).
+    Edit(Vec<(&'a str, Option<&'a str>)>),
+    /// Answer the request locally instead of forwarding it.
+    Refuse,
+}
+
+/// The internal-header plan of a request. Without settings (no configuration reached this
+/// stream) the request is refused: the names of the internal headers come from that
+/// configuration, so removing the default names would not be enough when the deployment
+/// renamed them, and Envoy never runs a filter whose configuration was refused, so this
+/// case means something is wrong, never normal traffic. `steering` is `None` when the
+/// request has no affinity (no randomness): every internal header is removed.
+pub fn header_plan<'a>(settings: Option<&'a Settings>, steering: Option<&'a Steering>) -> HeaderPlan<'a> {
+    let Some(settings) = settings else {
+        return HeaderPlan::Refuse;
+    };
+    // With `hostCookie` the owner travels in the Cookie header (rewritten by the host); the
+    // host header is still removed, so a client's copy never reaches a header session state.
+    let host_header_value = match settings.host_cookie {
+        Some(_) => None,
+        None => steering.and_then(|s| s.override_host.as_deref()),
+    };
+    let mut edits = vec![
+        (settings.key_header.as_str(), steering.map(|s| s.hash_key.as_str())),
+        (settings.host_header.as_str(), host_header_value),
+    ];
+    if let Some(name) = &settings.cluster_header {
+        edits.push((name.as_str(), steering.and_then(|s| s.cluster.as_deref())));
+    }
+    HeaderPlan::Edit(edits)
 }
 
 /// Where a response came from.
@@ -142,7 +258,13 @@ pub fn respond(
     now: u64,
     settings: &Settings,
 ) -> (Outcome, Option<SessionToken>) {
-    let cluster = if settings.cluster_header.is_some() { served.cluster.clone() } else { String::new() };
+    // A cluster name a token cannot hold is not recorded at all (the host warns): recording
+    // nothing consistently keeps such sessions from re-pinning on every response.
+    let cluster = if settings.cluster_header.is_some() && can_pin_cluster(&served.cluster) {
+        served.cluster.clone()
+    } else {
+        String::new()
+    };
     match affinity {
         Affinity::New { session, .. } => (
             Outcome::New,
@@ -166,6 +288,11 @@ pub fn respond(
             }
         }
     }
+}
+
+/// Whether a token can record this cluster name (cluster pinning).
+pub fn can_pin_cluster(name: &str) -> bool {
+    name.len() <= token::MAX_CLUSTER_LEN
 }
 
 /// Past half its idle window, a token is re-signed so an active session never idles out;
@@ -293,6 +420,17 @@ mod tests {
     }
 
     #[test]
+    fn host_cookie_mode_removes_the_host_header() {
+        let s = settings_with(&format!("k1={K1}"), r#","hostCookie":"tether-owner""#);
+        let header = cookie_for(&token("10.0.0.2:8080"), &s);
+        let affinity = resolve(None, [header.as_bytes()], SCOPE, &s, NOW, || Some(FRESH)).unwrap();
+        let steer = steering(&affinity, &s);
+        let HeaderPlan::Edit(edits) = header_plan(Some(&s), Some(&steer)) else { panic!("refused") };
+        assert!(edits.contains(&("x-tether-host", None)), "{edits:?}");
+        assert!(edits.contains(&("x-tether-key", Some(steer.hash_key.as_str()))), "{edits:?}");
+    }
+
+    #[test]
     fn a_token_for_another_scope_is_a_new_session() {
         let s = settings(&format!("k1={K1}"));
         let header = cookie_for(&token("10.0.0.2:8080"), &s);
@@ -308,6 +446,54 @@ mod tests {
         let headers = ["tether=garbage; x=1".to_string(), cookie_for(&t, &s), second];
         let affinity = resolve(None, headers.iter().map(|h| h.as_bytes()), SCOPE, &s, NOW, || None).unwrap();
         assert_eq!(affinity, pinned(t, true));
+    }
+
+    #[test]
+    fn at_most_a_few_distinct_candidates_are_verified() {
+        let s = settings_with(&format!("k1={K1}"), r#","type":"CookieAndHeader""#);
+        let forged = settings(&format!("k1={K2}"));
+        let valid = cookie_for(&token("10.0.0.2:8080"), &s);
+        let fakes: Vec<String> = (0..MAX_CANDIDATES as u8)
+            .map(|i| cookie_for(&token(&format!("10.0.0.{i}:1")), &forged))
+            .collect();
+        // The same fake value many times costs one verification, and the valid token after
+        // it still counts.
+        let repeated = format!("{}; {valid}", vec![fakes[0].as_str(); 50].join("; "));
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        assert!(matches!(r.cookie_header(repeated.as_bytes()), Some(Affinity::Pinned { .. })));
+        assert_eq!((r.verified(), r.over_limit()), (2, false));
+        // A header seen twice (the host's fast path, then every Cookie header) is not verified again.
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        let first = fakes.join("; ");
+        assert_eq!(r.cookie_header(first.as_bytes()), None);
+        assert_eq!(r.verified(), MAX_CANDIDATES);
+        assert_eq!(r.cookie_header(first.as_bytes()), None);
+        assert_eq!((r.verified(), r.over_limit()), (MAX_CANDIDATES, false));
+        // Past the cap nothing more is verified, not even a valid token: a new session.
+        let header = format!("{first}; {valid}");
+        let got = resolve(None, [header.as_bytes()], SCOPE, &s, NOW, || Some(FRESH)).unwrap();
+        assert_eq!(got, Affinity::New { session: FRESH, rejected: Some(Rejection::BadSignature) });
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        assert_eq!(r.cookie_header(header.as_bytes()), None);
+        assert!(r.over_limit() && !r.wants_more());
+        // The token header counts as a candidate too; cookies in a later header also count.
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        let fake_header = fakes[0].strip_prefix("tether=").unwrap();
+        assert_eq!(r.token_header(Some(fake_header.as_bytes())), None);
+        let rest = fakes[1..].join("; ");
+        assert_eq!(r.cookie_header(rest.as_bytes()), None, "the header's value is not verified twice");
+        assert_eq!((r.verified(), r.over_limit()), (MAX_CANDIDATES, false));
+        assert_eq!(r.cookie_header(valid.as_bytes()), None);
+        assert!(r.over_limit());
+        // 650 fakes in a 61 KB header: still MAX_CANDIDATES verifications.
+        let many: Vec<String> = (0..650u32)
+            .map(|i| cookie_for(&token(&format!("10.{}.{}.1:1", i / 256, i % 256)), &forged))
+            .collect();
+        let header = many.join("; ");
+        assert!(header.len() > 61 * 1000, "{}", header.len());
+        let mut r = Resolver::new(SCOPE, &s, NOW);
+        assert_eq!(r.cookie_header(header.as_bytes()), None);
+        assert_eq!((r.verified(), r.over_limit()), (MAX_CANDIDATES, true));
     }
 
     #[test]
@@ -353,6 +539,30 @@ mod tests {
             let label = debug_label(&affinity, Outcome::New);
             assert_eq!(label, rejected.map_or("new".to_string(), |r| format!("invalid:{}", r.as_str())));
         }
+    }
+
+    #[test]
+    fn internal_headers_are_always_replaced_or_removed_and_unconfigured_streams_refused() {
+        assert_eq!(header_plan(None, None), HeaderPlan::Refuse);
+        let steer = Steering {
+            override_host: Some("aG9zdA==".into()),
+            cluster: Some("stable".into()),
+            hash_key: "07".repeat(16),
+        };
+        assert_eq!(header_plan(None, Some(&steer)), HeaderPlan::Refuse);
+        let s = settings_with(
+            &format!("k1={K1}"),
+            r#","hostHeader":"x-h","keyHeader":"x-k","clusterHeader":"x-c","scope":"app""#,
+        );
+        let key = "07".repeat(16);
+        let want = vec![("x-k", Some(key.as_str())), ("x-h", Some("aG9zdA==")), ("x-c", Some("stable"))];
+        assert_eq!(header_plan(Some(&s), Some(&steer)), HeaderPlan::Edit(want));
+        let removed = vec![("x-k", None), ("x-h", None), ("x-c", None)];
+        assert_eq!(header_plan(Some(&s), None), HeaderPlan::Edit(removed));
+        let plain = settings(&format!("k1={K1}"));
+        let new = Steering { override_host: None, cluster: None, hash_key: key.clone() };
+        let want = vec![("x-tether-key", Some(key.as_str())), ("x-tether-host", None)];
+        assert_eq!(header_plan(Some(&plain), Some(&new)), HeaderPlan::Edit(want));
     }
 
     #[test]
@@ -410,9 +620,42 @@ mod tests {
         assert!(set_cookie("T", &near_end, NOW, &permanent).unwrap().contains("Max-Age=100;"));
     }
 
+    /// The response is judged at its own time, not the request's: a long poll or a slow
+    /// upload can outlast the idle window (the host reads the clock again for the response).
+    #[test]
+    fn a_long_request_is_judged_at_response_time() {
+        let s = settings_with(
+            &format!("k1={K1}"),
+            r#","idleTimeout":"60s","cookie":{"lifetimeType":"Permanent"}"#,
+        );
+        let a = served("10.0.0.2:8080");
+        // A 29 s-old token on a 45 s request.
+        let t = SessionToken { issued_at: NOW - 29, ..token("10.0.0.2:8080") };
+        let cookie = cookie_for(&t, &s);
+        let affinity = resolve(None, [cookie.as_bytes()], SCOPE, &s, NOW, || None).unwrap();
+        assert_eq!(respond(&affinity, &a, NOW, &s), (Outcome::Hit, None), "at the request's time");
+        let done = NOW + 45;
+        let (outcome, refreshed) = respond(&affinity, &a, done, &s);
+        assert_eq!(outcome, Outcome::Refreshed, "at the response's time the token is 74 s old");
+        let refreshed = refreshed.unwrap();
+        assert_eq!(refreshed.issued_at, done);
+        let header = set_cookie("T", &refreshed, done, &s).unwrap();
+        assert!(header.contains("Max-Age=60;"), "{header}");
+        let text = sealed(&refreshed, &s);
+        assert!(token::open(text.as_bytes(), &s.keyring, SCOPE, done + 59, s.limits()).is_ok());
+        // A session minted on a 70 s request: its token counts from the response.
+        let new = Affinity::New { session: FRESH, rejected: None };
+        let (_, minted) = respond(&new, &a, NOW + 70, &s);
+        let minted = minted.unwrap();
+        assert_eq!((minted.issued_at, minted.expires_at), (NOW + 70, NOW + 70 + 3600));
+        let text = sealed(&minted, &s);
+        assert!(token::open(text.as_bytes(), &s.keyring, SCOPE, NOW + 71, s.limits()).is_ok());
+        assert!(set_cookie("T", &minted, NOW + 70, &s).unwrap().contains("Max-Age=60;"));
+    }
+
     #[test]
     fn cluster_pinning() {
-        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster""#);
+        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster","scope":"app""#);
         let on_stable = SessionToken { cluster: "stable".into(), ..token("10.0.0.2:8080") };
         let affinity = pinned(on_stable.clone(), true);
         assert_eq!(steering(&affinity, &s).cluster.as_deref(), Some("stable"));
@@ -426,6 +669,51 @@ mod tests {
         assert_eq!(steering(&affinity, &plain).cluster, None);
         let (_, minted) = respond(&Affinity::New { session: FRESH, rejected: None }, &canary, NOW, &plain);
         assert_eq!(minted.unwrap().cluster, "");
+    }
+
+    /// Sends `rounds` requests of one client through resolve → respond → seal, each carrying
+    /// the cookie of the last response that set one; returns each round's outcome and the
+    /// cluster steered to.
+    fn rounds(s: &Settings, served: &Served, rounds: usize) -> Vec<(Outcome, Option<String>)> {
+        let mut cookie = String::new();
+        let mut seen = Vec::new();
+        for round in 0..rounds {
+            let affinity = resolve(None, [cookie.as_bytes()], "app", s, NOW, || Some(FRESH)).unwrap();
+            let steer = steering(&affinity, s);
+            let (outcome, token) = respond(&affinity, served, NOW + round as u64, s);
+            if let Some(token) = token {
+                let text = seal(&token, "app", s, || Some([3; 24])).unwrap();
+                cookie = set_cookie(&text, &token, NOW, s).unwrap().split(';').next().unwrap().to_string();
+            }
+            seen.push((outcome, steer.cluster));
+        }
+        seen
+    }
+
+    #[test]
+    fn long_cluster_names_pin() {
+        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster","scope":"app""#);
+        let name = format!("outbound|8080|canary-v2|{}.{}.svc.cluster.local", "s".repeat(60), "n".repeat(43));
+        assert_eq!(name.len(), 146);
+        let served = Served { by: "10.0.0.2:8080".parse().unwrap(), cluster: name.clone() };
+        let got = rounds(&s, &served, 4);
+        assert_eq!(got[0], (Outcome::New, None));
+        for later in &got[1..] {
+            assert_eq!(*later, (Outcome::Hit, Some(name.clone())));
+        }
+        for format in [r#","tokenFormat":"Encrypted""#, ""] {
+            let s = settings_with(
+                &format!("k1={K1}"),
+                &format!(r#","clusterHeader":"x-tether-cluster","scope":"app"{format}"#),
+            );
+            let longest = Served { cluster: "c".repeat(token::MAX_CLUSTER_LEN), ..served.clone() };
+            assert_eq!(rounds(&s, &longest, 3)[2], (Outcome::Hit, Some(longest.cluster.clone())));
+        }
+        // A name no token can hold is not recorded: no re-pin on every response.
+        assert!(!can_pin_cluster(&"c".repeat(token::MAX_CLUSTER_LEN + 1)));
+        let overlong = Served { cluster: "c".repeat(300), ..served };
+        let got = rounds(&s, &overlong, 3);
+        assert_eq!(got, [(Outcome::New, None), (Outcome::Hit, None), (Outcome::Hit, None)]);
     }
 
     #[test]

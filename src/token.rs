@@ -31,9 +31,14 @@ pub const ENCRYPTED: u8 = 2;
 pub const TAG_LEN: usize = 16;
 pub const NONCE_LEN: usize = 24;
 pub const SESSION_ID_LEN: usize = 16;
-pub const MAX_CLUSTER_LEN: usize = 128;
+/// Longest cluster name a token records (its length is one byte). Envoy sets no limit of
+/// its own; Istio's `outbound|port|subset|<svc>.<ns>.svc.cluster.local` names of
+/// Kubernetes services (63-byte labels) stay under it.
+pub const MAX_CLUSTER_LEN: usize = 255;
 /// Longest token text worth decoding: anything longer is malformed without further work.
-pub const MAX_TOKEN_TEXT: usize = 360;
+/// The largest token, encrypted with a 32-byte key id, an IPv6 owner and a 255-byte
+/// cluster, is 381 bytes, 508 in base64.
+pub const MAX_TOKEN_TEXT: usize = 508;
 /// Tolerated clock difference between Envoys for a token's issue time.
 pub const CLOCK_SKEW_SECS: u64 = 60;
 const MAC_LABEL: &[u8] = b"tether-token-v1\0";
@@ -491,6 +496,42 @@ mod tests {
         let text = seal_with(&sample("10.0.0.1:80"), &keys); // issued NOW - 10
         assert!(open(text.as_bytes(), &keys, SCOPE, NOW + 589, idle).is_ok());
         assert_eq!(open(text.as_bytes(), &keys, SCOPE, NOW + 590, idle), Err(Rejection::Expired));
+    }
+
+    #[test]
+    fn the_longest_token_fits_the_text_cap() {
+        let id = "k".repeat(crate::keyring::MAX_KEY_ID_LEN);
+        let keys = ring(&format!("{id}={K1}"));
+        let key = keys.signing_key().unwrap();
+        let token = SessionToken { cluster: "c".repeat(MAX_CLUSTER_LEN), ..sample("[2001:db8::7]:65535") };
+        let signed = seal(&token, key, SCOPE);
+        let hidden = seal_encrypted(&token, key, SCOPE, [5; NONCE_LEN]).unwrap();
+        assert_eq!((signed.len(), hidden.len()), (482, MAX_TOKEN_TEXT));
+        for text in [signed, hidden] {
+            assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token, token);
+        }
+    }
+
+    #[test]
+    fn istio_cluster_names_are_recorded() {
+        let keys = ring(&format!("k1={K1}"));
+        let key = keys.signing_key().unwrap();
+        // 146 bytes, as seen in the review; and the longest a Kubernetes service can give.
+        let seen = format!("outbound|8080|canary-v2|{}.{}.svc.cluster.local", "s".repeat(60), "n".repeat(43));
+        assert_eq!(seen.len(), 146);
+        let longest = format!(
+            "outbound|65535|{}|{}.{}.svc.cluster.local",
+            "v".repeat(63),
+            "s".repeat(63),
+            "n".repeat(63)
+        );
+        assert!(longest.len() <= MAX_CLUSTER_LEN, "{}", longest.len());
+        for cluster in [seen, longest] {
+            let token = SessionToken { cluster, ..sample("10.0.0.1:80") };
+            assert_eq!(open_at(seal_with(&token, &keys).as_bytes(), &keys, NOW).unwrap().token, token);
+            let hidden = seal_encrypted(&token, key, SCOPE, [1; NONCE_LEN]).unwrap();
+            assert_eq!(open_at(hidden.as_bytes(), &keys, NOW).unwrap().token, token);
+        }
     }
 
     #[test]
