@@ -635,8 +635,8 @@ def pin(image, layout, manifests, out_dir):
         written.append(name)
     print(f"wrote {', '.join(written)} to {out_dir}/")
     print(f"image:  {url}")
-    print(f"push it first: skopeo copy oci:{layout} docker://{repository(image)}@sha256:{digest}"
-          f" (or to a tag: docker://{image})")
+    print(f"push it before applying: skopeo copy oci:{layout} docker://{image.removeprefix('oci://')}"
+          " (skopeo keeps the digest)")
 
 
 def main():

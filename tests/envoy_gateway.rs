@@ -112,13 +112,19 @@ fn position(yaml: &str, needle: &str) -> usize {
     yaml.find(needle).unwrap_or_else(|| panic!("`{needle}` not in the rendered configuration:\n{yaml}"))
 }
 
-/// A copy of the ready manifests with one text edit (which must occur exactly once).
-fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> PathBuf {
+/// A copy of the ready manifests.
+fn copy_of(manifests: &Path, tag: &str) -> PathBuf {
     let dir = scratch_dir(tag);
     for entry in std::fs::read_dir(manifests).unwrap() {
         let p = entry.unwrap().path();
         std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
     }
+    dir
+}
+
+/// A copy of the ready manifests with one text edit (which must occur exactly once).
+fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> PathBuf {
+    let dir = copy_of(manifests, tag);
     let text = std::fs::read_to_string(dir.join(file)).unwrap();
     assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
     std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
