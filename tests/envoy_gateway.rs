@@ -567,8 +567,7 @@ fn render_refuses_what_envoy_gateway_would_not_accept() {
 fn every_rendered_envoy_gateway_config_validates() {
     let shipped = pinned("eg-validate");
     let default_order = edited(&shipped, "envoyproxy.yaml", FILTER_ORDER, "", "eg-validate-order");
-    let no_patch =
-        edited(&shipped, "envoypatchpolicy.yaml", "kind: EnvoyPatchPolicy", "kind: EnvoyPatchPolicy", "eg-v");
+    let no_patch = copy_of(&shipped, "eg-validate-nopatch");
     std::fs::remove_file(no_patch.join("envoypatchpolicy.yaml")).unwrap();
     assert!(shipped.join("envoypatchpolicy.yaml").exists());
     for (name, manifests) in [("shipped", shipped), ("default order", default_order), ("no patch", no_patch)]
