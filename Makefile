@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render change probe tools
+.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change probe tools
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -104,6 +104,18 @@ istio: image
 istio-render:
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out target/istio-gateway
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-sidecar.yaml --out target/istio-sidecar
+
+## envoy-gateway: ready-to-apply Envoy Gateway manifests in target/envoy-gateway/, the
+## EnvoyExtensionPolicy pinned to the digest of the image `make image` builds
+## (usage: make envoy-gateway IMAGE=registry/repo:tag; then push target/oci to IMAGE)
+ifneq ($(filter envoy-gateway,$(MAKECMDGOALS)),)
+ifeq ($(IMAGE),)
+$(error usage: make envoy-gateway IMAGE=registry/repo:tag)
+endif
+endif
+envoy-gateway: image
+	python3 scripts/envoy-gateway-render.py --pin "$(IMAGE)" --layout target/oci \
+	  --manifests envoy-gateway --out target/envoy-gateway
 
 ## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy
 MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))

@@ -1,0 +1,594 @@
+//! The manifests in envoy-gateway/ through a real Envoy, without a cluster: the
+//! EnvoyExtensionPolicy is pinned to an image digest the way `make envoy-gateway` does it,
+//! then scripts/envoy-gateway-render.py turns the manifests into the configuration Envoy
+//! Gateway v1.9.0 would send — tether as a disabled Wasm filter enabled per route, keys
+//! from Envoy's environment (env.hostKeys), the header session state of the HTTPRoute's
+//! sessionPersistence, Envoy Gateway's filter order moved by EnvoyProxy.filterOrder, the
+//! BackendTrafficPolicy's Maglev cluster, outlier detection and retries, the
+//! EnvoyPatchPolicy's override_host_status, and endpoints by EDS from a file as Envoy
+//! Gateway derives them from EndpointSlice conditions.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tether::keyring::Keyring;
+use tether::token::{self, SessionId, SessionToken};
+
+/// The route's cluster (tokens are bound to it: tether's config sets no `scope`).
+const CLUSTER: &str = "httproute/demo/media/rule/0";
+const WASM_FILTER: &str = "envoy.filters.http.wasm/envoyextensionpolicy/demo/tether/wasm/0";
+
+fn renderer(args: &[&str]) -> Output {
+    Command::new("python3")
+        .current_dir(repo())
+        .arg("scripts/envoy-gateway-render.py")
+        .args(args)
+        .output()
+        .expect("python3 scripts/envoy-gateway-render.py")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// What `make envoy-gateway IMAGE=…` does, into a scratch directory: the OCI image layout
+/// of the built module (scripts/oci.py, as `make image`), then the manifests with the
+/// EnvoyExtensionPolicy pinned to its digest. Returns the ready-manifests directory.
+fn pinned(tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag);
+    let layout = dir.join("oci");
+    let built = Command::new("python3")
+        .current_dir(repo())
+        .args(["scripts/oci.py", "build", "target/wasm32-wasip1/release/tether.wasm"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let printed = String::from_utf8_lossy(&built.stdout).into_owned();
+    let digest = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("image digest:"))
+        .expect("oci.py prints the image digest")
+        .trim()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let out = dir.join("manifests");
+    let result = renderer(&[
+        "--pin",
+        "registry.example.com:5000/tether/tether:0.1.0",
+        "--layout",
+        path(&layout),
+        "--out",
+        path(&out),
+    ]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let eep = std::fs::read_to_string(out.join("envoyextensionpolicy.yaml")).unwrap();
+    assert!(
+        eep.contains(&format!("url: registry.example.com:5000/tether/tether@sha256:{digest}\n"))
+            && eep.contains(&format!("sha256: {digest}\n")),
+        "the image is pinned to the digest `make image` printed:\n{eep}"
+    );
+    assert!(!out.join("helm-values.yaml").exists(), "only Kubernetes manifests are written");
+    out
+}
+
+/// Renders `manifests` with endpoints given as `ip:port[=ready|terminating|stopped]`;
+/// returns envoy.yaml (empty with `endpoints_only`).
+fn render(manifests: &Path, endpoints: &[String], out: &Path, endpoints_only: bool) -> String {
+    let mut args = vec!["--manifests", path(manifests), "--out", path(out)];
+    for e in endpoints {
+        args.extend(["--endpoint", e.as_str()]);
+    }
+    if endpoints_only {
+        args.push("--endpoints-only");
+    }
+    let result = renderer(&args);
+    assert!(result.status.success(), "render failed: {}", String::from_utf8_lossy(&result.stderr));
+    if endpoints_only {
+        return String::new();
+    }
+    std::fs::read_to_string(out.join("envoy.yaml")).unwrap()
+}
+
+fn ready(pods: &[Pod]) -> Vec<String> {
+    pods.iter().map(|p| p.addr.to_string()).collect()
+}
+
+fn start(envoy_yaml: String, pods: &[Pod]) -> Envoy {
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    assert!(envoy.log().contains("configured: cookie `tether`"), "the plugin read its config");
+    envoy
+}
+
+/// Position of `needle` in the rendered configuration (panics if absent).
+fn position(yaml: &str, needle: &str) -> usize {
+    yaml.find(needle).unwrap_or_else(|| panic!("`{needle}` not in the rendered configuration:\n{yaml}"))
+}
+
+/// A copy of the ready manifests.
+fn copy_of(manifests: &Path, tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag);
+    for entry in std::fs::read_dir(manifests).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// A copy of the ready manifests with one text edit (which must occur exactly once).
+fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> PathBuf {
+    let dir = copy_of(manifests, tag);
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
+    std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+    dir
+}
+
+const FILTER_ORDER: &str =
+    "  filterOrder:\n  - name: envoy.filters.http.wasm\n    before: envoy.filters.http.stateful_session\n";
+
+fn forged(owner: SocketAddr) -> String {
+    let other = Keyring::parse("demo=b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMhISE=", None).unwrap();
+    let t = SessionToken {
+        session: SessionId([7; 16]),
+        owner,
+        issued_at: now(),
+        expires_at: now() + 600,
+        cluster: String::new(),
+    };
+    token::seal(&t, other.signing_key().unwrap(), CLUSTER)
+}
+
+/// What the header session state reads: standard padded base64 of `ip:port`.
+fn host_header(addr: SocketAddr) -> String {
+    tether::address::override_host_value(&addr)
+}
+
+#[test]
+fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
+    let mut pods = Pod::start_many(3);
+    let manifests = pinned("eg-core");
+    let out = scratch_dir("eg-core-rendered");
+    let yaml = render(&manifests, &ready(&pods), &out, false);
+
+    // Envoy Gateway's filter order moved by filterOrder: tether, stateful_session, router;
+    // both added disabled and enabled on the route.
+    let wasm_at = position(&yaml, &format!("- name: {WASM_FILTER}\n"));
+    let session_at = position(&yaml, "- name: envoy.filters.http.stateful_session\n");
+    let router_at = position(&yaml, "- name: envoy.filters.http.router\n");
+    assert!(wasm_at < session_at && session_at < router_at, "filter order:\n{yaml}");
+    assert_eq!(yaml.matches("disabled: true").count(), 2);
+    assert!(yaml.contains(&format!(
+        "{WASM_FILTER}:\n                    '@type': type.googleapis.com/envoy.config.route.v3.FilterConfig"
+    )));
+    assert!(yaml.contains("StatefulSessionPerRoute"));
+    assert!(yaml.contains("HeaderBasedSessionState\n                          name: x-tether-host\n"));
+    assert!(
+        yaml.contains("host_env_keys:\n                    - TETHER_KEYS\n"),
+        "keys from Envoy's environment"
+    );
+    assert!(yaml.contains("fail_open: false"));
+    assert!(yaml.contains("header_name: x-tether-key\n"));
+    assert!(
+        yaml.contains("name: envoy.load_balancing_policies.maglev") && yaml.contains("table_size: '65537'")
+    );
+    assert!(yaml.contains("consecutive_local_origin_failure: 2\n") && yaml.contains("consecutive_5xx: 0\n"));
+    assert!(yaml.contains("retry_on: connect-failure,reset\n") && yaml.contains("previous_hosts"));
+    assert!(yaml.contains("max_retries: 1024\n"));
+    assert!(
+        yaml.contains("override_host_status:\n        statuses:\n        - UNKNOWN\n        - HEALTHY\n        - DEGRADED\n        - DRAINING\n"),
+        "the EnvoyPatchPolicy's override_host_status on the route's cluster:\n{yaml}"
+    );
+
+    let envoy = start(yaml, &pods);
+    let open = |value: &str| open_scoped(value, CLUSTER);
+
+    // Mint: the cookie names the pod that served, with the config's attributes.
+    let first = envoy.get_with_cookie(None);
+    assert_eq!(first.status, 200);
+    let set_cookie = first.set_cookie().expect("a new session sets the cookie").to_string();
+    assert!(set_cookie.contains("; Secure") && set_cookie.contains("; HttpOnly"), "{set_cookie}");
+    let value = first.cookie_value().unwrap();
+    let owner = open(&value).owner;
+    assert_eq!(owner, pod_by_name(&pods, first.pod()).addr);
+
+    // Sticky: the pod sees tether's header, the client never gets stateful_session's.
+    for i in 0..20 {
+        let r = envoy.get_with_cookie(Some(&value));
+        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None), "request {i}");
+        assert_eq!(r.header("x-seen-host"), Some(host_header(owner).as_str()));
+        assert_eq!(r.header("x-tether-host"), None);
+    }
+
+    // A forged token aimed at another pod never steers.
+    let target = pods.iter().find(|p| p.addr != owner).unwrap().addr;
+    for _ in 0..5 {
+        let r = envoy.get_with_cookie(Some(&forged(target)));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-seen-host"), Some("-"), "a forged token must not steer");
+        assert_ne!(open(&r.cookie_value().expect("a new session")).session, SessionId([7; 16]));
+    }
+
+    // A client-sent x-tether-host never reaches stateful_session: tether runs first.
+    let aimed = &pods[2];
+    let on_aimed = (0..30)
+        .filter(|i| {
+            let r = envoy.get("/", &[("x-tether-host", &host_header(aimed.addr))]);
+            assert_eq!(r.status, 200, "request {i}");
+            assert_eq!(r.header("x-seen-host"), Some("-"), "the client's header got through");
+            r.pod() == aimed.name
+        })
+        .count();
+    assert!(on_aimed < 30, "every request reached the pod the client chose");
+
+    // Owner killed: outlier detection (2 refused connections) and the retries move the
+    // session without a failed request; the answer re-pins it.
+    let owner_name = first.pod().to_string();
+    pods.iter_mut().find(|p| p.name == owner_name).unwrap().kill();
+    let mut cookie = value.clone();
+    let mut repinned = None;
+    for i in 0..10 {
+        let r = envoy.get_with_cookie(Some(&cookie));
+        assert_eq!(r.status, 200, "request {i} after the owner died");
+        assert_ne!(r.pod(), owner_name);
+        if let Some(new) = r.cookie_value() {
+            assert_eq!(
+                open(&new).owner,
+                pod_by_name(&pods, r.pod()).addr,
+                "re-pinned to the pod that served"
+            );
+            repinned.get_or_insert_with(|| r.pod().to_string());
+            cookie = new;
+        }
+        if let Some(pod) = &repinned {
+            assert_eq!(r.pod(), pod, "request {i}: the session stays on its new pod");
+        }
+    }
+    let repinned = repinned.expect("the session was re-pinned to a live pod");
+    println!(
+        "envoy gateway: client-aimed x-tether-host reached its pod {on_aimed} of 30 times (hash: ~10); \
+         owner {owner_name} killed, 10 of 10 requests answered, session re-pinned to {repinned}"
+    );
+}
+
+// ---------------------------------------------------------------- draining
+
+fn flags(envoy: &Envoy, pod: SocketAddr) -> Option<String> {
+    let key = format!("{CLUSTER}::{pod}::health_flags::");
+    envoy.admin_get("/clusters").lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
+}
+
+fn wait_flags(envoy: &Envoy, pod: SocketAddr, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flags(envoy, pod).as_deref() != want {
+        assert!(Instant::now() < deadline, "{pod}: health_flags {want:?} never came");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One request on a keep-alive connection: (pod, the tether cookie it set).
+fn ask(conn: &mut tether_probe::http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
+    let header = cookie.map(|c| format!("{COOKIE}={c}"));
+    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
+    let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
+    assert_eq!(r.status, 200);
+    let set = r.all("set-cookie").find_map(|v| {
+        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
+    });
+    (r.header("x-pod").unwrap_or("(none)").to_string(), set)
+}
+
+fn mint_sessions(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
+    let mut conn = envoy.keep_alive();
+    (0..n)
+        .map(|_| {
+            let (pod, cookie) = ask(&mut conn, None);
+            (cookie.expect("a new session sets the cookie"), pod)
+        })
+        .collect()
+}
+
+/// One request per session: (pod, whether the response re-pinned it).
+fn visit(envoy: &Envoy, sessions: &[(String, String)]) -> Vec<(String, bool)> {
+    let mut conn = envoy.keep_alive();
+    sessions
+        .iter()
+        .map(|(cookie, _)| {
+            let (pod, set) = ask(&mut conn, Some(cookie));
+            (pod, set.is_some())
+        })
+        .collect()
+}
+
+/// (sessions of `drained` that stayed, sessions of other pods that moved).
+fn count(sessions: &[(String, String)], after: &[(String, bool)], drained: &str) -> (usize, usize) {
+    let stayed = sessions
+        .iter()
+        .zip(after)
+        .filter(|((_, pod), (now, repinned))| pod == drained && now == drained && !repinned)
+        .count();
+    let others_moved = sessions
+        .iter()
+        .zip(after)
+        .filter(|((_, pod), (now, repinned))| pod != drained && (now != pod || *repinned))
+        .count();
+    (stayed, others_moved)
+}
+
+struct Drained {
+    own: usize,
+    stayed: usize,
+    ws_stayed: usize,
+    fresh_on_drained: usize,
+    gone_moved: Option<usize>,
+}
+
+/// 300 sessions over 3 pods; pod a begins its graceful shutdown (EndpointSlice: serving,
+/// terminating, not ready), which Envoy Gateway sends as DRAINING; then (with `until_gone`)
+/// it exits and leaves the EndpointSlice.
+fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
+    let mut pods = Pod::start_many(3);
+    let out = scratch_dir(tag);
+    let mut states = ready(&pods);
+    let envoy = start(render(manifests, &states, &out, false), &pods);
+    let sessions = mint_sessions(&envoy, 300);
+    let (drained, drained_addr) = (pods[0].name.clone(), pods[0].addr);
+    let own: Vec<&(String, String)> = sessions.iter().filter(|(_, pod)| *pod == drained).collect();
+    assert!(own.len() >= 50, "{} of 300 sessions on {drained}", own.len());
+
+    states[0] = format!("{drained_addr}=terminating");
+    render(manifests, &states, &out, true);
+    wait_flags(&envoy, drained_addr, Some("/eds_status_draining"));
+    envoy.settle();
+    let after = visit(&envoy, &sessions);
+    let (stayed, others_moved) = count(&sessions, &after, &drained);
+    assert_eq!(others_moved, 0, "sessions of the other pods moved");
+    let ws_stayed = own
+        .iter()
+        .filter(|(cookie, _)| {
+            let (r, first_frame) = websocket(envoy.addr(), Some(cookie));
+            assert_eq!(r.status, 101);
+            first_frame == drained
+        })
+        .count();
+    let fresh_on_drained = mint_sessions(&envoy, 150).iter().filter(|(_, pod)| *pod == drained).count();
+    let mut gone_moved = None;
+    if until_gone {
+        // The pod exits; Kubernetes removes it from the EndpointSlice.
+        pods[0].kill();
+        states.remove(0);
+        render(manifests, &states, &out, true);
+        wait_flags(&envoy, drained_addr, None);
+        envoy.settle();
+        let gone = visit(&envoy, &sessions);
+        let moved = sessions
+            .iter()
+            .zip(&gone)
+            .filter(|((_, pod), (now, repinned))| *pod == drained && *now != drained && *repinned)
+            .count();
+        assert_eq!(count(&sessions, &gone, &drained).1, 0, "other sessions moved when the pod left");
+        gone_moved = Some(moved);
+    }
+    Drained { own: own.len(), stayed, ws_stayed, fresh_on_drained, gone_moved }
+}
+
+/// With the EnvoyPatchPolicy (override_host_status with DRAINING), a terminating pod keeps
+/// its sessions (HTTP and WebSocket reconnects), gets no new one, and its sessions move only
+/// once it is gone.
+#[test]
+fn draining_pod_keeps_its_sessions_with_the_envoy_patch_policy() {
+    let manifests = pinned("eg-drain");
+    let d = drain(&manifests, "eg-drain-rendered", true);
+    let gone_moved = d.gone_moved.unwrap();
+    println!(
+        "envoy gateway + EnvoyPatchPolicy, pod terminating: {} of its {} sessions stayed (HTTP), {} of {} \
+         WebSocket reconnects stayed; new sessions on it: {} of 150; once gone: {gone_moved} of {} moved and \
+         were re-pinned, 0 other sessions moved",
+        d.stayed, d.own, d.ws_stayed, d.own, d.fresh_on_drained, d.own
+    );
+    assert_eq!((d.stayed, d.ws_stayed), (d.own, d.own), "a draining pod's session left it");
+    assert_eq!(d.fresh_on_drained, 0, "a new session landed on the draining pod");
+    assert_eq!(gone_moved, d.own, "every session of the gone pod moves and is re-pinned");
+}
+
+/// The baseline the patch fixes: Envoy Gateway alone sends the terminating pod as DRAINING
+/// with Envoy's default override_host_status (no DRAINING), so none of its sessions stay.
+#[test]
+fn without_the_patch_a_draining_pods_sessions_move_at_once() {
+    let manifests = pinned("eg-nopatch");
+    std::fs::remove_file(manifests.join("envoypatchpolicy.yaml")).unwrap();
+    let d = drain(&manifests, "eg-nopatch-rendered", false);
+    println!(
+        "envoy gateway without the EnvoyPatchPolicy, pod terminating: {} of its {} sessions stayed (HTTP), \
+         {} of {} WebSocket reconnects stayed; new sessions on it: {} of 150",
+        d.stayed, d.own, d.ws_stayed, d.own, d.fresh_on_drained
+    );
+    assert_eq!((d.stayed, d.ws_stayed), (0, 0), "without DRAINING in override_host_status none can stay");
+    assert_eq!(d.fresh_on_drained, 0);
+}
+
+// ---------------------------------------------------------------- default filter order
+
+/// Without EnvoyProxy.filterOrder, Envoy Gateway puts stateful_session (11) before the Wasm
+/// filter (200+i): it reads x-tether-host before tether has written (or removed) it. So a
+/// valid token no longer steers — requests go where the hash of the session id sends
+/// them — and a client-sent x-tether-host chooses the pod.
+#[test]
+fn default_filter_order_does_not_steer_and_lets_clients_choose() {
+    let pods = Pod::start_many(3);
+    let manifests = edited(&pinned("eg-order"), "envoyproxy.yaml", FILTER_ORDER, "", "eg-order-edited");
+    let out = scratch_dir("eg-order-rendered");
+    let yaml = render(&manifests, &ready(&pods), &out, false);
+    let session_at = position(&yaml, "- name: envoy.filters.http.stateful_session\n");
+    let wasm_at = position(&yaml, &format!("- name: {WASM_FILTER}\n"));
+    assert!(session_at < wasm_at, "Envoy Gateway's default order puts stateful_session first:\n{yaml}");
+    let envoy = start(yaml, &pods);
+
+    // 30 valid tokens, all pinned to pod a, with different session ids.
+    let owner = &pods[0];
+    let mut reached = 0;
+    let mut repinned = 0;
+    for i in 0..30u8 {
+        let t = scoped_token(owner.addr, [i; 16], CLUSTER, "");
+        let r = envoy.get_with_cookie(Some(&t));
+        assert_eq!(r.status, 200);
+        reached += usize::from(r.pod() == owner.name);
+        repinned += usize::from(r.cookie_value().is_some());
+    }
+    // A client-sent owner header, no token.
+    let aimed = &pods[2];
+    let mut on_aimed = 0;
+    for _ in 0..30 {
+        let r = envoy.get("/", &[("x-tether-host", &host_header(aimed.addr))]);
+        assert_eq!(r.status, 200);
+        on_aimed += usize::from(r.pod() == aimed.name);
+    }
+    println!(
+        "envoy gateway default filter order: {reached} of 30 pinned requests reached their owner ({repinned} \
+         re-pinned elsewhere); a client-sent x-tether-host chose the pod {on_aimed} of 30 times"
+    );
+    assert!(reached < 30, "the owner was honoured although stateful_session ran first");
+    assert_eq!(reached + repinned, 30, "every request that missed its owner was re-pinned");
+    assert_eq!(on_aimed, 30, "stateful_session honours the client's own header when it runs first");
+}
+
+// ---------------------------------------------------------------- refusals, validation
+
+/// What Envoy Gateway (or its API server) would not accept, or what the renderer cannot
+/// render faithfully, is refused with the field named.
+#[test]
+fn render_refuses_what_envoy_gateway_would_not_accept() {
+    let ready_manifests = pinned("eg-refuse");
+    let patch_path = "      path: /common_lb_config/override_host_status\n";
+    let cases: Vec<(PathBuf, &str)> = vec![
+        // The source in envoy-gateway/ has no image: the API server refuses it.
+        (repo().join("envoy-gateway"), "code.image: not set"),
+        (
+            edited(
+                &ready_manifests,
+                "envoypatchpolicy.yaml",
+                patch_path,
+                "      path: /outlier/x\n",
+                "eg-r1",
+            ),
+            "/outlier does not exist",
+        ),
+        (
+            edited(
+                &ready_manifests,
+                "envoypatchpolicy.yaml",
+                "name: httproute/demo/media/rule/0",
+                "name: x",
+                "eg-r2",
+            ),
+            "no cluster x",
+        ),
+        (
+            edited(
+                &ready_manifests,
+                "backendtrafficpolicy.yaml",
+                "tableSize: 65537",
+                "tableSize: 65536",
+                "eg-r3",
+            ),
+            "must be a prime",
+        ),
+        (
+            edited(&ready_manifests, "httproute.yaml", "type: Header", "type: Cookie", "eg-r4"),
+            "sessionPersistence.type: must be Header",
+        ),
+        (
+            edited(
+                &ready_manifests,
+                "httproute.yaml",
+                "sessionName: x-tether-host",
+                "sessionName: other",
+                "eg-r5",
+            ),
+            "config.hostHeader: must be `other`",
+        ),
+        (
+            edited(
+                &ready_manifests,
+                "backendtrafficpolicy.yaml",
+                "  retry:\n",
+                "  timeout: {}\n  retry:\n",
+                "eg-r6",
+            ),
+            "spec.timeout: not rendered",
+        ),
+        (
+            edited(
+                &ready_manifests,
+                "envoyproxy.yaml",
+                "        - name: TETHER_KEYS\n",
+                "        - name: OTHER\n",
+                "eg-r7",
+            ),
+            "TETHER_KEYS is not in the Envoy container's env",
+        ),
+    ];
+    for (manifests, want) in cases {
+        let out = scratch_dir("eg-refuse-out");
+        let result = renderer(&["--manifests", path(&manifests), "--out", path(&out)]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success() && stderr.contains(want), "want `{want}`, got: {stderr}");
+    }
+    // EnvoyPatchPolicy while Envoy Gateway's config leaves it off.
+    let values = scratch_dir("eg-refuse-values").join("values.yaml");
+    std::fs::write(&values, "config:\n  envoyGateway:\n    extensionApis: {}\n").unwrap();
+    let out = scratch_dir("eg-refuse-out");
+    let result = renderer(&[
+        "--manifests",
+        path(&ready_manifests),
+        "--helm-values",
+        path(&values),
+        "--out",
+        path(&out),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success() && stderr.contains("enableEnvoyPatchPolicy must be true"), "{stderr}");
+    // Pinning twice is refused: the source keeps code.image unset.
+    let result =
+        renderer(&["--pin", "r.example/t:1", "--manifests", path(&ready_manifests), "--out", path(&out)]);
+    assert!(!result.status.success());
+}
+
+/// `envoy --mode validate` (which loads the module and its configuration) on every rendered
+/// Envoy Gateway configuration: as shipped, with the default filter order, without the patch.
+#[test]
+fn every_rendered_envoy_gateway_config_validates() {
+    let shipped = pinned("eg-validate");
+    let default_order = edited(&shipped, "envoyproxy.yaml", FILTER_ORDER, "", "eg-validate-order");
+    let no_patch = copy_of(&shipped, "eg-validate-nopatch");
+    std::fs::remove_file(no_patch.join("envoypatchpolicy.yaml")).unwrap();
+    assert!(shipped.join("envoypatchpolicy.yaml").exists());
+    for (name, manifests) in [("shipped", shipped), ("default order", default_order), ("no patch", no_patch)]
+    {
+        let out = scratch_dir("eg-validate-out");
+        render(
+            &manifests,
+            &["127.0.0.1:8081".to_string(), "127.0.0.1:8082=terminating".to_string()],
+            &out,
+            false,
+        );
+        let result = Command::new(envoy_binary())
+            .current_dir(repo())
+            .env("TETHER_KEYS", DEMO_KEYS)
+            .args(["--mode", "validate", "-c"])
+            .arg(out.join("envoy.yaml"))
+            .output()
+            .unwrap();
+        let log =
+            String::from_utf8_lossy(&result.stderr).into_owned() + &String::from_utf8_lossy(&result.stdout);
+        assert!(result.status.success() && log.contains("OK"), "{name}:\n{log}");
+        println!("validated the {name} Envoy Gateway rendering");
+    }
+}
