@@ -100,10 +100,11 @@ istio: image
 	rm -rf target/istio
 	python3 scripts/istio-manifests.py --image $(IMAGE) --digest $$(python3 scripts/oci.py digest target/oci) --out target/istio
 
-## istio-render: what istiod would send for istio/ (target/istio-{gateway,sidecar}/)
+## istio-render: what istiod would send for istio/ (target/istio-{gateway,sidecar,gateway-api}/)
 istio-render:
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out target/istio-gateway
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-sidecar.yaml --out target/istio-sidecar
+	python3 scripts/istio-render.py --plugin istio/wasmplugin-gateway-api.yaml --out target/istio-gateway-api
 
 ## envoy-gateway: ready-to-apply Envoy Gateway manifests in target/envoy-gateway/, the
 ## EnvoyExtensionPolicy pinned to the digest of the image `make image` builds

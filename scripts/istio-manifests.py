@@ -10,11 +10,20 @@ url istio-agent compares sha256 with the image manifest digest). Files that are 
 resources to apply — Helm values (istiod-values.yaml), patches (proxy-env.yaml) — stay
 behind. Also writes OUT/kustomization.yaml, so both `kubectl apply -f OUT` and
 `kubectl apply -k OUT` work. Text edits only: comments stay.
+
+The Gateway API variant (files named *gateway-api*: they need the Gateway API CRDs and
+deploy a second gateway) goes to OUT/gateway-api/ instead, with its own copies of the
+files it shares with the classic set (service.yaml, destinationrule.yaml) and its own
+kustomization.yaml: `kubectl apply -k OUT/gateway-api`.
 """
 import argparse
 import os
 import re
 import sys
+
+
+# Resources the Gateway API variant (OUT/gateway-api/) needs from the classic set.
+SHARED = {"service.yaml", "destinationrule.yaml"}
 
 
 def pinned_repo(image):
@@ -38,15 +47,19 @@ def main():
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", args.digest):
         sys.exit(f"istio-manifests: --digest {args.digest!r} is not sha256:<64 hex digits>")
     url = f"oci://{pinned_repo(args.image)}@{args.digest}"
-    os.makedirs(args.out, exist_ok=True)
-    names = []
+    gateway_api_dir = os.path.join(args.out, "gateway-api")
+    os.makedirs(gateway_api_dir, exist_ok=True)
+    names, gateway_api_names = [], []
     plugins = 0
     for name in sorted(f for f in os.listdir(args.istio_dir) if f.endswith(".yaml")):
         with open(os.path.join(args.istio_dir, name)) as f:
             text = f.read()
         if not re.search(r"^apiVersion: ", text, re.M) or name == "kustomization.yaml":
             continue  # Helm values or a patch, not a resource to apply
-        names.append(name)
+        if "gateway-api" in name:
+            gateway_api_names.append(name)
+        else:
+            names.append(name)
         if re.search(r"^kind: WasmPlugin$", text, re.M):
             if re.search(r"^  (url|sha256):", text, re.M):
                 sys.exit(f"istio-manifests: {name} already has a url or sha256; the base must not")
@@ -59,13 +72,24 @@ def main():
             if n != 1:
                 sys.exit(f"istio-manifests: {name}: no `pluginName:` line to put the url before")
             plugins += 1
-        with open(os.path.join(args.out, name), "w") as f:
-            f.write(text)
-    with open(os.path.join(args.out, "kustomization.yaml"), "w") as f:
-        f.write("# Written by scripts/istio-manifests.py (make istio).\n"
-                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
-        f.writelines(f"- {name}\n" for name in names)
-    print(f"wrote {len(names)} manifests to {args.out}/ ({plugins} WasmPlugins with url: {url})")
+        if "gateway-api" in name or name in SHARED:
+            with open(os.path.join(gateway_api_dir, name), "w") as f:
+                f.write(text)
+            if name in SHARED:
+                gateway_api_names.append(name)
+        if "gateway-api" not in name:
+            with open(os.path.join(args.out, name), "w") as f:
+                f.write(text)
+    missing = SHARED - set(gateway_api_names)
+    if missing:
+        sys.exit(f"istio-manifests: {args.istio_dir}/ lacks {', '.join(sorted(missing))}")
+    for out, files in ((args.out, names), (gateway_api_dir, sorted(gateway_api_names))):
+        with open(os.path.join(out, "kustomization.yaml"), "w") as f:
+            f.write("# Written by scripts/istio-manifests.py (make istio).\n"
+                    "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
+            f.writelines(f"- {name}\n" for name in files)
+    print(f"wrote {len(names)} manifests to {args.out}/ and {len(gateway_api_names)} to {gateway_api_dir}/ "
+          f"({plugins} WasmPlugins with url: {url})")
 
 
 if __name__ == "__main__":

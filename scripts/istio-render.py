@@ -34,6 +34,19 @@ istiod's own code (Istio 1.30.3, pilot/pkg/...; see istio/README.md):
   outlierDetection, connectionPool.http.maxRetries as istiod maps them.
 - VirtualService retries -> retry_policy (previous_hosts only with
   retryIgnorePreviousHosts when a consistent hash is in use, as istiod does).
+- Gateway API (a WasmPlugin with targetRefs to a Gateway of class istio): the plugin
+  reaches the proxy istiod deploys for that Gateway (ShouldAttachPolicy,
+  pilot/pkg/model/policyattachment.go); admission's rules (one of selector and targetRefs,
+  no targetRef namespace, allowed kinds: pkg/config/validation/validation.go) and kinds
+  that only attach to waypoints are refused. The HTTPRoute whose parentRef is that Gateway
+  is rendered as istiod converts it (pilot/pkg/config/kube/gateway/conversion.go:
+  convertHTTPRoute): route name <ns>.<name>.<rule>, `retry` -> retry_on
+  connect-failure,refused-stream,unavailable,cancelled + codes, never previous_hosts (the
+  DestinationRule hashes); no `retry` -> the mesh default retry policy (2 retries); the
+  DestinationRule's hash policy and the per-route session state as for any route. The
+  Gateway's infrastructure.parametersRef ConfigMap must put every vmConfig.env HOST
+  variable into the generated proxy's environment. With such a plugin the HTTPRoute is
+  used and VirtualServices are ignored; otherwise the reverse.
 - tether's pluginConfig must name what istiod configures: hostCookie = the cookie label's
   name, or hostHeader = the header label.
 
@@ -48,6 +61,7 @@ as istiod pushes EDS when a pod's conditions change.
 Anything in the manifests it does not know how to render is refused with its path.
 """
 import argparse
+import re
 import json
 import os
 import sys
@@ -78,10 +92,12 @@ def load_docs(paths):
     return docs
 
 
-def only(docs, kind, what):
-    found = [d for d in docs if d.get("kind") == kind]
+def only(docs, kind, what, found=None):
+    found = [d for d in docs if d.get("kind") == kind] if found is None else found
     if len(found) != 1:
-        raise Refused(f"expected exactly one {kind} ({what}) in istio/, found {len(found)}")
+        files = ", ".join(sorted({d["__file"] for d in found}))
+        raise Refused(f"expected exactly one {kind} ({what}) in istio/, found {len(found)}"
+                      + (f": {files}" if files else ""))
     return found[0]
 
 
@@ -100,7 +116,7 @@ def duration(value, where):
 def wasm_filter(plugin, wasm_path):
     spec, meta = plugin["spec"], plugin["metadata"]
     where = f"{plugin['__file']}: WasmPlugin {meta['name']}.spec"
-    check_keys(spec, {"selector", "url", "sha256", "imagePullPolicy", "pluginName", "phase",
+    check_keys(spec, {"selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "pluginName", "phase",
                       "priority", "failStrategy", "match", "vmConfig", "pluginConfig", "type"}, where)
     if spec.get("type", "HTTP") != "HTTP":
         raise Refused(f"{where}.type: tether is an HTTP filter")
@@ -229,10 +245,15 @@ def write_atomically(path, text):
     os.replace(tmp, path)
 
 
-def cluster_and_route(docs, eds_path):
+def cluster_and_route(docs, eds_path, gateway_api=None):
+    """gateway_api: the Gateway API Gateway the plugin targets (its HTTPRoute is rendered),
+    or None (the VirtualService is)."""
     svc = only(docs, "Service", "the stateful service")
     dr = only(docs, "DestinationRule", "its traffic policy")
-    vs = only(docs, "VirtualService", "its routes")
+    if gateway_api is not None:
+        hr = http_route_for(gateway_api, docs)
+    else:
+        vs = only(docs, "VirtualService", "its routes")
     name, ns = svc["metadata"]["name"], svc["metadata"]["namespace"]
     host = f"{name}.{ns}.svc.cluster.local"
     port = svc["spec"]["ports"][0]["port"]
@@ -295,11 +316,18 @@ def cluster_and_route(docs, eds_path):
     if max_retries:
         cluster["circuit_breakers"] = {"thresholds": [{"max_retries": max_retries}]}
 
+    route = {"cluster": cluster["name"], "hash_policy": [{"header": {"header_name": ch["httpHeaderName"]}}]}
+    session = {"envoy.filters.http.stateful_session": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+        "stateful_session": {"session_state": state_config}}}
+    if gateway_api is not None:
+        name = convert_http_route(hr, svc, port, route)
+        return cluster, route, session, name
+
     http = vs["spec"]["http"]
     if len(http) != 1:
         raise Refused(f"{vs['__file']}: one http route expected")
     retries = http[0].get("retries")
-    route = {"cluster": cluster["name"], "hash_policy": [{"header": {"header_name": ch["httpHeaderName"]}}]}
     if retries and retries.get("attempts", 0) > 0:
         policy = {"num_retries": retries["attempts"],
                   "retry_on": retries.get("retryOn", "connect-failure,refused-stream,unavailable,"
@@ -313,10 +341,201 @@ def cluster_and_route(docs, eds_path):
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
                                  "previous_hosts.v3.PreviousHostsPredicate"}}]
         route["retry_policy"] = policy
-    session = {"envoy.filters.http.stateful_session": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
-        "stateful_session": {"session_state": state_config}}}
-    return cluster, route, session
+    return cluster, route, session, None
+
+
+# ---------------------------------------------------------------- Gateway API
+
+GW_GROUP = "gateway.networking.k8s.io"
+# validatePolicyTargetReference (pkg/config/validation/validation.go:1326-1358): admission
+# accepts these (group, kind) and no other.
+ADMITTED_TARGETS = {("", "Service"), ("networking.istio.io", "ServiceEntry"),
+                    (GW_GROUP, "Gateway"), (GW_GROUP, "GatewayClass")}
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+
+
+def is_gateway_api(doc):
+    return doc.get("kind") == "Gateway" and doc.get("apiVersion", "").startswith(GW_GROUP + "/")
+
+
+def gateway_api_target(plugin, docs):
+    """The Gateway API Gateway a targetRefs plugin attaches to, or None for a selector plugin."""
+    spec, meta = plugin["spec"], plugin["metadata"]
+    where = f"{plugin['__file']}: WasmPlugin {meta['name']}.spec"
+    # validateOneOfSelectorType (validation.go:1382-1401), run by ValidateWasmPlugin.
+    if sum(1 for k in ("selector", "targetRef", "targetRefs") if spec.get(k)) > 1:
+        raise Refused(f"{where}: only one of targetRefs or workloadSelector can be set "
+                      "(istiod's admission refuses the WasmPlugin)")
+    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
+    if not refs:
+        return None
+    if len(refs) != 1:
+        raise Refused(f"{where}.targetRefs: one Gateway expected (the renderer builds one proxy)")
+    ref = refs[0]
+    group, kind, name = ref.get("group", ""), ref.get("kind"), ref.get("name")
+    if not name:
+        raise Refused(f"{where}.targetRefs.name: targetRef name must be set (istiod's admission)")
+    if ref.get("namespace"):
+        raise Refused(f"{where}.targetRefs.namespace: must not be set; istiod's admission refuses "
+                      "cross-namespace references (put the plugin in the Gateway's namespace)")
+    if (group, kind) not in ADMITTED_TARGETS:
+        raise Refused(f"{where}.targetRefs: {group or 'core'}/{kind} is not a kind istiod's admission "
+                      f"accepts ({', '.join(sorted(k for _, k in ADMITTED_TARGETS))})")
+    if (group, kind) != (GW_GROUP, "Gateway"):
+        raise Refused(f"{where}.targetRefs: {kind} attaches only to waypoint proxies (ambient) "
+                      "(ShouldAttachPolicy, pilot/pkg/model/policyattachment.go); tether needs a "
+                      f"{GW_GROUP} Gateway")
+    found = [d for d in docs if is_gateway_api(d) and d["metadata"]["name"] == name
+             and d["metadata"].get("namespace") == meta["namespace"]]
+    if not found:
+        raise Refused(f"{where}.targetRefs: no Gateway {meta['namespace']}/{name} ({GW_GROUP}) in the "
+                      "manifests; istiod attaches a targetRef only to a Gateway in the plugin's "
+                      "own namespace")
+    gw = found[0]
+    if gw["spec"].get("gatewayClassName") != "istio":
+        raise Refused(f"{gw['__file']}: Gateway {name}.spec.gatewayClassName must be `istio` "
+                      "(istiod deploys and configures the proxy only for its own class)")
+    check_gateway_env(gw, docs, [e["name"] for e in spec.get("vmConfig", {}).get("env", [])
+                                 if e.get("valueFrom", "INLINE") == "HOST"])
+    return gw
+
+
+def check_gateway_env(gw, docs, names):
+    """valueFrom: HOST reads the generated proxy's environment: the Gateway's parametersRef
+    ConfigMap overlay must put `names` there (deploymentcontroller.go render/applyOverlay)."""
+    where = f"{gw['__file']}: Gateway {gw['metadata']['name']}.spec.infrastructure.parametersRef"
+    ref = gw["spec"].get("infrastructure", {}).get("parametersRef")
+    if not ref:
+        if names:
+            raise Refused(f"{where}: not set, so nothing puts {', '.join(names)} into the environment of "
+                          "the proxy istiod deploys for the Gateway (vmConfig.env valueFrom: HOST)")
+        return
+    if (ref.get("group", ""), ref.get("kind")) != ("", "ConfigMap"):
+        raise Refused(f"{where}: istiod only reads a ConfigMap (fetchParameters)")
+    cms = [d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == ref.get("name")
+           and d["metadata"].get("namespace") == gw["metadata"].get("namespace")]
+    if not cms:
+        raise Refused(f"{where}: ConfigMap {ref.get('name')} is not in the manifests (istiod does not "
+                      "deploy a Gateway whose parametersRef ConfigMap is missing)")
+    data = cms[0].get("data", {})
+    for key in data:
+        if key not in ("deployment", "service", "serviceAccount", "horizontalPodAutoscaler",
+                       "podDisruptionBudget"):
+            raise Refused(f"{cms[0]['__file']}: ConfigMap data.{key}: not an overlay istiod supports")
+    overlay = yaml.safe_load(data.get("deployment", "")) or {}
+    containers = overlay.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    env = {e.get("name") for c in containers if c.get("name") == "istio-proxy" for e in c.get("env", [])}
+    for name in names:
+        if name not in env:
+            raise Refused(f"{cms[0]['__file']}: ConfigMap data.deployment gives the istio-proxy container "
+                          f"no {name}: the plugin's vmConfig.env reads it from the proxy's environment")
+
+
+def http_route_for(gw, docs):
+    """The one HTTPRoute attached to `gw`; refuses none, several, or one that would not attach."""
+    gw_ns, gw_name = gw["metadata"].get("namespace"), gw["metadata"]["name"]
+
+    def parents(hr):
+        ns = hr["metadata"].get("namespace")
+        return [p for p in hr["spec"].get("parentRefs", [])
+                if p.get("group", GW_GROUP) == GW_GROUP and p.get("kind", "Gateway") == "Gateway"
+                and p.get("name") == gw_name and p.get("namespace", ns) == gw_ns]
+
+    found = [d for d in docs if d.get("kind") == "HTTPRoute" and parents(d)]
+    hr = only(docs, "HTTPRoute", f"with parentRef Gateway {gw_ns}/{gw_name}", found)
+    where = f"{hr['__file']}: HTTPRoute {hr['metadata']['name']}"
+    ns = hr["metadata"].get("namespace")
+    listeners = [li for li in gw["spec"].get("listeners", []) if li.get("protocol") == "HTTP"]
+    section = parents(hr)[0].get("sectionName")
+    listeners = [li for li in listeners if section in (None, li.get("name"))]
+    if not listeners:
+        raise Refused(f"{where}: the Gateway has no HTTP listener for it")
+    listener = listeners[0]
+    if listener.get("hostname") and hr["spec"].get("hostnames") and \
+            listener["hostname"] not in hr["spec"]["hostnames"]:
+        raise Refused(f"{where}.spec.hostnames: none is the listener's hostname {listener['hostname']}")
+    allowed = listener.get("allowedRoutes", {}).get("namespaces", {"from": "Same"})
+    if ns != gw_ns:
+        selector = allowed.get("selector", {})
+        if not (allowed.get("from") == "All" or (
+                allowed.get("from") == "Selector" and set(selector) == {"matchLabels"}
+                and selector["matchLabels"] == {"kubernetes.io/metadata.name": ns})):
+            raise Refused(f"{where}: the Gateway's listener {listener.get('name')} does not allow routes "
+                          f"from namespace {ns} (allowedRoutes.namespaces)")
+    return hr
+
+
+def gw_duration(value, where):
+    """A Gateway API duration (1h30m, 500ms) as a protobuf JSON duration."""
+    parts = re.findall(r"([0-9]+)(ms|h|m|s)", value or "")
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise Refused(f"{where}: {value!r} is not a Gateway API duration")
+    ms = sum(int(n) * {"h": 3600000, "m": 60000, "s": 1000, "ms": 1}[u] for n, u in parts)
+    return f"{ms / 1000:g}s"
+
+
+def convert_http_route(hr, svc, port, route):
+    """convertHTTPRoute (conversion.go) and applyHTTPRouteDestination (route.go) for the one
+    rule; fills `route` (the RouteAction) and returns the route's name."""
+    where = f"{hr['__file']}: HTTPRoute {hr['metadata']['name']}.spec"
+    ns, name = hr["metadata"].get("namespace"), hr["metadata"]["name"]
+    check_keys(hr["spec"], {"parentRefs", "hostnames", "rules"}, where)
+    rules = hr["spec"].get("rules", [])
+    if len(rules) != 1:
+        raise Refused(f"{where}.rules: one rule expected")
+    rule = rules[0]
+    check_keys(rule, {"name", "matches", "backendRefs", "retry", "timeouts"}, f"{where}.rules[0]")
+    for m in rule.get("matches", []):
+        if m != {"path": {"type": "PathPrefix", "value": "/"}}:
+            raise Refused(f"{where}.rules[0].matches: only PathPrefix / is rendered")
+    refs = rule.get("backendRefs", [])
+    if len(refs) != 1:
+        raise Refused(f"{where}.rules[0].backendRefs: one backend expected")
+    ref = refs[0]
+    check_keys(ref, {"group", "kind", "name", "namespace", "port", "weight"}, f"{where}.rules[0].backendRefs[0]")
+    if (ref.get("group", ""), ref.get("kind", "Service")) != ("", "Service") or \
+            ref.get("namespace", ns) != ns:
+        raise Refused(f"{where}.rules[0].backendRefs[0]: a Service in the route's namespace expected "
+                      "(another namespace needs a ReferenceGrant, not rendered)")
+    if (ref.get("name"), ns, ref.get("port")) != (svc["metadata"]["name"], svc["metadata"]["namespace"], port):
+        raise Refused(f"{where}.rules[0].backendRefs[0]: must be Service {svc['metadata']['namespace']}/"
+                      f"{svc['metadata']['name']} port {port}")
+    # conversion.go: route name; gateway semantics answer 500 for a missing backend (route.go).
+    route_name = rule.get("name") or f"{ns}.{name}.0"
+    route["cluster_not_found_response_code"] = "INTERNAL_SERVER_ERROR"
+    timeouts = rule.get("timeouts", {})
+    check_keys(timeouts, {"request", "backendRequest"}, f"{where}.rules[0].timeouts")
+    retry = rule.get("retry")
+    if retry is None:
+        # No retries on the VirtualService: the mesh default (route.go), without previous_hosts
+        # because the DestinationRule hashes (retry.go ConvertPolicy).
+        policy = {"num_retries": 2, "retry_on": DEFAULT_RETRY_ON, "host_selection_retry_max_attempts": 5}
+    else:
+        check_keys(retry, {"attempts", "codes", "backoff"}, f"{where}.rules[0].retry")
+        attempts = retry.get("attempts", 2)
+        policy = None
+        if attempts > 0:
+            codes = retry.get("codes", [])
+            retry_on = "connect-failure,refused-stream,unavailable,cancelled"
+            policy = {"num_retries": attempts,
+                      "retry_on": retry_on + (",retriable-status-codes" if codes else ""),
+                      "host_selection_retry_max_attempts": 5}
+            if codes:
+                policy["retriable_status_codes"] = list(codes)
+            if "backoff" in retry:
+                policy["retry_back_off"] = {"base_interval": gw_duration(
+                    retry["backoff"], f"{where}.rules[0].retry.backoff")}
+    if "request" in timeouts:
+        route["timeout"] = gw_duration(timeouts["request"], f"{where}.rules[0].timeouts.request")
+    if "backendRequest" in timeouts:
+        t = gw_duration(timeouts["backendRequest"], f"{where}.rules[0].timeouts.backendRequest")
+        if retry is not None and policy:
+            policy["per_try_timeout"] = t
+        else:
+            route["timeout"] = t
+    if policy:
+        route["retry_policy"] = policy
+    return route_name
 
 
 def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only=False):
@@ -327,12 +546,13 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
     others = sorted(os.path.join(istio_dir, f) for f in os.listdir(istio_dir)
                     if f.endswith(".yaml") and not f.startswith("wasmplugin-"))
     docs = load_docs(others)
-    gateway = "matchLabels" in plugins[0]["spec"]["selector"] and \
-        "istio" in plugins[0]["spec"]["selector"]["matchLabels"]
     ext = wasm_filter(plugins[0], wasm_path)
+    gateway_api = gateway_api_target(plugins[0], docs)
+    labels = (plugins[0]["spec"].get("selector") or {}).get("matchLabels", {})
+    gateway = gateway_api is not None or "istio" in labels
     os.makedirs(out_dir, exist_ok=True)
     eds_path = os.path.join(out_dir, "eds.yaml")
-    cluster, route, session = cluster_and_route(docs, eds_path)
+    cluster, route, session, route_name = cluster_and_route(docs, eds_path, gateway_api)
     svc = only(docs, "Service", "the stateful service")
     kind, name, _ = session_state(svc)
     check_plugin_agrees(ext["plugin_config"], kind, name,
@@ -368,6 +588,8 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
     ]
     rt = {"match": {"prefix": "/"}, "route": route}
+    if route_name:
+        rt = {"name": route_name, **rt}
     vhost = {"name": "media", "domains": ["*"], "routes": [rt]}
     if gateway:
         rt["typed_per_filter_config"] = session        # gateway.go: per route

@@ -163,6 +163,23 @@ fn image_round_trips_through_a_registry_byte_identical() {
         assert!(kustomization.contains(&format!("- {file}\n")), "{kustomization}");
     }
     assert!(!manifests.join("istiod-values.yaml").exists(), "Helm values are not a resource to apply");
+
+    // The Gateway API variant: its own directory and kustomization (it needs the Gateway API
+    // CRDs and deploys a second gateway), with the resources it shares with the classic set.
+    let api = manifests.join("gateway-api");
+    let text = std::fs::read_to_string(api.join("wasmplugin-gateway-api.yaml")).unwrap();
+    assert!(text.contains(&format!("\n  url: oci://{pinned}\n")), "wasmplugin-gateway-api.yaml:\n{text}");
+    assert!(text.contains(&format!("\n  sha256: {}\n", &digest["sha256:".len()..])));
+    let base = std::fs::read_to_string(repo().join("istio/wasmplugin-gateway-api.yaml")).unwrap();
+    assert!(!base.lines().any(|l| l.starts_with("  url:") || l.starts_with("  sha256:")));
+    let kustomization = std::fs::read_to_string(api.join("kustomization.yaml")).unwrap();
+    for file in ["wasmplugin-gateway-api.yaml", "gateway-api.yaml", "service.yaml", "destinationrule.yaml"] {
+        assert!(kustomization.contains(&format!("- {file}\n")), "{kustomization}");
+        assert!(api.join(file).exists(), "{file}");
+    }
+    for file in ["gateway-api.yaml", "wasmplugin-gateway-api.yaml"] {
+        assert!(!manifests.join(file).exists(), "{file} is not in the classic set");
+    }
 }
 
 fn skopeo(args: &[&str]) -> Output {

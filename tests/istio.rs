@@ -147,7 +147,8 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     }
 
     // Owner gone: Istio has no active health check here; outlier detection (2 refused
-    // connections) and the VirtualService retries move the session without a failure.
+    // connections) and the route's retries (VirtualService or HTTPRoute) move the session
+    // without a failure.
     let owner_name = first.pod().to_string();
     pods.iter_mut().find(|p| p.name == owner_name).unwrap().kill();
     let mut cookie = value.clone();
@@ -194,6 +195,95 @@ fn gateway_wasmplugin_as_istiod_renders_it() {
 #[test]
 fn sidecar_wasmplugin_as_istiod_renders_it() {
     core_behaviour("istio/wasmplugin-sidecar.yaml", false);
+}
+
+/// The Gateway API variant: the WasmPlugin attached by targetRefs to a Gateway of class
+/// istio, the HTTPRoute rendered as istiod converts it (route name, retries without
+/// previous_hosts, the DestinationRule's hash, the per-route session state), and the core
+/// behaviour through it.
+#[test]
+fn gateway_api_wasmplugin_as_istiod_renders_it() {
+    let plugin = "istio/wasmplugin-gateway-api.yaml";
+    let out = scratch_dir("istio-gateway-api-config");
+    let (envoy_yaml, _) = render(plugin, &[], &out);
+    let route = &envoy_yaml[position(&envoy_yaml, "routes:")..position(&envoy_yaml, "http_filters:")];
+    for want in [
+        "- name: demo.media.0\n",
+        "cluster: outbound|80||media.demo.svc.cluster.local\n",
+        "header_name: x-tether-key\n",
+        "cluster_not_found_response_code: INTERNAL_SERVER_ERROR\n",
+        "num_retries: 3\n",
+        "retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\n",
+        "StatefulSessionPerRoute",
+        "name: tether-owner\n",
+    ] {
+        assert!(route.contains(want), "`{want}` not in the Gateway API route:\n{route}");
+    }
+    assert!(!route.contains("previous_hosts"), "istiod cannot set previous_hosts for an HTTPRoute:\n{route}");
+    assert!(
+        envoy_yaml.contains("istio-ingress.tether-gateway-api~istio-translated-wasmplugin"),
+        "the plugin reaches the Gateway's proxy"
+    );
+    assert!(envoy_yaml.contains("id: router~"), "a gateway proxy");
+    core_behaviour(plugin, true);
+}
+
+/// Without previous_hosts (istiod cannot set it for an HTTPRoute, and leaves it out with a
+/// consistent hash anyway), a retry goes back to the dead owner until outlier detection
+/// (2 local-origin failures) ejects it. So one retry is not enough: the first request of
+/// the dead owner's session fails with `attempts: 1`; with the shipped `attempts: 3`
+/// `gateway_api_wasmplugin_as_istiod_renders_it` loses none.
+#[test]
+fn gateway_api_retries_return_to_the_dead_owner_until_it_is_ejected() {
+    let dir = scratch_dir("istio-gateway-api-one-retry");
+    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let routes = std::fs::read_to_string(dir.join("gateway-api.yaml")).unwrap();
+    assert_eq!(routes.matches("      attempts: 3\n").count(), 1);
+    std::fs::write(
+        dir.join("gateway-api.yaml"),
+        routes.replace("      attempts: 3\n", "      attempts: 1\n"),
+    )
+    .unwrap();
+    let mut pods = Pod::start_many(3);
+    let out = dir.join("rendered");
+    let endpoints: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    let plugin = dir.join("wasmplugin-gateway-api.yaml");
+    let (envoy_yaml, _) =
+        render_from(dir.to_str().unwrap(), plugin.to_str().unwrap(), &endpoints, &out, false);
+    assert!(envoy_yaml.contains("num_retries: 1\n"), "{envoy_yaml}");
+    let cluster = cluster_name(&out);
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    let first = envoy.get_with_cookie(None);
+    assert_eq!(first.status, 200);
+    let cookie = first.cookie_value().unwrap();
+    let owner = first.pod().to_string();
+    pods.iter_mut().find(|p| p.name == owner).unwrap().kill();
+
+    let failed = envoy.get_with_cookie(Some(&cookie));
+    assert_eq!(failed.status, 503, "both tries went to the dead owner, so the request fails");
+    // (Not `Envoy::stat`: its filter is a regex, and the cluster name holds `|`.)
+    let name = format!("cluster.{cluster}.outlier_detection.ejections_enforced_total: ");
+    let stats = envoy.admin_get("/stats");
+    let ejected: u64 =
+        stats.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    assert!(ejected >= 1, "outlier detection ejected the dead owner");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = envoy.get_with_cookie(Some(&cookie));
+        assert_ne!(r.pod(), owner);
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200; 5], "once ejected, the session moves to a live pod");
+    println!(
+        "gateway API, attempts 1: the first request after the owner died failed (503), {ejected} ejection, \
+         then 5 of 5 served by a live pod"
+    );
 }
 
 #[test]
@@ -265,6 +355,107 @@ fn render_refuses_what_istio_would_not_accept() {
     }
 }
 
+/// What istiod would refuse or never give the Gateway API proxy: a plugin with both a
+/// selector and targetRefs, a targetRef namespace or a kind admission refuses, a kind that
+/// only attaches to waypoints, a Gateway that is not in the manifests or not of class
+/// istio, a parametersRef ConfigMap that leaves the keys out of the proxy's environment, an
+/// HTTPRoute the listener does not admit; and ambiguous routes, with their files named.
+#[test]
+fn render_refuses_gateway_api_input_istiod_would_not_use() {
+    let api = "wasmplugin-gateway-api.yaml";
+    let classic = "wasmplugin-gateway.yaml";
+    let selector = "spec:\n  selector:\n    matchLabels:\n      istio: ingressgateway\n  targetRefs:";
+    let extra_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: other, namespace: demo}\n\
+        spec:\n  parentRefs: [{name: media, namespace: istio-ingress}]\n  rules: [{backendRefs: [{name: media, port: 80}]}]\n";
+    let extra_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other, namespace: demo}\n\
+        spec:\n  hosts: [media.example.com]\n  http: [{route: [{destination: {host: media.demo.svc.cluster.local}}]}]\n";
+    // (plugin, file edited or added, from, to, expected message)
+    let cases: [(&str, &str, &str, &str, &[&str]); 11] = [
+        (api, api, "spec:\n  targetRefs:", selector, &["only one of targetRefs or workloadSelector"]),
+        (api, api, "    kind: Gateway\n", "    kind: GatewayClass\n", &["attaches only to waypoint"]),
+        (
+            api,
+            api,
+            "  - group: gateway.networking.k8s.io\n    kind: Gateway\n",
+            "  - group: \"\"\n    kind: Service\n",
+            &["attaches only to waypoint"],
+        ),
+        (
+            api,
+            api,
+            "    kind: Gateway\n",
+            "    kind: HTTPRoute\n",
+            &["not a kind istiod's admission accepts"],
+        ),
+        (
+            api,
+            api,
+            "    name: media\n",
+            "    name: media\n    namespace: istio-ingress\n",
+            &["must not be set"],
+        ),
+        (api, api, "    name: media\n", "    name: other\n", &["no Gateway istio-ingress/other"]),
+        (api, "gateway-api.yaml", "gatewayClassName: istio", "gatewayClassName: other", &["must be `istio`"]),
+        (
+            api,
+            "gateway-api.yaml",
+            "            - name: TETHER_KEYS\n",
+            "            - name: OTHER\n",
+            &["no TETHER_KEYS"],
+        ),
+        (
+            api,
+            "gateway-api.yaml",
+            "        from: Selector\n",
+            "        from: Same\n",
+            &["does not allow routes from namespace demo"],
+        ),
+        (
+            api,
+            "extra.yaml",
+            "",
+            extra_route,
+            &["exactly one HTTPRoute", "found 2", "gateway-api.yaml", "extra.yaml"],
+        ),
+        (
+            classic,
+            "extra.yaml",
+            "",
+            extra_vs,
+            &["exactly one VirtualService", "found 2", "gateway.yaml", "extra.yaml"],
+        ),
+    ];
+    for (plugin, file, from, to, want) in cases {
+        let dir = scratch_dir("istio-refuse-gateway-api");
+        for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if !from.is_empty() {
+            assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
+        }
+        let edited = if from.is_empty() { to.to_string() } else { text.replace(from, to) };
+        std::fs::write(dir.join(file), edited).unwrap();
+        let result = Command::new("python3")
+            .current_dir(repo())
+            .arg("scripts/istio-render.py")
+            .arg("--plugin")
+            .arg(dir.join(plugin))
+            .arg("--istio-dir")
+            .arg(&dir)
+            .arg("--out")
+            .arg(dir.join("rendered"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{file} `{to}` was rendered");
+        for w in want {
+            assert!(stderr.contains(w), "{file} `{to}`: `{w}` not in: {stderr}");
+        }
+    }
+}
+
 /// `envoy --mode validate` on every Envoy configuration in envoy/ and rendered from istio/.
 #[test]
 fn every_shipped_and_rendered_config_validates() {
@@ -273,7 +464,11 @@ fn every_shipped_and_rendered_config_validates() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
-    for plugin in ["istio/wasmplugin-gateway.yaml", "istio/wasmplugin-sidecar.yaml"] {
+    for plugin in [
+        "istio/wasmplugin-gateway.yaml",
+        "istio/wasmplugin-sidecar.yaml",
+        "istio/wasmplugin-gateway-api.yaml",
+    ] {
         let out = scratch_dir(&format!(
             "validate-{}",
             plugin.trim_start_matches("istio/").trim_end_matches(".yaml")
@@ -281,7 +476,7 @@ fn every_shipped_and_rendered_config_validates() {
         render(plugin, &[], &out);
         configs.push(out.join("envoy.yaml"));
     }
-    assert!(configs.len() >= 3, "{configs:?}");
+    assert!(configs.len() >= 4, "{configs:?}");
     for config in &configs {
         let result = Command::new(envoy_binary())
             .current_dir(repo())
