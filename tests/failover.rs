@@ -143,6 +143,66 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
     }
 }
 
+/// Sends one request for each of `cookies` (sessions of the dead pod `pod`: each fails
+/// on it, then succeeds on a retry) and waits until outlier detection has ejected `pod`.
+fn eject(envoy: &Envoy, pod: SocketAddr, cookies: &[String]) {
+    for cookie in cookies {
+        assert_eq!(envoy.get_with_cookie(Some(cookie)).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !envoy.health_flags(pod).unwrap_or_default().contains("/failed_outlier_check") {
+        assert!(Instant::now() < deadline, "{pod} not ejected: {:?}", envoy.health_flags(pod));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Once Envoy has ejected a dead owner, the fallback that places its sessions (MAGLEV on
+/// the session id) no longer picks it: not one request of its sessions goes to it first.
+/// Envoy's default `update_merge_window` (1 s) held an ejection back from the workers'
+/// load balancers when another health change had reached them in the previous second;
+/// meanwhile every orphaned session was hashed to the dead pod once more, and a session
+/// whose retry re-hashes also all landed on it failed with 503 after four attempts (the
+/// failover test's rare failure). Here a first ejection opens such a window on purpose.
+#[test]
+fn an_ejected_owner_is_never_tried_again_even_right_after_another_health_change() {
+    let mut pods = Pod::start_many(4);
+    let config = EnvoyConfig::shipped().endpoints(&addrs(&pods));
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    envoy.settle();
+    let sessions = mint(&envoy, 80);
+    let of = |name: &str| -> Vec<String> {
+        sessions.iter().filter(|(_, p)| p == name).map(|(c, _)| c.clone()).collect()
+    };
+    let (first, victim) = (of(&pods[3].name), of(&pods[0].name));
+    assert!(first.len() >= 2 && victim.len() >= 8, "sessions per pod: {} and {}", first.len(), victim.len());
+
+    // A first health change: pod-d dies; two requests of its sessions fail on it (and are
+    // retried elsewhere), and outlier detection ejects it.
+    let first_addr = pods[3].addr;
+    pods[3].kill();
+    eject(&envoy, first_addr, &first[..2]);
+
+    // Right after it, the owner of `victim` dies and is ejected the same way.
+    let victim_addr = pods[0].addr;
+    pods[0].kill();
+    eject(&envoy, victim_addr, &victim[..2]);
+
+    // Every other orphaned session now goes straight to a live pod, without a retry.
+    let retries_before = envoy.stat("cluster.pods.upstream_rq_retry");
+    let mut answers = Vec::new();
+    for cookie in &victim[2..] {
+        let r = envoy.get_with_cookie(Some(cookie));
+        answers.push((r.status, r.pod().to_string()));
+    }
+    let retried = envoy.stat("cluster.pods.upstream_rq_retry") - retries_before;
+    println!(
+        "{} orphaned sessions of pod-a after its ejection (pod-d ejected just before): {retried} retried",
+        answers.len()
+    );
+    assert!(answers.iter().all(|(s, p)| *s == 200 && p != "pod-a" && p != "pod-d"), "{answers:?}");
+    assert_eq!(retried, 0, "requests of an ejected owner's sessions were still sent to it first");
+}
+
 #[test]
 fn two_envoys_sharing_a_key_agree_on_every_session() {
     let mut pods = Pod::start_many(3);

@@ -549,6 +549,8 @@ impl Envoy {
     /// Waits until the workers' load balancers have the latest host set: Envoy merges host
     /// changes (EDS, health checks) over `common_lb_config.update_merge_window`, 1 s by
     /// default, so `/clusters` can show a new host healthy a second before traffic reaches it.
+    /// (`envoy/envoy.yaml` sets the window to 0s; configurations rendered as istiod would
+    /// keep the default.)
     pub fn settle(&self) {
         std::thread::sleep(Duration::from_millis(1500));
     }
