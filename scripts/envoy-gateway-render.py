@@ -3,7 +3,7 @@
 
 A cluster-free stand-in for Envoy Gateway's translator, for the fields tether's manifests
 use, following its source at v1.9.0 (commit 39763b1c07ec; paths below are in
-github.com/envoyproxy/gateway; see envoy-gateway/README.md):
+github.com/envoyproxy/gateway; see docs/envoy-gateway.md):
 
 - EnvoyExtensionPolicy.spec.wasm[i] -> an HTTP filter named
   envoy.filters.http.wasm/envoyextensionpolicy/<ns>/<name>/wasm/<i> (irConfigNameForWasm,
@@ -508,7 +508,7 @@ def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only
     os.makedirs(out_dir, exist_ok=True)
     eds_path = os.path.join(out_dir, "eds.yaml")
     header = (f"# Rendered by scripts/envoy-gateway-render.py from {manifests}/:\n"
-              "# the Envoy configuration Envoy Gateway v1.9.0 would produce (see envoy-gateway/README.md).\n")
+              "# the Envoy configuration Envoy Gateway v1.9.0 would produce (see docs/envoy-gateway.md).\n")
     write_atomically(eds_path, header + dump(eds(cluster_name, endpoints)))
     if endpoints_only:
         return

@@ -2,7 +2,7 @@
 """Renders the Envoy configuration istiod would send for the manifests in istio/.
 
 A cluster-free stand-in for istiod, for the fields tether's manifests use, following
-istiod's own code (Istio 1.30.3, pilot/pkg/...; see istio/README.md):
+istiod's own code (Istio 1.30.3, pilot/pkg/...; see docs/istio.md):
 
 - WasmPlugin -> an HTTP filter named
   extensions.istio.io/trafficextension/<ns>.<name>~istio-translated-wasmplugin (1.30
@@ -558,7 +558,7 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
     check_plugin_agrees(ext["plugin_config"], kind, name,
                         f"{plugin_path}: WasmPlugin {plugins[0]['metadata']['name']}.spec")
     header = (f"# Rendered by scripts/istio-render.py from {plugin_path} and {istio_dir}/:\n"
-              "# the Envoy configuration istiod would produce (see istio/README.md).\n")
+              "# the Envoy configuration istiod would produce (see docs/istio.md).\n")
     write_atomically(eds_path, header + yaml.safe_dump(eds(svc, cluster["name"], endpoints),
                                                        sort_keys=False, width=120))
     if endpoints_only:
