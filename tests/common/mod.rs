@@ -558,19 +558,27 @@ impl Envoy {
         });
     }
 
+    /// The body of an admin endpoint. An unreachable admin port or a non-200 answer fails
+    /// the test: a wait or check built on admin output must never pass on an empty body.
     pub fn admin_get(&self, path: &str) -> String {
-        http_to(self.admin_addr(), "GET", path, &[]).map(|r| r.body_text()).unwrap_or_default()
+        match http_to(self.admin_addr(), "GET", path, &[]) {
+            Ok(r) if r.status == 200 => r.body_text(),
+            Ok(r) => panic!("Envoy admin GET {path}: status {}: {}", r.status, r.body_text()),
+            Err(e) => panic!("Envoy admin GET {path} on {}: {e}", self.admin_addr()),
+        }
     }
 
-    /// A counter or gauge from `/stats` (0 when absent).
+    /// A counter or gauge from `/stats`. A name Envoy does not have fails the test (a
+    /// misspelt or renamed stat must not read as 0).
     pub fn stat(&self, name: &str) -> u64 {
         let stats = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")));
-        stats
+        let value = stats
             .lines()
             .filter_map(|l| l.split_once(": "))
             .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0)
+            .map(|(_, v)| v.trim())
+            .unwrap_or_else(|| panic!("Envoy has no stat named `{name}`"));
+        value.parse().unwrap_or_else(|_| panic!("stat `{name}` is not a number: {value:?}"))
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -612,6 +620,16 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// What `pod()` gives when the response names no pod: unique per parsed response, so
+    /// two failed responses never compare equal as "the same pod".
+    no_pod: String,
+}
+
+/// A placeholder pod name no real pod has, different for every call.
+pub fn no_pod_placeholder(status: u16) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("(no x-pod header: response #{n}, status {status})")
 }
 
 impl Response {
@@ -623,8 +641,10 @@ impl Response {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
+    /// The pod that answered (`x-pod`); without that header, a placeholder that equals no
+    /// pod name and no other response's placeholder.
     pub fn pod(&self) -> &str {
-        self.header("x-pod").unwrap_or("(none)")
+        self.header("x-pod").unwrap_or(&self.no_pod)
     }
 
     /// The whole Set-Cookie header for our cookie, if the response set it.
@@ -681,7 +701,7 @@ pub fn parse_response(buf: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some(Response { status, headers, body: buf[head_end + 4..].to_vec() })
+    Some(Response { status, headers, body: buf[head_end + 4..].to_vec(), no_pod: no_pod_placeholder(status) })
 }
 
 /// Opens a WebSocket through `addr`; returns the handshake response and the first text
