@@ -32,19 +32,58 @@ fn crash(envoy: &Envoy) -> u16 {
     envoy.get("/", &[("x-tether-crash-test", "1")]).status
 }
 
+/// Envoy 1.40's per-plugin reload counters: `vm_reload`, `_success`, `_failure`, `_backoff`.
+fn reload_stats(envoy: &Envoy) -> [u64; 4] {
+    ["vm_reload", "vm_reload_success", "vm_reload_failure", "vm_reload_backoff"]
+        .map(|s| envoy.stat(&format!("wasm.tether.{s}")))
+}
+
+/// Requests with `cookie` every 10 ms for `window` after `crashed_at` (at most 1,000): how
+/// many there were, and when (after the crash) each one that failed was answered. A
+/// request fails unless it is a 200 from the session's pod with no new cookie.
+fn observe(
+    envoy: &Envoy,
+    cookie: &str,
+    pod: &str,
+    crashed_at: Instant,
+    window: Duration,
+) -> (usize, Vec<Duration>) {
+    let (mut total, mut failures) = (0, Vec::new());
+    while crashed_at.elapsed() < window && total < 1000 {
+        let r = envoy.get_with_cookie(Some(cookie));
+        total += 1;
+        if !(r.status == 200 && r.pod() == pod && r.set_cookie().is_none()) {
+            failures.push(crashed_at.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (total, failures)
+}
+
 #[test]
 fn fail_closed_fails_every_request_after_a_crash() {
     let pods = Pod::start_many(3);
     let envoy = start(&pods, "FAIL_CLOSED");
-    let cookie = envoy.get_with_cookie(None).cookie_value().unwrap();
+    let first = envoy.get_with_cookie(None);
+    let cookie = first.cookie_value().unwrap();
     assert_eq!(envoy.get_with_cookie(Some(&cookie)).status, 200);
     let crashed = crash(&envoy);
-    std::thread::sleep(Duration::from_secs(3));
+    let crashed_at = Instant::now();
+    // The dead VM's worker keeps failing: still in the last of 4 seconds, and 40 requests later.
+    let (total, failures) = observe(&envoy, &cookie, first.pod(), crashed_at, Duration::from_secs(4));
+    let late = failures.iter().filter(|t| **t >= Duration::from_secs(3)).count();
     let after: Vec<u16> = (0..40).map(|_| envoy.get_with_cookie(Some(&cookie)).status).collect();
     let failed = after.iter().filter(|s| **s != 200).count();
-    println!("FAIL_CLOSED: crash request {crashed}; 3 s later {failed} of 40 requests failed (the dead VM's worker)");
-    assert!(failed > 0, "the crashed VM's worker still fails requests: {after:?}");
+    println!(
+        "FAIL_CLOSED: crash request {crashed}; {} of {total} requests failed in the 4 s after the crash, \
+         {late} of them in its last second; then {failed} of 40 requests failed (the dead VM's worker)",
+        failures.len()
+    );
+    assert_eq!(crashed, 503, "the crashing request itself");
+    assert!(late > 0, "no failure in the 4th second after the crash: the VM came back under FAIL_CLOSED");
+    assert!(failed > 0, "the crashed VM's worker no longer fails requests: {after:?}");
     assert!(after.iter().all(|s| *s == 200 || *s == 503), "{after:?}");
+    assert_eq!(reload_stats(&envoy), [0; 4], "FAIL_CLOSED reloaded the VM");
     assert!(envoy.log().contains("tether panicked"), "the panic hook logs at critical level");
 }
 
@@ -79,18 +118,12 @@ fn fail_reload_recovers_affinity_after_a_crash() {
     let envoy = start(&pods, "FAIL_RELOAD");
     let first = envoy.get_with_cookie(None);
     let cookie = first.cookie_value().unwrap();
-    crash(&envoy);
+    assert_eq!(reload_stats(&envoy), [0; 4]);
+    let crashed = crash(&envoy);
     let crashed_at = Instant::now();
-    let (mut failed, mut total, mut last_failure) = (0, 0, None);
-    while crashed_at.elapsed() < Duration::from_secs(4) {
-        let r = envoy.get_with_cookie(Some(&cookie));
-        total += 1;
-        if !(r.status == 200 && r.pod() == first.pod() && r.set_cookie().is_none()) {
-            failed += 1;
-            last_failure = Some(crashed_at.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (total, failures) = observe(&envoy, &cookie, first.pod(), crashed_at, Duration::from_secs(4));
+    let last_failure = failures.last().copied();
+    let reloads = reload_stats(&envoy);
     // After the reload every request has affinity again, and spoofed headers are stripped.
     for _ in 0..40 {
         let r = envoy.get_with_cookie(Some(&cookie));
@@ -99,5 +132,16 @@ fn fail_reload_recovers_affinity_after_a_crash() {
         assert_eq!(spoofed.header("x-seen-host"), Some("-"));
     }
     assert!(envoy.log().contains("tether panicked"));
-    println!("FAIL_RELOAD: {failed} of {total} requests failed in the 4 s after the crash, the last at {last_failure:?}; then 40 of 40 with affinity");
+    println!(
+        "FAIL_RELOAD: crash request {crashed}; {} of {total} requests failed in the 4 s after the crash, the last \
+         {last_failure:?} after it; then 40 of 40 with affinity; vm_reload/_success/_failure/_backoff {reloads:?}",
+        failures.len()
+    );
+    assert_eq!(crashed, 503, "the crashing request itself");
+    // Envoy reloads a failed VM on the first request after a 1 s back-off: on this
+    // machine the last failure comes about 1.2 s after the crash.
+    let last = last_failure.expect("no request failed after the crash: the crash did not take");
+    assert!(last <= Duration::from_secs(2), "requests still failed {last:?} after the crash");
+    assert!(reloads[1] >= 1, "vm_reload_success {}: the VM was not reloaded", reloads[1]);
+    assert_eq!(reloads[2], 0, "vm_reload_failure");
 }

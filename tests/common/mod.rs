@@ -679,14 +679,31 @@ pub fn http_to(
     raw_request(addr, &req)
 }
 
-/// Sends raw request bytes and reads the response until the server closes.
+/// Sends raw request bytes and reads the response: up to its `content-length` if it has
+/// one, else until the server closes. (Envoy keeps a connection it closes after a local
+/// reply open for up to `delayed_close_timeout`, 1 s, waiting for the client to close
+/// first: reading to the end would make every such reply take a second.)
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     stream.set_nodelay(true)?;
     stream.write_all(request)?;
     let mut buf = Vec::new();
-    stream.read_to_end(&mut buf)?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let length = parse_response(&buf[..head_end + 4])
+                .and_then(|r| r.header("content-length").and_then(|v| v.parse::<usize>().ok()));
+            if length.is_some_and(|len| buf.len() >= head_end + 4 + len) {
+                break;
+            }
+        }
+    }
     parse_response(&buf).ok_or_else(|| {
         std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
     })
