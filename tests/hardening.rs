@@ -345,19 +345,29 @@ fn no_log_line_at_any_level_carries_a_secret() {
         .process_env("TETHER_KEYS", &format!("prod={secret},old={DEMO_SECRET}"))
         .log_level("trace");
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
-    let mut cookie = None;
-    for _ in 0..5 {
-        let r = envoy.get_with_cookie(cookie.as_deref());
-        cookie = r.cookie_value().or(cookie);
+    // Sign (new session), verify (hits), verify with the older key (re-signed), refuse.
+    let first = envoy.get_with_cookie(None);
+    assert_eq!((first.status, first.header("x-tether")), (200, None));
+    let cookie = first.cookie_value().expect("a new session sets the cookie");
+    for _ in 0..4 {
+        let r = envoy.get_with_cookie(Some(&cookie));
+        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None));
     }
-    let _ = envoy.get_with_cookie(Some(&demo_token(pods[0].addr, [1; 16])));
-    let _ = envoy.get("/", &[("cookie", "tether=forged")]);
+    let now = now();
+    let old_token = sealed_token(&format!("old={DEMO_SECRET}"), pods[0].addr, now, now + 600, [1; 16]);
+    let old = envoy.get_with_cookie(Some(&old_token));
+    assert_eq!(old.pod(), pods[0].name, "a token of the older key steers");
+    assert!(old.cookie_value().is_some(), "and is re-signed with `prod`");
+    let forged = envoy.get("/", &[("cookie", "tether=forged")]);
+    assert_eq!(forged.status, 200);
+    assert!(forged.cookie_value().is_some(), "a forged token starts a new session");
     let log = envoy.log();
     assert!(
         log.contains("[trace]") && log.contains("keys [prod,old] signing with `prod`"),
         "trace logging is on"
     );
-    for needle in [secret, &decoded, DEMO_SECRET] {
-        assert!(!log.contains(needle), "a secret reached Envoy's trace log");
+    let demo_decoded = decoded_secret(DEMO_SECRET);
+    for needle in [secret, &decoded, DEMO_SECRET, &demo_decoded] {
+        assert!(!log.contains(needle), "a secret reached Envoy's trace log: {needle}");
     }
 }

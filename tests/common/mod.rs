@@ -26,6 +26,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A base64 secret as the bytes it stands for (what a careless log line would print).
+pub fn decoded_secret(secret: &str) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(secret).unwrap();
+    String::from_utf8(raw).expect("the tests' secrets are printable")
+}
+
 pub fn demo_keyring() -> Keyring {
     Keyring::parse(DEMO_KEYS, None).unwrap()
 }
