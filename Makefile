@@ -41,7 +41,7 @@ lint: wasm-target
 run: build
 	ENVOY="$$(scripts/envoy.sh)" scripts/run-demo.sh
 
-## fuzz-smoke: ~15 s of fuzzing per target (token, cookie/header parsing, configuration)
+## fuzz-smoke: ~15 s of fuzzing per target (token decoding, seal/open round trips, the cookie/header request and response path, configuration)
 fuzz-smoke:
 	scripts/fuzz.sh smoke
 
