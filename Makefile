@@ -88,13 +88,17 @@ istio-render:
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out target/istio-gateway
 	python3 scripts/istio-render.py --plugin istio/wasmplugin-sidecar.yaml --out target/istio-sidecar
 
-## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy
+## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy;
+## prints, per version, how many of those tests passed and failed, and fails unless all did
 MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))
+MATRIX_COUNT := $(shell cat $(addprefix tests/,$(addsuffix .rs,$(MATRIX_TESTS))) | grep -c '^\#\[test\]')
 test-matrix: build build-crash-test
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
 	  ENVOY="$$envoy" cargo test --release $(addprefix --test ,$(MATRIX_TESTS)) -- --test-threads=2 --nocapture \
 	    > target/matrix-$$v.log 2>&1 && echo "Envoy $$v: pass" || { echo "Envoy $$v: FAIL (target/matrix-$$v.log)"; failed="$$failed $$v"; }; \
-	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v '{p+=$$4; f+=$$6} END {print "envoy-" v ": " p " passed, " f " failed"}'; \
+	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v -v n=$(MATRIX_COUNT) \
+	    '{p+=$$4; f+=$$6} END {print "envoy-" v ": " p " passed, " f " failed, of " n " tests"; exit !(p == n && f == 0)}' \
+	    || failed="$$failed $$v"; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }

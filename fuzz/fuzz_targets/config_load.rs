@@ -14,7 +14,8 @@ fn is_token(s: &str) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let env = |name: &str| (name == "K").then(|| "k=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=".to_string());
+    let env =
+        |name: &str| (name == "K").then(|| "k=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=".to_string());
     let settings = match config::load(data, &env) {
         Ok(settings) => settings,
         Err(error) => {

@@ -22,7 +22,8 @@ use tether::token::{self, SessionId, SessionToken};
 
 const NOW: u64 = 1_800_000_000;
 const SCOPE: &str = "pods";
-const KEYS: &str = "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
+const KEYS: &str =
+    "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
 const FRESH: SessionId = SessionId([1; 16]);
 const PODS: [&str; 2] = ["10.0.0.1:8080", "[fd00::2]:8443"];
 
@@ -84,13 +85,15 @@ fuzz_target!(|data: &[u8]| {
     let cookies: Vec<Vec<u8>> = parts.collect();
     let _ = tether::cookie::values_named(rest, b"tether").count();
 
-    let affinity = session::resolve(header.as_deref(), cookies.iter().map(Vec::as_slice), SCOPE, &settings, now, || {
-        Some(FRESH)
-    })
-    .expect("a fresh id is always available here");
+    let affinity =
+        session::resolve(header.as_deref(), cookies.iter().map(Vec::as_slice), SCOPE, &settings, now, || {
+            Some(FRESH)
+        })
+        .expect("a fresh id is always available here");
 
     // The presented values, in the order tether must try them.
-    let mut presented: Vec<(&[u8], Carrier)> = header.iter().map(|h| (h.as_slice(), Carrier::Header)).collect();
+    let mut presented: Vec<(&[u8], Carrier)> =
+        header.iter().map(|h| (h.as_slice(), Carrier::Header)).collect();
     for c in &cookies {
         presented.extend(tether::cookie::values_named(c, b"tether").map(|v| (v, Carrier::Cookie)));
     }
@@ -105,7 +108,9 @@ fuzz_target!(|data: &[u8]| {
         }
         (Affinity::New { session, rejected }, None) => {
             assert_eq!(*session, FRESH);
-            let last = presented.last().map(|(v, _)| token::open(v, &settings.keyring, SCOPE, now, limits).unwrap_err());
+            let last = presented
+                .last()
+                .map(|(v, _)| token::open(v, &settings.keyring, SCOPE, now, limits).unwrap_err());
             assert_eq!(*rejected, last, "the refusal named is not the last presented value's");
         }
         _ => panic!("resolve gave {affinity:?}; the first presented value that verifies is {first_valid:?}"),
@@ -113,7 +118,9 @@ fuzz_target!(|data: &[u8]| {
     let steering = session::steering(&affinity, &settings);
     assert_eq!(steering.hash_key, affinity.session().to_hex());
     match &affinity {
-        Affinity::Pinned { token, .. } => assert_eq!(steering.override_host, Some(override_host_value(&token.owner))),
+        Affinity::Pinned { token, .. } => {
+            assert_eq!(steering.override_host, Some(override_host_value(&token.owner)))
+        }
         Affinity::New { .. } => assert_eq!(steering.override_host, None),
     }
 
@@ -124,7 +131,13 @@ fuzz_target!(|data: &[u8]| {
     let want = match &affinity {
         Affinity::New { session, .. } => (
             Outcome::New,
-            Some(SessionToken { session: *session, owner: by, issued_at: now, expires_at: now + 3600, cluster: String::new() }),
+            Some(SessionToken {
+                session: *session,
+                owner: by,
+                issued_at: now,
+                expires_at: now + 3600,
+                cluster: String::new(),
+            }),
         ),
         Affinity::Pinned { token, current, .. } => {
             let renewed = SessionToken { owner: by, issued_at: now, ..token.clone() };
@@ -145,16 +158,20 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(minted) = minted {
         let sealed = session::seal(&minted, SCOPE, &settings, || Some([control; 24])).expect("sealed");
-        let reopened = token::open(sealed.as_bytes(), &settings.keyring, SCOPE, now, limits).expect("reopens");
+        let reopened =
+            token::open(sealed.as_bytes(), &settings.keyring, SCOPE, now, limits).expect("reopens");
         assert_eq!(reopened.token, minted);
         assert!(reopened.signed_by_current_key && reopened.format == settings.format);
         let cookie = session::set_cookie(&sealed, &minted, now, &settings).expect("a cookie is configured");
         assert!(cookie.starts_with(&format!("tether={sealed}; ")), "{cookie}");
         assert!(!cookie.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0), "{cookie:?}");
-        assert_eq!(session::carriers(&affinity, &settings), match &affinity {
-            Affinity::New { .. } => (true, true),
-            Affinity::Pinned { carrier: Carrier::Cookie, .. } => (true, false),
-            Affinity::Pinned { carrier: Carrier::Header, .. } => (false, true),
-        });
+        assert_eq!(
+            session::carriers(&affinity, &settings),
+            match &affinity {
+                Affinity::New { .. } => (true, true),
+                Affinity::Pinned { carrier: Carrier::Cookie, .. } => (true, false),
+                Affinity::Pinned { carrier: Carrier::Header, .. } => (false, true),
+            }
+        );
     }
 });

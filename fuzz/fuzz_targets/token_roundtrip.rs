@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tether::keyring::Keyring;
 use tether::token::{self, Format, Limits, Rejection, SessionId, SessionToken};
 
-const KEYS: &str = "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
+const KEYS: &str =
+    "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
 const ONLY_A: &str = "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=";
 
 /// Reads fixed-size fields from the fuzzer's bytes (zeros once they run out).
@@ -66,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
 
     let keys = Keyring::parse(KEYS, None).unwrap();
     let only_a = Keyring::parse(ONLY_A, None).unwrap();
-    let (key, current) = if flags & 8 == 0 { (keys.signing_key().unwrap(), true) } else {
+    let (key, current) = if flags & 8 == 0 {
+        (keys.signing_key().unwrap(), true)
+    } else {
         (keys.find(b"b").unwrap().0, false)
     };
     let format = if flags & 16 == 0 { Format::Signed } else { Format::Encrypted };
@@ -110,6 +113,9 @@ fuzz_target!(|data: &[u8]| {
         "opened in scope {other:?}: {elsewhere:?}"
     );
     if !current {
-        assert_eq!(token::open(sealed.as_bytes(), &only_a, &scope, now, limits).err(), Some(Rejection::UnknownKey));
+        assert_eq!(
+            token::open(sealed.as_bytes(), &only_a, &scope, now, limits).err(),
+            Some(Rejection::UnknownKey)
+        );
     }
 });
