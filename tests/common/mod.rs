@@ -443,12 +443,30 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy and waits until it is ready and sees every pod healthy.
+    /// Starts Envoy and waits until it is ready and its workers route to every pod.
+    ///
+    /// Envoy builds its load balancers from the first health-check round. A pod that failed
+    /// a check (on a loaded machine, a first check can exceed the 0.5 s timeout) turns
+    /// healthy on `/clusters` a merge window (`update_merge_window`, 1 s) before the workers
+    /// route to it: traffic sent at once would avoid it (a test then saw 1,000 new sessions
+    /// skip a pod, and a session's hash owner change between two requests). So after any
+    /// failed health check, the start waits the merge window out.
     pub fn start(config: EnvoyConfig, pods: &[&Pod]) -> Envoy {
         let mut envoy = Envoy::spawn(config);
         envoy.wait_ready();
         for pod in pods {
             envoy.wait_health(pod.addr, true);
+        }
+        let failed_checks: u64 = envoy
+            .admin_get("/stats?filter=health_check\\.failure$")
+            .lines()
+            .filter_map(|l| l.split_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum();
+        if failed_checks > 0 {
+            eprintln!(
+                "Envoy start: {failed_checks} failed health checks; waiting for the workers' load balancers"
+            );
+            envoy.settle();
         }
         envoy
     }
