@@ -228,6 +228,8 @@ pub struct EnvoyConfig {
     pub env: Vec<(String, String)>,
     /// Envoy's `--log-level` (the wasm component always logs at debug or finer).
     pub log_level: &'static str,
+    /// Envoy's worker threads (`--concurrency`), 2 unless a test needs otherwise.
+    pub concurrency: u32,
 }
 
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
@@ -241,12 +243,18 @@ impl EnvoyConfig {
 
     /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
     pub fn from_yaml(yaml: String) -> EnvoyConfig {
-        EnvoyConfig { yaml, env: Vec::new(), log_level: "info" }
+        EnvoyConfig { yaml, env: Vec::new(), log_level: "info", concurrency: 2 }
     }
 
     /// Runs Envoy at this log level (`trace` logs every header and the whole config).
     pub fn log_level(mut self, level: &'static str) -> Self {
         self.log_level = level;
+        self
+    }
+
+    /// Runs Envoy with this many worker threads.
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = workers;
         self
     }
 
@@ -479,6 +487,7 @@ impl Envoy {
         let config_path = dir.join("envoy.yaml");
         let env = config.env.clone();
         let level = config.log_level;
+        let workers = config.concurrency.to_string();
         let wasm_level = if level == "trace" { "wasm:trace" } else { "wasm:debug" };
         std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
         let log_path = dir.join("envoy.log");
@@ -487,7 +496,7 @@ impl Envoy {
             .current_dir(repo())
             .arg("-c")
             .arg(&config_path)
-            .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", level])
+            .args(["--disable-hot-restart", "--concurrency", &workers, "--log-level", level])
             .args(["--component-log-level", wasm_level])
             .envs(env)
             .stdout(log.try_clone().unwrap())
