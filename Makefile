@@ -45,7 +45,7 @@ lint: wasm-target
 run: build
 	ENVOY="$$(scripts/envoy.sh)" scripts/run-demo.sh
 
-## fuzz-smoke: ~15 s of fuzzing per target (token, cookie/header parsing, configuration)
+## fuzz-smoke: ~15 s of fuzzing per target (token decoding, seal/open round trips, the cookie/header request and response path, configuration)
 fuzz-smoke:
 	scripts/fuzz.sh smoke
 
@@ -118,13 +118,17 @@ envoy-gateway: image
 	python3 scripts/envoy-gateway-render.py --pin "$(IMAGE)" --layout target/oci \
 	  --manifests envoy-gateway --out target/envoy-gateway
 
-## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy
+## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy;
+## prints, per version, how many of those tests passed and failed, and fails unless all did
 MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))
+MATRIX_COUNT := $(shell cat $(addprefix tests/,$(addsuffix .rs,$(MATRIX_TESTS))) | grep -c '^\#\[test\]')
 test-matrix: tools build build-crash-test
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
 	  ENVOY="$$envoy" cargo test --release $(addprefix --test ,$(MATRIX_TESTS)) -- --test-threads=2 --nocapture \
 	    > target/matrix-$$v.log 2>&1 && echo "Envoy $$v: pass" || { echo "Envoy $$v: FAIL (target/matrix-$$v.log)"; failed="$$failed $$v"; }; \
-	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v '{p+=$$4; f+=$$6} END {print "envoy-" v ": " p " passed, " f " failed"}'; \
+	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v -v n=$(MATRIX_COUNT) \
+	    '{p+=$$4; f+=$$6} END {print "envoy-" v ": " p " passed, " f " failed, of " n " tests"; exit !(p == n && f == 0)}' \
+	    || failed="$$failed $$v"; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }

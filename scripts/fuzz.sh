@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the token decoder, the Cookie/token-header parsing and the configuration parser.
+# Fuzzes the token decoder, sealing round trips, the Cookie/token-header request and response
+# path, and the configuration parser.
 #   scripts/fuzz.sh smoke           # ~15 s per target (part of CI)
 #   scripts/fuzz.sh long [RUNS]     # RUNS executions per target (default 10,000,000)
 #   scripts/fuzz.sh corpus [SECS]   # grow the committed corpus for SECS per target, then minimise it
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/../fuzz"
 mode="${1:-smoke}"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
-targets=(token_open cookie_header config_load)
+targets=(token_open token_roundtrip cookie_header config_load)
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   case "$mode" in

@@ -25,5 +25,8 @@ Envoy with tether on http://127.0.0.1:10000 (admin http://127.0.0.1:9901). Try:
 MSG
 "$ENVOY" -c envoy/envoy.yaml --disable-hot-restart --log-level warn \
   --component-log-level wasm:info &
-pids+=($!)
-wait -n "${pids[@]}"
+envoy_pid=$!
+pids+=("$envoy_pid")
+# Runs until Envoy exits (or Ctrl-C). Not `wait -n` on every process: killing a pod is
+# part of the demo, and must not stop it.
+wait "$envoy_pid"

@@ -186,17 +186,16 @@ fn client_sent_internal_headers_never_steer() {
     let c = s.addr_of("pod-c");
     let spoofed_host = override_header(c);
     let spoofed_key = "00000000000000000000000000000000";
-    let mut on_c = 0;
+    // Neither spoofed header reaches the router: no override host at all, and the hash key
+    // is the new session's own id, which the cookie then pins to the pod that served.
     for _ in 0..24 {
         let r = s.envoy.get("/", &[("x-tether-host", &spoofed_host), ("x-tether-key", spoofed_key)]);
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-seen-host"), Some("-"), "client x-tether-host reached the router");
         let minted = open_demo(&r.cookie_value().expect("new session"));
         assert_eq!(r.header("x-seen-key"), Some(minted.session.to_hex().as_str()));
-        assert_ne!(r.header("x-seen-key"), Some(spoofed_key));
-        on_c += usize::from(r.pod() == "pod-c");
+        assert_eq!(minted.owner, s.addr_of(r.pod()), "the cookie names the pod that served");
     }
-    assert!(on_c < 20, "{on_c}/24 requests followed the spoofed header");
 
     // Several spoofed copies are all removed too.
     let raw = format!(

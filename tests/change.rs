@@ -21,13 +21,23 @@ struct Answer {
     cookie: Option<String>,
 }
 
+/// One request on a keep-alive connection. If the connection's client had to send it a
+/// second time (its reused connection failed: a reset or close Envoy did not hide), that is
+/// an error, whatever the second answer was.
 fn ask(conn: &mut Connection, headers: &[(&str, &str)]) -> Result<Answer, String> {
+    let resends = conn.resends();
     let r = conn.request("GET", "/", headers).map_err(|e| e.to_string())?;
+    if conn.resends() != resends {
+        return Err(format!("{RESENT}: the reused connection failed (second answer: status {})", r.status));
+    }
     let cookie = r.all("set-cookie").find_map(|v| {
         v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
     });
-    Ok(Answer { status: r.status, pod: r.header("x-pod").unwrap_or("(none)").to_string(), cookie })
+    let pod = r.header("x-pod").map_or_else(|| no_pod_placeholder(r.status), str::to_string);
+    Ok(Answer { status: r.status, pod, cookie })
 }
+
+const RESENT: &str = "resent";
 
 /// A request with the session's cookie (or none), which must succeed.
 fn ask_ok(conn: &mut Connection, cookie: Option<&str>) -> Answer {
@@ -159,22 +169,43 @@ fn scale_out_moves_no_pinned_session_while_plain_hashing_moves_a_quarter() {
     println!("scale-out 3 -> 4 pods, {} sessions (before: {before:?})", sessions.len());
     println!("  tether (cookie pinning)       moved {moved:>4} ({:.1}%), re-pinned {repinned}", pct(moved));
     println!(
-        "  plain MAGLEV on session id    moved {maglev:>4} ({:.1}%), {maglev_new} of them to the new pod",
-        pct(maglev)
+        "  plain MAGLEV on session id    moved {maglev:>4} ({:.1}%), {maglev_new} of them to the new pod, {} between old pods",
+        pct(maglev),
+        maglev - maglev_new
     );
     println!(
-        "  plain RING_HASH on session id moved {ring:>4} ({:.1}%), {ring_new} of them to the new pod",
-        pct(ring)
+        "  plain RING_HASH on session id moved {ring:>4} ({:.1}%), {ring_new} of them to the new pod, {} between old pods",
+        pct(ring),
+        ring - ring_new
     );
     println!("  new sessions after scale-out: {on_new} of {} on the new pod ({fresh_counts:?})", fresh.len());
 
     assert_eq!(moved, 0, "pinned sessions moved on scale-out");
     assert_eq!(repinned, 0, "sessions were re-pinned on scale-out");
-    assert!(on_new >= 60, "new sessions do not reach the new pod: {fresh_counts:?}");
-    // The comparison is only meaningful if plain hashing really moves sessions.
-    for (name, n) in [("MAGLEV", maglev), ("RING_HASH", ring)] {
-        assert!((100..=450).contains(&n), "plain {name} moved {n} of 1000: not the expected ~1/4");
-    }
+    // New sessions are placed by Maglev on their random ids: 1/4 on the new pod, 100 ± 4 × 8.7.
+    assert!((65..=135).contains(&on_new), "new sessions on the new pod: {fresh_counts:?}");
+    // The baselines, against what each mechanism guarantees for 1,000 random session ids.
+    // Bounds are 4 standard deviations (a false failure about once in 15,000 runs).
+    // MAGLEV: the new host owns 1/4 of the lookup table (equal weights: 16,384 of 65,537
+    // entries), so the sessions moving to it are Binomial(1000, 1/4): 250 ± 4 × 13.7.
+    // Maglev's table also reshuffles a few entries between the old hosts.
+    assert!((195..=305).contains(&maglev_new), "plain MAGLEV moved {maglev_new} of 1000 to the new pod");
+    assert!(
+        maglev - maglev_new <= MAGLEV_OLD_TO_OLD_MAX,
+        "plain MAGLEV moved {} between old pods",
+        maglev - maglev_new
+    );
+    // RING_HASH (min_ring_size 1024): 342 points per host with 3 hosts, 256 (the first 256 of
+    // the same) with 4. The new host's share is Beta(256, 768) (mean 1/4, sd 0.0135), so
+    // sessions to it: 250 ± 4 × 19.3. A session moves between old hosts when its point was
+    // one of the 258 removed and the next kept point is another old host's:
+    // 258/1282 × 768/1024 × 2/3 = 10.06 %, 100.6 ± 4 × 14.4.
+    assert!((173..=327).contains(&ring_new), "plain RING_HASH moved {ring_new} of 1000 to the new pod");
+    assert!(
+        (43..=158).contains(&(ring - ring_new)),
+        "plain RING_HASH moved {} between old pods",
+        ring - ring_new
+    );
 }
 
 #[test]
@@ -340,6 +371,13 @@ fn recovered_pod_does_not_take_back_sessions_that_were_re_pinned_away() {
     );
 }
 
+/// Most sessions plain MAGLEV may move between the 3 old pods when a 4th joins. Maglev's
+/// disruption is near-minimal, not zero: a simulation of its table fill (65,537 entries,
+/// 3 then 4 hosts with random permutations, 24 trials) changed 0.02-0.28 % of entries
+/// between old hosts, so at most ~3 of 1,000 sessions on average; a Poisson count of mean
+/// 3 exceeds 12 about once in 100,000 runs. (One run through Envoy: 1.)
+const MAGLEV_OLD_TO_OLD_MAX: usize = 12;
+
 /// A re-pin: (session, from, to, when the answer arrived).
 type Move = (usize, SocketAddr, SocketAddr, Instant);
 
@@ -351,6 +389,8 @@ struct Record {
     owner: SocketAddr,
     ok: bool,
     websocket: bool,
+    /// The client had to send the request again after its reused connection failed.
+    resent: bool,
 }
 
 #[test]
@@ -396,12 +436,14 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
                 let started = Instant::now();
                 let answer = ask(&mut conn, &[("cookie", &format!("{COOKIE}={cookie}"))]);
                 let ok = matches!(&answer, Ok(a) if a.status == 200);
+                let resent = matches!(&answer, Err(e) if e.starts_with(RESENT));
                 records.lock().unwrap().push(Record {
                     started,
                     ended: Instant::now(),
                     owner,
                     ok,
                     websocket: false,
+                    resent,
                 });
                 if let (true, Ok(a)) = (ok, answer) {
                     settle_answer(&cookies, &moves, i, owner, a.cookie);
@@ -429,6 +471,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
                     owner,
                     ok,
                     websocket: true,
+                    resent: false,
                 });
                 if let (true, Ok((r, _))) = (ok, result) {
                     settle_answer(&cookies, &moves, i, owner, r.cookie_value());
@@ -467,9 +510,18 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     }
 
     let records = records.lock().unwrap();
+    // In flight to a pod at the instant it was killed (sent to it before, answered after).
     let at_kill = |r: &Record| kills.iter().any(|(t, a)| r.owner == *a && r.started <= *t && r.ended >= *t);
-    let failed: Vec<&Record> = records.iter().filter(|r| !r.ok && !at_kill(r)).collect();
-    let failed_at_kill = records.iter().filter(|r| !r.ok && at_kill(r)).count();
+    let in_flight =
+        |websocket: bool| records.iter().filter(|r| r.websocket == websocket && at_kill(r)).count();
+    let (http_in_flight, ws_in_flight) = (in_flight(false), in_flight(true));
+    // Envoy retries an HTTP request whose pod dies under it, so no HTTP failure is excused.
+    // A WebSocket whose pod dies between the 101 and its first frame cannot be retried: such
+    // a failure is excused, and can happen at most once per kill (one WebSocket client).
+    let failed_http: Vec<&Record> = records.iter().filter(|r| !r.websocket && !r.ok).collect();
+    let failed_ws: Vec<&Record> = records.iter().filter(|r| r.websocket && !r.ok && !at_kill(r)).collect();
+    let excused_ws = records.iter().filter(|r| r.websocket && !r.ok && at_kill(r)).count();
+    let resent = records.iter().filter(|r| r.resent).count();
     let ws = records.iter().filter(|r| r.websocket).count();
     let moves = moves.lock().unwrap();
     // A session may move only away from a pod that had been killed by then.
@@ -486,14 +538,17 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let ended_live = finals.iter().filter(|o| live.contains(o)).count();
     let moved = finals.iter().zip(&initial).filter(|(f, i)| f != i).count();
     println!(
-        "rolling update of 3 pods ({rollout:.1?}) under load: {} requests ({} HTTP, {ws} WebSocket), \
-         {} failed outside the kill instants, {failed_at_kill} failed in flight to a pod as it was killed; \
+        "rolling update of 3 pods ({rollout:.1?}) under load: {} requests ({} HTTP, {ws} WebSocket); \
+         in flight to a pod as it was killed: {http_in_flight} HTTP, {ws_in_flight} WebSocket; \
+         failed: {} HTTP ({resent} of them resent by the client after its connection failed), {} WebSocket, \
+         {excused_ws} WebSocket excused (in flight at a kill); \
          {moved} of {} sessions moved (every old pod was replaced), {} moves in all, {twice} sessions moved twice \
          (re-pinned to an old pod replaced later); {} unjustified moves; {ended_live} sessions end pinned to a live pod; \
          Envoy retries {}",
         records.len(),
         records.len() - ws,
-        failed.len(),
+        failed_http.len(),
+        failed_ws.len(),
         sessions.len(),
         moves.len(),
         unjustified.len(),
@@ -504,7 +559,13 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
         "too little load: {} requests, {ws} WebSockets",
         records.len()
     );
-    assert!(failed.is_empty(), "{} requests failed that were not in flight to a killed pod", failed.len());
+    assert_eq!(resent, 0, "requests had to be resent: Envoy reset or closed a client connection");
+    assert!(failed_http.is_empty(), "{} HTTP requests failed", failed_http.len());
+    assert!(
+        failed_ws.is_empty(),
+        "{} WebSockets failed that were not in flight to a killed pod",
+        failed_ws.len()
+    );
     assert!(unjustified.is_empty(), "sessions moved away from live pods: {unjustified:?}");
     assert_eq!(ended_live, sessions.len(), "sessions still pinned to a removed pod");
 

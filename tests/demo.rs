@@ -60,5 +60,46 @@ fn make_run_demo_works_as_documented() {
     }
     let admin = http_to(SocketAddr::from(([127, 0, 0, 1], 9901)), "GET", "/ready", &[]).unwrap();
     assert_eq!(admin.status, 200);
+
+    // README's third step: kill the session's pod (README: `pkill -f 'pod.py --name pod-808N'`,
+    // i.e. SIGTERM; here by the pid of that pod in the demo's own process group). Its
+    // session moves to a live pod, is re-pinned there, and stays.
+    let victim = first.pod().to_string();
+    let pid = demo_pod_pid(group.0.id(), &victim);
+    let killed = Command::new("kill").args(["-s", "TERM", &pid.to_string()]).status().unwrap();
+    assert!(killed.success(), "kill {pid} ({victim})");
+    let moved = http_to(listener, "GET", "/", &[("cookie", &format!("tether={cookie}"))])
+        .unwrap_or_else(|e| panic!("after killing {victim}, the demo no longer answers: {e}"));
+    assert_eq!(moved.status, 200, "after killing {victim}");
+    assert_ne!(moved.pod(), victim);
+    assert!(moved.pod().starts_with("pod-808"), "{}", moved.pod());
+    let repinned = moved.cookie_value().expect("the moved session is re-pinned");
+    for _ in 0..10 {
+        let r = http_to(listener, "GET", "/", &[("cookie", &format!("tether={repinned}"))]).unwrap();
+        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, moved.pod(), None));
+    }
     drop(group);
+}
+
+/// The pid of the demo pod named `name` (`demo/pod.py --name NAME`) in process group `group`.
+fn demo_pod_pid(group: u32, name: &str) -> u32 {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let (Ok(stat), Ok(cmdline)) =
+            (std::fs::read_to_string(entry.path().join("stat")), std::fs::read(entry.path().join("cmdline")))
+        else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, pgrp, ...
+        let pgrp = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(2)?.parse::<u32>().ok());
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_pod = args.iter().any(|a| a.ends_with(b"demo/pod.py"))
+            && args.windows(2).any(|w| w[0] == b"--name" && w[1] == name.as_bytes());
+        if pgrp == Some(group) && is_pod {
+            found.push(pid);
+        }
+    }
+    assert_eq!(found.len(), 1, "demo pod {name} in process group {group}: {found:?}");
+    found[0]
 }

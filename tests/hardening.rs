@@ -41,16 +41,42 @@ fn hostile_requests_never_hurt_the_vm() {
     let family_at = 2 + 4 + 4 + 8 + 8 + 16; // version, key id "demo", fingerprint, times, session
     let many: String = (0..300).map(|i| format!("c{i}=v{i}; ")).collect();
     type Headers = Vec<(&'static str, Vec<u8>)>;
-    let cases: Vec<(&str, Headers)> = vec![
-        ("59 KB cookie header", vec![("cookie", format!("tether={}", "A".repeat(59 * 1024)).into_bytes())]),
-        ("61 KB cookie header (over Envoy's limit)", vec![("cookie", "x".repeat(61 * 1024).into_bytes())]),
-        ("300 cookies then ours broken", vec![("cookie", format!("{many}tether=junk").into_bytes())]),
-        ("invalid UTF-8", vec![("cookie", b"tether=\xff\xfe\xfd; a=\xc3\x28".to_vec())]),
-        ("NUL byte", vec![("cookie", b"tether=ab\x00cd".to_vec())]),
-        ("control bytes", vec![("cookie", b"tether=\x01\x02\x1b[31m".to_vec())]),
-        ("duplicate names, all bad", vec![("cookie", b"tether=bad1; tether=\"bad2\"; tether=".to_vec())]),
-        ("unbalanced quotes", vec![("cookie", b"tether=\"abc; tether=abc\"".to_vec())]),
-        ("unknown version", vec![("cookie", format!("tether={}", with(0, 7)).into_bytes())]),
+    use Answer::{Codec, Tether};
+    let malformed = Tether("invalid:malformed");
+    let cases: Vec<(&str, Headers, Answer)> = vec![
+        (
+            "59 KB cookie header",
+            vec![("cookie", format!("tether={}", "A".repeat(59 * 1024)).into_bytes())],
+            malformed,
+        ),
+        // Over Envoy's 60 KB default `max_request_headers_kb`: Envoy answers, tether never runs.
+        (
+            "61 KB cookie header (over Envoy's limit)",
+            vec![("cookie", "x".repeat(61 * 1024).into_bytes())],
+            Codec(431),
+        ),
+        // "junk" is valid base64url; its first decoded byte (0x8e) is no token version.
+        (
+            "300 cookies then ours broken",
+            vec![("cookie", format!("{many}tether=junk").into_bytes())],
+            Tether("invalid:unknown_version"),
+        ),
+        ("invalid UTF-8", vec![("cookie", b"tether=\xff\xfe\xfd; a=\xc3\x28".to_vec())], malformed),
+        // Envoy's HTTP/1 codec refuses NUL in a header value.
+        ("NUL byte", vec![("cookie", b"tether=ab\x00cd".to_vec())], Codec(400)),
+        // ...and control bytes (here SOH, STX, ESC).
+        ("control bytes", vec![("cookie", b"tether=\x01\x02\x1b[31m".to_vec())], Codec(400)),
+        (
+            "duplicate names, all bad",
+            vec![("cookie", b"tether=bad1; tether=\"bad2\"; tether=".to_vec())],
+            malformed,
+        ),
+        ("unbalanced quotes", vec![("cookie", b"tether=\"abc; tether=abc\"".to_vec())], malformed),
+        (
+            "unknown version",
+            vec![("cookie", format!("tether={}", with(0, 7)).into_bytes())],
+            Tether("invalid:unknown_version"),
+        ),
         (
             "unknown key id",
             vec![(
@@ -61,6 +87,7 @@ fn hostile_requests_never_hurt_the_vm() {
                 )
                 .into_bytes(),
             )],
+            Tether("invalid:unknown_key"),
         ),
         (
             "future issue time",
@@ -69,6 +96,7 @@ fn hostile_requests_never_hurt_the_vm() {
                 format!("tether={}", sealed_token(DEMO_KEYS, owner.addr, now + 7200, now + 9000, [0x77; 16]))
                     .into_bytes(),
             )],
+            Tether("invalid:issued_in_future"),
         ),
         (
             "expiry beyond the maximum",
@@ -77,29 +105,53 @@ fn hostile_requests_never_hurt_the_vm() {
                 format!("tether={}", sealed_token(DEMO_KEYS, owner.addr, now, now + 90 * 86_400, [0x77; 16]))
                     .into_bytes(),
             )],
+            Tether("invalid:lifetime_too_long"),
         ),
         (
             "standard base64 alphabet",
             vec![("cookie", format!("tether={}", standard_alphabet(owner.addr)).into_bytes())],
+            malformed,
         ),
-        ("truncated", vec![("cookie", format!("tether={}", &good[..good.len() / 2]).into_bytes())]),
+        (
+            "truncated",
+            vec![("cookie", format!("tether={}", &good[..good.len() / 2]).into_bytes())],
+            malformed,
+        ),
         (
             "address that is not ip:port",
             vec![("cookie", format!("tether={}", with(family_at, 5)).into_bytes())],
+            malformed,
         ),
-        ("huge token header", vec![("x-tether-session", "Q".repeat(40 * 1024).into_bytes())]),
-        ("invalid UTF-8 token header", vec![("x-tether-session", b"\xff\xff\x80".to_vec())]),
+        ("huge token header", vec![("x-tether-session", "Q".repeat(40 * 1024).into_bytes())], malformed),
+        ("invalid UTF-8 token header", vec![("x-tether-session", b"\xff\xff\x80".to_vec())], malformed),
         (
             "spoofed internal headers",
             vec![("x-tether-host", b"\xff==".to_vec()), ("x-tether-key", vec![b'k'; 5000])],
+            Tether("new"),
         ),
     ];
+    let created_before = envoy.stat("wasm.envoy.wasm.runtime.v8.created");
     let mut answered = Vec::new();
-    for (case, headers) in &cases {
+    for (case, headers, want) in &cases {
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        let status = raw_request(envoy.addr(), &request_bytes(&headers))
-            .map(|r| (r.status, r.header("x-tether").map(str::to_string)));
-        answered.push(format!("{case}: {status:?}"));
+        let r = raw_request(envoy.addr(), &request_bytes(&headers))
+            .unwrap_or_else(|e| panic!("{case}: no HTTP answer from Envoy: {e}"));
+        let got = (r.status, r.header("x-tether"));
+        answered.push(format!("{case}: {} {:?}", r.status, r.header("x-tether")));
+        match want {
+            // tether ran: a new session, on whichever pod the hash picks, never steered.
+            Tether(label) => {
+                assert_eq!(got, (200, Some(*label)), "{case}");
+                assert!(r.cookie_value().is_some(), "{case}: a new session sets the cookie");
+                assert_eq!(r.header("x-seen-host"), Some("-"), "{case}: the request was steered");
+            }
+            // Envoy's codec refused the request before any filter: no pod, no tether.
+            Codec(status) => {
+                assert_eq!(got, (*status, None), "{case}");
+                assert_eq!(r.header("x-pod"), None, "{case}: the request reached a pod");
+                assert_eq!(r.set_cookie(), None, "{case}");
+            }
+        }
         // The VM survived: a normal request still gets affinity.
         let r = envoy.get_with_cookie(Some(&good));
         assert_eq!(
@@ -113,10 +165,24 @@ fn hostile_requests_never_hurt_the_vm() {
     for bad in ["panicked", "Function: proxy_on", "wasm trap", "RuntimeError", "VM failed"] {
         assert!(!log.contains(bad), "the log mentions `{bad}`");
     }
-    for stat in ["wasm.tether.vm_reload", "wasm.tether.vm_reload_failure"] {
-        assert_eq!(envoy.stat(stat), 0, "{stat}");
+    // Envoy 1.40's per-plugin VM stats: no reload was needed, attempted, skipped or failed,
+    // and no wasm VM was created after start-up (a crashed and replaced VM would be one).
+    for stat in ["vm_reload", "vm_reload_success", "vm_reload_failure", "vm_reload_backoff"] {
+        assert_eq!(envoy.stat(&format!("wasm.tether.{stat}")), 0, "wasm.tether.{stat}");
     }
+    assert_eq!(envoy.stat("wasm.envoy.wasm.runtime.v8.created"), created_before, "a wasm VM was created");
     assert_eq!(envoy.stat("wasmcustom.tether.affinity_hits"), cases.len() as u64);
+    let new_sessions = cases.iter().filter(|(_, _, want)| matches!(want, Tether(_))).count() as u64;
+    assert_eq!(envoy.stat("wasmcustom.tether.sessions_minted"), new_sessions);
+}
+
+/// What a hostile request must get back.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// tether handled it: status 200 and this debug label (a new session).
+    Tether(&'static str),
+    /// Envoy's HTTP/1 codec refused it with this status before any filter ran.
+    Codec(u16),
 }
 
 #[test]
@@ -279,19 +345,29 @@ fn no_log_line_at_any_level_carries_a_secret() {
         .process_env("TETHER_KEYS", &format!("prod={secret},old={DEMO_SECRET}"))
         .log_level("trace");
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
-    let mut cookie = None;
-    for _ in 0..5 {
-        let r = envoy.get_with_cookie(cookie.as_deref());
-        cookie = r.cookie_value().or(cookie);
+    // Sign (new session), verify (hits), verify with the older key (re-signed), refuse.
+    let first = envoy.get_with_cookie(None);
+    assert_eq!((first.status, first.header("x-tether")), (200, None));
+    let cookie = first.cookie_value().expect("a new session sets the cookie");
+    for _ in 0..4 {
+        let r = envoy.get_with_cookie(Some(&cookie));
+        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None));
     }
-    let _ = envoy.get_with_cookie(Some(&demo_token(pods[0].addr, [1; 16])));
-    let _ = envoy.get("/", &[("cookie", "tether=forged")]);
+    let now = now();
+    let old_token = sealed_token(&format!("old={DEMO_SECRET}"), pods[0].addr, now, now + 600, [1; 16]);
+    let old = envoy.get_with_cookie(Some(&old_token));
+    assert_eq!(old.pod(), pods[0].name, "a token of the older key steers");
+    assert!(old.cookie_value().is_some(), "and is re-signed with `prod`");
+    let forged = envoy.get("/", &[("cookie", "tether=forged")]);
+    assert_eq!(forged.status, 200);
+    assert!(forged.cookie_value().is_some(), "a forged token starts a new session");
     let log = envoy.log();
     assert!(
         log.contains("[trace]") && log.contains("keys [prod,old] signing with `prod`"),
         "trace logging is on"
     );
-    for needle in [secret, &decoded, DEMO_SECRET] {
-        assert!(!log.contains(needle), "a secret reached Envoy's trace log");
+    let demo_decoded = decoded_secret(DEMO_SECRET);
+    for needle in [secret, &decoded, DEMO_SECRET, &demo_decoded] {
+        assert!(!log.contains(needle), "a secret reached Envoy's trace log: {needle}");
     }
 }

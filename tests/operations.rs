@@ -3,6 +3,8 @@
 
 mod common;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use common::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,14 +23,38 @@ fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
     Envoy::start(config, &pods.iter().collect::<Vec<_>>())
 }
 
+/// Every counter tether defines, by its `/stats` name under `wasmcustom.tether.`.
+const COUNTERS: [&str; 12] = [
+    "affinity_hits",
+    "invalid_token.bad_signature",
+    "invalid_token.expired",
+    "invalid_token.issued_in_future",
+    "invalid_token.lifetime_too_long",
+    "invalid_token.malformed",
+    "invalid_token.unknown_key",
+    "invalid_token.unknown_version",
+    "invalid_token.wrong_scope",
+    "refreshed",
+    "repinned",
+    "sessions_minted",
+];
+
 #[test]
 fn counters_and_debug_header_match_known_traffic() {
-    let pods = Pod::start_many(3);
+    let mut pods = Pod::start_many(3);
     let envoy = start(
         &pods,
         r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#,
         Some(&format!("{DEMO_KEYS},{OLD_KEY}")),
     );
+    // Envoy has exactly these counters of tether's, no more, no fewer.
+    let defined: Vec<String> = envoy
+        .admin_get("/stats?filter=^wasmcustom\\.tether\\.")
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, _)| k.trim_start_matches("wasmcustom.tether.").to_string())
+        .collect();
+    assert_eq!(defined, COUNTERS, "tether's counters on /stats");
     let now = now();
     let owner = pods[0].addr;
     let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -43,7 +69,11 @@ fn counters_and_debug_header_match_known_traffic() {
     assert_eq!(first.header("x-tether"), Some("new"));
     expect(None, "new", 4);
     expect(first.cookie_value().as_deref(), "hit", 10);
-    expect(Some("garbage"), "invalid:malformed", 2);
+    // One refused token of each kind.
+    expect(Some("garbage"), "invalid:malformed", 1);
+    let mut version_7 = URL_SAFE_NO_PAD.decode(demo_token(owner, [0x34; 16])).unwrap();
+    version_7[0] = 7;
+    expect(Some(&URL_SAFE_NO_PAD.encode(version_7)), "invalid:unknown_version", 1);
     let forged = "demo=Zm9yZ2VkLXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE=";
     expect(Some(&sealed_token(forged, owner, now, now + 60, [0x33; 16])), "invalid:bad_signature", 1);
     expect(Some(&sealed_token(DEMO_KEYS, owner, now - 100, now - 1, [0x33; 16])), "invalid:expired", 1);
@@ -53,30 +83,73 @@ fn counters_and_debug_header_match_known_traffic() {
         1,
     );
     expect(Some(&scoped_token(owner, [1; 16], "another-service", "")), "invalid:wrong_scope", 1);
+    expect(
+        Some(&sealed_token(DEMO_KEYS, owner, now + 3600, now + 7200, [0x35; 16])),
+        "invalid:issued_in_future",
+        1,
+    );
+    expect(
+        Some(&sealed_token(DEMO_KEYS, owner, now, now + 30 * 86_400, [0x36; 16])),
+        "invalid:lifetime_too_long",
+        1,
+    );
     expect(Some(&demo_token(gone, [2; 16])), "repinned", 2);
     expect(Some(&sealed_token(OLD_KEY, owner, now, now + 60, [0x33; 16])), "refreshed", 3);
 
-    let counters = [
-        ("sessions_minted", 11),
-        ("affinity_hits", 10),
-        ("repinned", 2),
-        ("refreshed", 3),
-        ("invalid_token.malformed", 2),
-        ("invalid_token.bad_signature", 1),
-        ("invalid_token.expired", 1),
-        ("invalid_token.unknown_key", 1),
-        ("invalid_token.wrong_scope", 1),
-        ("invalid_token.unknown_version", 0),
-    ];
-    for (name, want) in counters {
-        assert_eq!(envoy.stat(&format!("wasmcustom.tether.{name}")), want, "{name}");
-    }
+    // 5 new sessions plus one for each of the 8 refused tokens.
+    let want: HashMap<&str, u64> = COUNTERS
+        .iter()
+        .map(|name| {
+            let n = match *name {
+                "sessions_minted" => 13,
+                "affinity_hits" => 10,
+                "repinned" => 2,
+                "refreshed" => 3,
+                _ => 1,
+            };
+            (*name, n)
+        })
+        .collect();
+    let read = |envoy: &Envoy| -> HashMap<&str, u64> {
+        COUNTERS.iter().map(|name| (*name, envoy.stat(&format!("wasmcustom.tether.{name}")))).collect()
+    };
+    assert_eq!(read(&envoy), want);
     let prometheus = envoy.admin_get("/stats/prometheus");
     let tether_lines: Vec<&str> =
         prometheus.lines().filter(|l| l.contains("tether") && !l.starts_with('#')).collect();
     println!("prometheus:\n{}", tether_lines.join("\n"));
     assert!(tether_lines.contains(&"tether_affinity_hits{} 10"), "{tether_lines:?}");
-    assert!(tether_lines.contains(&"tether_sessions_minted{} 11"), "{tether_lines:?}");
+    assert!(tether_lines.contains(&"tether_sessions_minted{} 13"), "{tether_lines:?}");
+    assert!(tether_lines.contains(&"tether_invalid_token_lifetime_too_long{} 1"), "{tether_lines:?}");
+
+    // Envoy's own replies: labelled `local-reply`, no cookie, no counter moves. First
+    // while Envoy still tries the dead pods (the reply names the last failed host as
+    // upstream), then once health checks have marked them all down. The pinned token here
+    // names an owner outside the cluster, so the host Envoy last tried is never its owner.
+    // (Known bug, reported with issue 16: when that host IS the session's owner, e.g. a
+    // session pinned to the only pod, which is dead, tether labels Envoy's 503 `hit` and
+    // counts it in `affinity_hits`, because it reads `response.code_details` only when the
+    // outcome is not a hit.)
+    let pinned = demo_token(gone, [0x37; 16]);
+    for pod in &mut pods {
+        pod.kill();
+    }
+    let local = |cookie: Option<&str>, when: &str| {
+        let r = envoy.get_with_cookie(cookie);
+        assert_eq!(
+            (r.status, r.header("x-tether"), r.set_cookie()),
+            (503, Some("local-reply"), None),
+            "{when}, cookie {cookie:?}"
+        );
+    };
+    local(None, "pods just killed");
+    local(Some(&pinned), "pods just killed");
+    for pod in &pods {
+        envoy.wait_health(pod.addr, false);
+    }
+    local(None, "no healthy pod");
+    local(Some(&pinned), "no healthy pod");
+    assert_eq!(read(&envoy), want, "a local reply moved a counter");
 }
 
 /// `repeat` HTTP/2 requests with prior knowledge (h2c), each on its own connection:
@@ -279,17 +352,25 @@ fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
     let stateful = &good.yaml[session_start..router_start];
     let swapped = good.yaml.replacen(&format!("{tether}{stateful}"), &format!("{stateful}{tether}"), 1);
     let envoy = Envoy::start(EnvoyConfig::from_yaml(swapped), &pods.iter().collect::<Vec<_>>());
+    // Each of 10 sessions is presented with a token naming each of the 3 pods in turn. With
+    // the owner ignored, all three land on the one pod the hash of the session id picks:
+    // exactly one token of each session names that pod (a hit), the other two move.
     let mut repinned = 0;
-    for (i, pod) in pods.iter().enumerate() {
-        for j in 0..10u8 {
-            let r = envoy.get_with_cookie(Some(&demo_token(pod.addr, [i as u8 * 16 + j; 16])));
-            if r.pod() != pod.name {
-                assert_eq!(r.header("x-tether"), Some("repinned"));
-                repinned += 1;
-            }
-        }
+    for j in 0..10u8 {
+        let session = [0x50 + j; 16];
+        let served: Vec<String> = pods
+            .iter()
+            .map(|pod| {
+                let r = envoy.get_with_cookie(Some(&demo_token(pod.addr, session)));
+                assert_eq!(r.status, 200);
+                let label = if r.pod() == pod.name { "hit" } else { "repinned" };
+                assert_eq!(r.header("x-tether"), Some(label), "session {j}, token naming {}", pod.name);
+                repinned += usize::from(label == "repinned");
+                r.pod().to_string()
+            })
+            .collect();
+        assert!(served.iter().all(|p| *p == served[0]), "session {j}: the owner was honoured: {served:?}");
     }
     println!("wrong filter order: {repinned} of 30 pinned requests left their owner");
-    // About 2/3 are expected to move (the hash owner is one of 3 pods).
-    assert!(repinned >= 8, "with stateful_session first the owner should be ignored ({repinned}/30 moved)");
+    assert_eq!(repinned, 20);
 }

@@ -6,7 +6,8 @@ use libfuzzer_sys::fuzz_target;
 use tether::keyring::Keyring;
 use tether::token::{self, Limits};
 
-const KEYS: &str = "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
+const KEYS: &str =
+    "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
 const NOW: u64 = 1_800_000_000;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
             let reopened = token::open(again.as_bytes(), &keys, scope, NOW, limits).unwrap();
             assert_eq!(reopened.token, verified.token);
             let hidden = token::seal_encrypted(&verified.token, key, scope, [9; token::NONCE_LEN]).unwrap();
-            assert_eq!(token::open(hidden.as_bytes(), &keys, scope, NOW, limits).unwrap().token, verified.token);
+            assert_eq!(
+                token::open(hidden.as_bytes(), &keys, scope, NOW, limits).unwrap().token,
+                verified.token
+            );
         }
     }
 });

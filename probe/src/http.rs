@@ -120,17 +120,24 @@ impl Response {
 }
 
 /// One keep-alive connection to one address. A request on a reused connection that the
-/// server had closed meanwhile is sent once more on a new connection (as browsers do).
+/// server had closed meanwhile is sent once more on a new connection (as browsers do);
+/// `resends` counts those second sends, so a caller can tell them from first answers.
 pub struct Connection {
     addr: SocketAddr,
     authority: String,
     timeout: Duration,
     stream: Option<BufReader<TcpStream>>,
+    resends: u64,
 }
 
 impl Connection {
     pub fn new(addr: SocketAddr, authority: &str, timeout: Duration) -> Connection {
-        Connection { addr, authority: authority.to_string(), timeout, stream: None }
+        Connection { addr, authority: authority.to_string(), timeout, stream: None, resends: 0 }
+    }
+
+    /// How many requests were sent a second time after their reused connection failed.
+    pub fn resends(&self) -> u64 {
+        self.resends
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -148,6 +155,7 @@ impl Connection {
         match self.exchange(method, req.as_bytes()) {
             Err(Error::Io(e)) if reused && is_stale(&e) => {
                 self.stream = None;
+                self.resends += 1;
                 self.exchange(method, req.as_bytes())
             }
             other => other,
@@ -328,5 +336,29 @@ mod tests {
         assert!(matches!(parse("SSH-2.0-OpenSSH\r\n\r\n"), Err(Error::Protocol(_))));
         assert!(matches!(parse(""), Err(Error::Io(_))));
         assert!(matches!(parse("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn a_request_resent_after_a_reused_connection_failed_is_counted() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Answers one request per connection, keep-alive, then closes without a word.
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut c = Connection::new(addr, "t", Duration::from_secs(5));
+        assert_eq!(c.request("GET", "/", &[]).unwrap().status, 200);
+        assert_eq!(c.resends(), 0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(c.request("GET", "/", &[]).unwrap().status, 200);
+        assert_eq!(c.resends(), 1, "the second request went out twice");
+        server.join().unwrap();
     }
 }

@@ -26,6 +26,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A base64 secret as the bytes it stands for (what a careless log line would print).
+pub fn decoded_secret(secret: &str) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(secret).unwrap();
+    String::from_utf8(raw).expect("the tests' secrets are printable")
+}
+
 pub fn demo_keyring() -> Keyring {
     Keyring::parse(DEMO_KEYS, None).unwrap()
 }
@@ -221,6 +228,8 @@ pub struct EnvoyConfig {
     pub env: Vec<(String, String)>,
     /// Envoy's `--log-level` (the wasm component always logs at debug or finer).
     pub log_level: &'static str,
+    /// Envoy's worker threads (`--concurrency`), 2 unless a test needs otherwise.
+    pub concurrency: u32,
 }
 
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
@@ -234,12 +243,18 @@ impl EnvoyConfig {
 
     /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
     pub fn from_yaml(yaml: String) -> EnvoyConfig {
-        EnvoyConfig { yaml, env: Vec::new(), log_level: "info" }
+        EnvoyConfig { yaml, env: Vec::new(), log_level: "info", concurrency: 2 }
     }
 
     /// Runs Envoy at this log level (`trace` logs every header and the whole config).
     pub fn log_level(mut self, level: &'static str) -> Self {
         self.log_level = level;
+        self
+    }
+
+    /// Runs Envoy with this many worker threads.
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = workers;
         self
     }
 
@@ -436,17 +451,29 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy and waits until it is ready, sees every pod healthy, and its workers do
-    /// too: a host's health change reaches the workers' load balancers up to
-    /// `update_merge_window` (1 s) after `/clusters` shows it (a run that minted 1,000
-    /// sessions in that second put none on one of three pods).
+    /// Starts Envoy and waits until it is ready and its workers route to every pod.
+    ///
+    /// Envoy builds its load balancers from the first health-check round. A pod that failed
+    /// a check (on a loaded machine, a first check can exceed the 0.5 s timeout) turns
+    /// healthy on `/clusters` a merge window (`update_merge_window`, 1 s) before the workers
+    /// route to it: traffic sent at once would avoid it (a test then saw 1,000 new sessions
+    /// skip a pod, and a session's hash owner change between two requests). So after any
+    /// failed health check, the start waits the merge window out.
     pub fn start(config: EnvoyConfig, pods: &[&Pod]) -> Envoy {
         let mut envoy = Envoy::spawn(config);
         envoy.wait_ready();
         for pod in pods {
             envoy.wait_health(pod.addr, true);
         }
-        if !pods.is_empty() {
+        let failed_checks: u64 = envoy
+            .admin_get("/stats?filter=health_check\\.failure$")
+            .lines()
+            .filter_map(|l| l.split_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum();
+        if failed_checks > 0 {
+            eprintln!(
+                "Envoy start: {failed_checks} failed health checks; waiting for the workers' load balancers"
+            );
             envoy.settle();
         }
         envoy
@@ -460,6 +487,7 @@ impl Envoy {
         let config_path = dir.join("envoy.yaml");
         let env = config.env.clone();
         let level = config.log_level;
+        let workers = config.concurrency.to_string();
         let wasm_level = if level == "trace" { "wasm:trace" } else { "wasm:debug" };
         std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
         let log_path = dir.join("envoy.log");
@@ -468,7 +496,7 @@ impl Envoy {
             .current_dir(repo())
             .arg("-c")
             .arg(&config_path)
-            .args(["--disable-hot-restart", "--concurrency", "2", "--log-level", level])
+            .args(["--disable-hot-restart", "--concurrency", &workers, "--log-level", level])
             .args(["--component-log-level", wasm_level])
             .envs(env)
             .stdout(log.try_clone().unwrap())
@@ -566,19 +594,27 @@ impl Envoy {
         });
     }
 
+    /// The body of an admin endpoint. An unreachable admin port or a non-200 answer fails
+    /// the test: a wait or check built on admin output must never pass on an empty body.
     pub fn admin_get(&self, path: &str) -> String {
-        http_to(self.admin_addr(), "GET", path, &[]).map(|r| r.body_text()).unwrap_or_default()
+        match http_to(self.admin_addr(), "GET", path, &[]) {
+            Ok(r) if r.status == 200 => r.body_text(),
+            Ok(r) => panic!("Envoy admin GET {path}: status {}: {}", r.status, r.body_text()),
+            Err(e) => panic!("Envoy admin GET {path} on {}: {e}", self.admin_addr()),
+        }
     }
 
-    /// A counter or gauge from `/stats` (0 when absent).
+    /// A counter or gauge from `/stats`. A name Envoy does not have fails the test (a
+    /// misspelt or renamed stat must not read as 0).
     pub fn stat(&self, name: &str) -> u64 {
         let stats = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")));
-        stats
+        let value = stats
             .lines()
             .filter_map(|l| l.split_once(": "))
             .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0)
+            .map(|(_, v)| v.trim())
+            .unwrap_or_else(|| panic!("Envoy has no stat named `{name}`"));
+        value.parse().unwrap_or_else(|_| panic!("stat `{name}` is not a number: {value:?}"))
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -620,6 +656,16 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// What `pod()` gives when the response names no pod: unique per parsed response, so
+    /// two failed responses never compare equal as "the same pod".
+    no_pod: String,
+}
+
+/// A placeholder pod name no real pod has, different for every call.
+pub fn no_pod_placeholder(status: u16) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("(no x-pod header: response #{n}, status {status})")
 }
 
 impl Response {
@@ -631,8 +677,10 @@ impl Response {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
+    /// The pod that answered (`x-pod`); without that header, a placeholder that equals no
+    /// pod name and no other response's placeholder.
     pub fn pod(&self) -> &str {
-        self.header("x-pod").unwrap_or("(none)")
+        self.header("x-pod").unwrap_or(&self.no_pod)
     }
 
     /// The whole Set-Cookie header for our cookie, if the response set it.
@@ -667,14 +715,31 @@ pub fn http_to(
     raw_request(addr, &req)
 }
 
-/// Sends raw request bytes and reads the response until the server closes.
+/// Sends raw request bytes and reads the response: up to its `content-length` if it has
+/// one, else until the server closes. (Envoy keeps a connection it closes after a local
+/// reply open for up to `delayed_close_timeout`, 1 s, waiting for the client to close
+/// first: reading to the end would make every such reply take a second.)
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     stream.set_nodelay(true)?;
     stream.write_all(request)?;
     let mut buf = Vec::new();
-    stream.read_to_end(&mut buf)?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let length = parse_response(&buf[..head_end + 4])
+                .and_then(|r| r.header("content-length").and_then(|v| v.parse::<usize>().ok()));
+            if length.is_some_and(|len| buf.len() >= head_end + 4 + len) {
+                break;
+            }
+        }
+    }
     parse_response(&buf).ok_or_else(|| {
         std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
     })
@@ -689,7 +754,7 @@ pub fn parse_response(buf: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some(Response { status, headers, body: buf[head_end + 4..].to_vec() })
+    Some(Response { status, headers, body: buf[head_end + 4..].to_vec(), no_pod: no_pod_placeholder(status) })
 }
 
 /// Opens a WebSocket through `addr`; returns the handshake response and the first text

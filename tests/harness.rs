@@ -1,0 +1,51 @@
+//! The harness's own traps, closed: a check built on Envoy's admin output fails when the
+//! admin port does not answer (instead of reading an empty page as "host gone" or
+//! "unhealthy"), a stat Envoy does not have fails instead of reading 0, and two responses
+//! that name no pod never count as "the same pod".
+
+mod common;
+
+use common::*;
+
+/// An Envoy whose admin address points at a port nothing listens on.
+fn unreachable_admin() -> (Vec<Pod>, Envoy) {
+    let pods = Pod::start_many(1);
+    let mut envoy = Envoy::start(EnvoyConfig::shipped().endpoints(&addrs(&pods)), &[&pods[0]]);
+    envoy.admin = free_port();
+    (pods, envoy)
+}
+
+#[test]
+#[should_panic(expected = "Envoy admin GET /clusters")]
+fn waiting_for_a_pod_to_be_unhealthy_fails_when_admin_is_unreachable() {
+    let (pods, envoy) = unreachable_admin();
+    envoy.wait_health(pods[0].addr, false);
+}
+
+#[test]
+#[should_panic(expected = "Envoy admin GET /clusters")]
+fn waiting_for_a_host_to_be_removed_fails_when_admin_is_unreachable() {
+    let (pods, envoy) = unreachable_admin();
+    envoy.wait_flags(pods[0].addr, None);
+}
+
+#[test]
+fn a_stat_envoy_does_not_have_fails_the_test() {
+    let pods = Pod::start_many(1);
+    let envoy = Envoy::start(EnvoyConfig::shipped().endpoints(&addrs(&pods)), &[&pods[0]]);
+    assert_eq!(envoy.stat("wasm.tether.vm_reload_success"), 0);
+    let missing = std::panic::catch_unwind(|| envoy.stat("wasm.tether.vm_reload_succes"));
+    let message = missing.expect_err("a misspelt stat read as a number");
+    let message = message.downcast_ref::<String>().map(String::as_str).unwrap_or_default();
+    assert!(message.contains("no stat named `wasm.tether.vm_reload_succes`"), "{message}");
+}
+
+#[test]
+fn two_responses_without_a_pod_never_name_the_same_pod() {
+    let reply = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+    let (a, b) = (parse_response(reply).unwrap(), parse_response(reply).unwrap());
+    assert_ne!(a.pod(), b.pod());
+    let served = parse_response(b"HTTP/1.1 200 OK\r\nx-pod: pod-a\r\ncontent-length: 0\r\n\r\n").unwrap();
+    assert_eq!(served.pod(), "pod-a");
+    assert!(a.pod().contains("no x-pod header"), "{}", a.pod());
+}
