@@ -228,10 +228,22 @@ def replace_once(text, old, new):
 # ------------------------------------------------------------------------- the browser
 
 class Browser:
-    """One Chromium with a profile directory of its own (kept for a restart)."""
+    """One Chromium with a profile directory of its own (kept for a restart).
 
-    def __init__(self, pw, profile, tls=None):
+    Third-party cookies: this Chromium (156, headless) blocks them by default
+    (`blockedReasons: UserPreferences` on a cross-site request), as Chrome does in
+    incognito windows and Safari/Firefox do by default; regular Chrome windows allow them.
+    The profile states the choice explicitly (`profile.cookie_controls_mode`: 0 allow, 1
+    block), so that a cookie missing from a cross-site request is SameSite's doing."""
+
+    def __init__(self, pw, profile, tls=None, third_party_cookies=True):
         self.pw, self.profile, self.tls = pw, profile, tls
+        prefs = profile / "Default" / "Preferences"
+        if not prefs.exists():
+            prefs.parent.mkdir(parents=True)
+            prefs.write_text(json.dumps({"profile": {
+                "cookie_controls_mode": 0 if third_party_cookies else 1,
+                "block_third_party_cookies": not third_party_cookies}}))
         self.console, self.responses = [], []
         self.context = None
         self.launch()
@@ -341,8 +353,10 @@ class BrowserTest(unittest.TestCase):
         self.envoys.append(envoy)
         return envoy
 
-    def start_browser(self, tls=None, profile=None):
-        b = Browser(self.pw, profile or self.dir / f"profile{len(self.browsers)}", tls=tls)
+    def start_browser(self, tls=None, third_party_cookies=True):
+        self.profiles = getattr(self, "profiles", 0) + 1
+        b = Browser(self.pw, self.dir / f"profile{self.profiles}", tls=tls,
+                    third_party_cookies=third_party_cookies)
         self.browsers.append(b)
         return b
 
@@ -426,7 +440,8 @@ class BrowserTest(unittest.TestCase):
         log(f"httpOnly true: document.cookie = {seen!r}; the store holds tether (HttpOnly); script overwrite ignored")
 
         # Control: the same page with httpOnly false does show the token to script. (Cookies
-        # do not isolate by port: this Envoy's cookie replaces the first one.)
+        # do not isolate by port, and both Envoys share key and scope: start afresh.)
+        browser.context.clear_cookies()
         self.load(browser, visible.url(APP))
         stored = self.only_cookie(browser)
         self.assertFalse(stored["httpOnly"])
@@ -435,9 +450,9 @@ class BrowserTest(unittest.TestCase):
         log("httpOnly false (control): document.cookie shows tether=<token>")
 
     def test_https_secure_samesite_none_is_sent_cross_site(self):
-        """SameSite=None (implies Secure): a cross-site credentialed fetch and a cross-site
-        iframe both carry the cookie and reach the owner; the browser keeps it only over
-        HTTPS."""
+        """SameSite=None (implies Secure) over HTTPS: a cross-site credentialed fetch and a
+        cross-site iframe both carry the cookie and reach the owner, where the browser
+        allows third-party cookies; where it blocks them, SameSite=None does not help."""
         pods = self.start_pods()
         tls = self.tls()
         envoy = self.start_envoy(self.plugin(cookie={"sameSite": "None"}), pods, tls=tls)
@@ -458,6 +473,17 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(frame_pod, (owner, "hit"))
         self.assertEqual(self.only_cookie(browser)["value"], cookie["value"])
         log(f"SameSite=None over HTTPS: cross-site fetch and iframe reached {owner} with the cookie")
+
+        blocking = self.start_browser(tls=tls, third_party_cookies=False)
+        page = blocking.page()
+        _, owner = self.load(blocking, envoy.url(APP))
+        cookie = self.only_cookie(blocking)
+        self.load(blocking, envoy.url(OTHER))
+        got = page.evaluate("url => demo.call('GET', url)", envoy.url(APP, "/api/cross-site"))
+        self.assertEqual((got["status"], got["tether"], got["body"]["cookie"]), (200, "new", ""))
+        self.assertEqual(self.iframe_pod(page, envoy.url(APP))[1], "new")
+        self.assertEqual(self.only_cookie(blocking)["value"], cookie["value"])
+        log("SameSite=None with third-party cookies blocked: cross-site fetch and iframe carry no cookie")
 
     def iframe_pod(self, page, url):
         """Embeds `url` in an iframe of `page`; returns (pod, x-tether) of the framed page."""
@@ -528,10 +554,20 @@ class BrowserTest(unittest.TestCase):
                 self.assertEqual(arrived[1], "new")
                 replaced = self.only_cookie(browser)
                 self.assertNotEqual(replaced["value"], cookie["value"])
-                resp = page.reload()  # same-site from here on: the new cookie is sent
-                self.assertEqual((resp.headers.get("x-pod"), resp.headers.get("x-tether")), (arrived[0], "hit"))
+                # A reload of that page keeps the cross-site initiator: no cookie again, and
+                # one more new session replaces the cookie.
+                resp = page.reload()
+                self.assertEqual(resp.headers.get("x-tether"), "new")
+                replaced = self.only_cookie(browser)
+                # A same-site link from there on carries the newest cookie.
+                with page.expect_navigation() as nav:
+                    self.click_link(page, envoy.url(APP, "/page.html?then-same-site"))
+                self.assertEqual((nav.value.headers.get("x-pod"), nav.value.headers.get("x-tether")),
+                                 (resp.headers.get("x-pod"), "hit"))
+                self.assertEqual(self.only_cookie(browser)["value"], replaced["value"])
                 log(f"Strict: same-site link reaches {owner}; cross-site fetch, iframe and link go without "
-                    f"the cookie; the link's new session (now {arrived[0]}) replaces it")
+                    f"the cookie; the link's new session replaces it (so does a reload of that page); "
+                    f"same-site links then stay on {resp.headers.get('x-pod')}")
             browser.close()
             self.browsers.remove(browser)
 
