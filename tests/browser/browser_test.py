@@ -26,7 +26,9 @@ valid one: no certificate error, `isSecureContext` is true), HTTP/2 by ALPN.
 On a failure each test prints the browser's console, the responses it saw, and Envoy's
 log (access log and tether's lines). Every wait is bounded in time and count.
 """
+import atexit
 import base64
+import hashlib
 import json
 import os
 import random
@@ -88,6 +90,16 @@ def http_get(url, timeout=2):
         return r.status, r.read().decode()
 
 
+CHILDREN = []  # every pod and Envoy process, killed at exit whatever happened
+
+
+@atexit.register
+def _kill_children():
+    for proc in CHILDREN:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def envoy_binary():
     if os.environ.get("ENVOY"):
         return os.environ["ENVOY"]
@@ -103,7 +115,12 @@ class Pod:
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "demo/pod.py"), "--name", name, "--port", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(f"pod {name}", 10, self._up)
+        CHILDREN.append(self.proc)
+        try:
+            wait_until(f"pod {name}", 10, self._up)
+        except AssertionError:
+            self.kill()
+            raise
 
     def _up(self):
         try:
@@ -132,7 +149,7 @@ class Tls:
             f"openssl x509 -in {self.cert} -pubkey -noout | openssl pkey -pubin -outform der",
             shell=True, check=True, capture_output=True).stdout
         # SHA-256 of the SubjectPublicKeyInfo, what --ignore-certificate-errors-spki-list takes.
-        self.spki = base64.b64encode(__import__("hashlib").sha256(der).digest()).decode()
+        self.spki = base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
 class Envoy:
@@ -173,16 +190,21 @@ class Envoy:
                 [envoy_binary(), "-c", str(directory / "envoy.yaml"), "--disable-hot-restart",
                  "--concurrency", "2", "--log-level", "info", "--component-log-level", "wasm:debug"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        CHILDREN.append(self.proc)
         if expect_failure:
             return
-        wait_until("Envoy ready", 30, self._ready)
-        wait_until("every pod healthy in Envoy", 20, self._all_healthy)
+        try:
+            wait_until("Envoy ready", 30, self._ready)
+            wait_until("every pod healthy in Envoy", 20, self._all_healthy)
+        except AssertionError as e:
+            self.stop()
+            raise AssertionError(f"{e}\n--- Envoy log ({self.log_path}):\n{self.log_tail()}") from None
         # Host health reaches the workers' load balancers after update_merge_window (1 s).
         time.sleep(1.5)
 
     def _ready(self):
         if self.proc.poll() is not None:
-            raise AssertionError(f"Envoy exited ({self.proc.returncode}):\n{self.log_tail()}")
+            raise AssertionError(f"Envoy exited ({self.proc.returncode}) before it was ready")
         try:
             return http_get(f"http://127.0.0.1:{self.admin}/ready")[0] == 200
         except OSError:
