@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change probe tools
+.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change probe tools browser-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -21,9 +21,18 @@ build-crash-test: wasm-target
 envoy:
 	@scripts/envoy.sh
 
-## tools: what the tests need besides Rust and Envoy (skopeo for the image test)
-tools:
+## tools: what the tests need besides Rust and Envoy (skopeo for the image test; Chromium
+## and Playwright for the browser tests)
+tools: browser-tools
 	@command -v skopeo >/dev/null || { echo "installing skopeo (Debian package)"; apt-get update -qq && apt-get install -y -qq skopeo; }
+
+## browser-tools: Debian's chromium (apt-get) and Playwright, pinned, in .tools/browser-venv
+browser-tools:
+	@scripts/browser.sh >/dev/null
+
+# The browser suite: headless Chromium through real Envoy and the demo pods (~70 s).
+browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browser.sh)" \
+	  tests/browser/browser_test.py $(1) 2>&1 | tee target/test-browser.log
 
 ## test: lints, native unit tests, and integration tests against real Envoy
 test: tools lint build build-crash-test
@@ -31,6 +40,13 @@ test: tools lint build build-crash-test
 	set -o pipefail; ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2 \
 	  2>&1 | tee target/test.log
 	@awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
+	$(call browser_tests)
+
+## test-browser: the browser suite alone (also part of `make test`); one test: make
+## test-browser T=test_header_mode_from_a_page_script
+test-browser: browser-tools build
+	@mkdir -p target
+	$(call browser_tests,$(if $(T),-k $(T)))
 
 ## unit: the fast native unit tests only
 unit:

@@ -7,11 +7,19 @@ GET /healthz -> 200 "ok". Any other request -> 200 "<name>" with headers
 x-pod: <name>, and x-seen-host / x-seen-key / x-seen-cookie echoing the steering
 headers and the Cookie headers Envoy forwarded (so tests can see what tether set). A WebSocket upgrade is accepted:
 the pod sends one text frame holding its name, then echoes text frames until close.
+
+For browsers (tests/browser/): GET /page.html -> a small HTML page naming the pod
+(<body data-pod=...>) whose script `window.demo` makes fetches, a POST-then-POST flow
+(/whip, then /listening/start) and a WebSocket. A GET or POST sent with
+`Accept: application/json` is answered as JSON {"pod", "method", "path", "cookie"} (the
+Cookie it carried), with CORS headers for a credentialed fetch from another origin.
 """
 import argparse
 import base64
 import hashlib
+import html
 import http.server
+import json
 import socket
 import socketserver
 import struct
@@ -45,11 +53,52 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _wants_json(self):
+        return "application/json" in self.headers.get("accept", "")
+
+    def _answer_json(self):
+        body = json.dumps({
+            "pod": self.server.pod_name,
+            "method": self.command,
+            "path": self.path,
+            "cookie": " | ".join(self.headers.get_all("cookie") or []),
+        }).encode()
+        self.send_response(200)
+        self._common_headers()
+        origin = self.headers.get("origin")
+        if origin:  # a credentialed fetch from another origin may read the answer
+            self.send_header("access-control-allow-origin", origin)
+            self.send_header("access-control-allow-credentials", "true")
+            self.send_header("access-control-expose-headers", "x-pod, x-tether, x-tether-session")
+            self.send_header("vary", "origin")
+        self.send_header("content-type", "application/json")
+        self.send_header("cache-control", "no-store")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _page(self):
+        name = html.escape(self.server.pod_name, quote=True)
+        body = PAGE.replace("{pod}", name).encode()
+        self.send_response(200)
+        self._common_headers()
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("cache-control", "no-store")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     def do_GET(self):
         if self.path == "/healthz":
             return self._answer("ok\n")
         if self.headers.get("upgrade", "").lower() == "websocket":
             return self._websocket()
+        if self.path.split("?")[0] == "/page.html":
+            return self._page()
+        if self._wants_json():
+            return self._answer_json()
         self._answer(self.server.pod_name + "\n")
 
     do_HEAD = do_GET
@@ -57,6 +106,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", "0") or 0)
         self.rfile.read(length)
+        if self._wants_json():
+            return self._answer_json()
         self._answer(self.server.pod_name + "\n")
 
     def _websocket(self):
@@ -113,6 +164,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
         mask = self._read_exact(4) if masked else b"\0\0\0\0"
         data = self._read_exact(n)
         return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+# The browser test page. Its script only uses relative URLs, so it works on any origin.
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>tether demo: {pod}</title></head>
+<body data-pod="{pod}"><h1>{pod}</h1>
+<script>
+"use strict";
+window.demo = {
+  // One JSON request; `headers` adds request headers (e.g. the token in header mode).
+  async call(method, url, body, headers) {
+    const init = { method, headers: Object.assign({ accept: "application/json" }, headers || {}),
+                   credentials: "include", cache: "no-store" };
+    if (body !== undefined) init.body = body;
+    const r = await fetch(url, init);
+    const json = await r.json();
+    return { status: r.status, pod: r.headers.get("x-pod"), tether: r.headers.get("x-tether"),
+             session: r.headers.get("x-tether-session"), body: json };
+  },
+  // Like a WHIP client: POST the offer, then POST to start listening (seed 000's flow).
+  async whipThenStart() {
+    const offer = await demo.call("POST", "/whip", "v=0\\r\\no=- 0 0 IN IP4 127.0.0.1\\r\\n",
+                                  { "content-type": "application/sdp" });
+    const start = await demo.call("POST", "/listening/start", JSON.stringify({ stream: "s1" }),
+                                  { "content-type": "application/json" });
+    return [offer, start];
+  },
+  // Opens a WebSocket: the pod's first frame is its name; then one echo; then close.
+  ws(path) {
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
+    return new Promise((resolve, reject) => {
+      const sock = new WebSocket(url);
+      const got = [];
+      const timer = setTimeout(() => { sock.close(); reject(new Error("websocket timeout: " + got)); }, 5000);
+      sock.onerror = () => { clearTimeout(timer); reject(new Error("websocket error")); };
+      sock.onmessage = (e) => {
+        got.push(e.data);
+        if (got.length === 1) sock.send("echo-" + e.data);
+        else { clearTimeout(timer); sock.close(); resolve({ first: got[0], echo: got[1] }); }
+      };
+    });
+  },
+};
+</script></body></html>
+"""
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
