@@ -635,8 +635,8 @@ def pin(image, layout, manifests, out_dir):
         written.append(name)
     print(f"wrote {', '.join(written)} to {out_dir}/")
     print(f"image:  {url}")
-    print(f"push it before applying: skopeo copy oci:{layout} docker://{image.removeprefix('oci://')}"
-          " (skopeo keeps the digest)")
+    print(f"push it before applying: make push IMAGE={image.removeprefix('oci://')}"
+          " (skopeo; it checks the registry reports this digest)")
 
 
 def main():
