@@ -27,9 +27,10 @@ for target in "${targets[@]}"; do
   echo "== fuzz $target (${args[*]})"
   # New finds go to a scratch corpus, so the committed seed corpus stays small.
   scratch="$(mktemp -d)"
-  cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- "${args[@]}" -print_final_stats=1 2>&1 \
-    | grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked|SUMMARY|==[0-9]+==" || true
-  status=${PIPESTATUS[0]}
+  # With pipefail the pipeline fails when the fuzzer does (grep's own status is ignored).
+  if cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- "${args[@]}" -print_final_stats=1 2>&1 \
+    | { grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked|SUMMARY|==[0-9]+==" || true; }
+  then status=0; else status=$?; fi
   rm -rf "$scratch"
   if [[ "$status" -ne 0 ]]; then
     echo "fuzz target $target FAILED (exit $status); see fuzz/artifacts/$target/" >&2

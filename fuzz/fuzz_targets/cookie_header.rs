@@ -97,6 +97,16 @@ fuzz_target!(|data: &[u8]| {
     for c in &cookies {
         presented.extend(tether::cookie::values_named(c, b"tether").map(|v| (v, Carrier::Cookie)));
     }
+    // tether verifies each distinct value once, and at most MAX_CANDIDATES of them (#15):
+    // a valid token behind that many refused values is not seen.
+    let mut distinct: Vec<(&[u8], Carrier)> = Vec::new();
+    for (v, carrier) in presented {
+        if !distinct.iter().any(|(d, _)| *d == v) {
+            distinct.push((v, carrier));
+        }
+    }
+    distinct.truncate(session::MAX_CANDIDATES);
+    let presented = distinct;
     let first_valid = presented.iter().find_map(|(v, carrier)| {
         token::open(v, &settings.keyring, SCOPE, now, limits).ok().map(|verified| (verified, *carrier))
     });

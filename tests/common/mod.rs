@@ -747,7 +747,8 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response
 
 pub fn parse_response(buf: &[u8]) -> Option<Response> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    // Header values may carry any byte (obs-text): the pod echoes a client's raw cookies.
+    let head = String::from_utf8_lossy(&buf[..head_end]);
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers = lines
