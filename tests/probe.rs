@@ -1,4 +1,4 @@
-//! tether-probe against tether: the demo pods behind the shipped Envoy. A measured run
+//! `tether probe` against tether: the demo pods behind the shipped Envoy. A measured run
 //! reports full stickiness over the three pods; in watch mode, killing a pod shows its
 //! sessions (and only those) moving to the survivors.
 
@@ -59,7 +59,9 @@ fn probe_reports_stickiness_and_the_sessions_a_dead_pod_loses() {
     let (out, err) = (Shared::default(), Shared::default());
     let probe = {
         let (mut out, mut err) = (out.clone(), err.clone());
-        std::thread::spawn(move || tether_probe::cli::run(&args, &mut out, &mut err))
+        std::thread::spawn(move || {
+            tether_cli::run(["tether", "probe"].into_iter().map(String::from).chain(args), &mut out, &mut err)
+        })
     };
     // Kill pod-b once the measured run is over and the watch has begun.
     let deadline = Instant::now() + Duration::from_secs(30);
