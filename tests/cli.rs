@@ -2,6 +2,8 @@
 //! keygen entries the filter's key parser accepts, token inspect on good and bad tokens
 //! (the filter's own `token::open`). Real-Envoy tests are in the workspace's tests/doctor.rs.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tether::keyring::Keyring;
@@ -146,4 +148,65 @@ fn token_inspect_prints_claims_or_the_reason() {
     let (code, _, err) = tether(&["token", "inspect", "--keys", "x", "--scope", "pods", &good]);
     assert_eq!(code, 2);
     assert!(err.contains("--keys"), "{err}");
+}
+
+#[test]
+fn keygen_keys_run_the_filter_and_token_inspect_agrees_with_it() {
+    let (_, entry, _) = tether(&["keygen", "fresh"]);
+    let entry = entry.trim().to_string();
+    let pods = common::Pod::start_many(2);
+    let config = common::debug_config(&pods).keys_env(&entry);
+    let envoy = common::Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let first = envoy.get("/", &[]);
+    assert_eq!(first.header("x-tether"), Some("new"));
+    let token = first.cookie_value().expect("the filter minted a token with the generated key");
+    let owner = common::pod_by_name(&pods, first.pod()).addr;
+    let (code, out, _) = tether(&["token", "inspect", "--keys", &entry, "--scope", "pods", &token]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("valid (signed, key fresh, the signing key)")
+            && out.contains(&format!("owner:    {owner}")),
+        "{out}"
+    );
+    // A tampered token, another key, another scope: the filter's reason and inspect's agree.
+    let mut tampered = token.clone().into_bytes();
+    let i = tampered.len() - 2;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let other_key = common::scoped_token(owner, [9; 16], "pods", "");
+    let other_scope = {
+        let ring = Keyring::parse(&entry, None).unwrap();
+        let t = SessionToken {
+            session: SessionId([3; 16]),
+            owner,
+            issued_at: common::now(),
+            expires_at: common::now() + 60,
+            cluster: String::new(),
+        };
+        token::seal(&t, ring.signing_key().unwrap(), "elsewhere")
+    };
+    for (tok, reason) in [
+        (&token, None),
+        (&tampered, Some("bad_signature")),
+        (&other_key, Some("unknown_key")),
+        (&other_scope, Some("wrong_scope")),
+    ] {
+        let filter = envoy.get_with_cookie(Some(tok));
+        let (code, out, _) = tether(&["token", "inspect", "--keys", &entry, "--scope", "pods", tok]);
+        match reason {
+            None => {
+                assert_eq!(filter.header("x-tether"), Some("hit"));
+                assert_eq!(code, 0, "{out}");
+            }
+            Some(reason) => {
+                assert_eq!(
+                    filter.header("x-tether"),
+                    Some(format!("invalid:{reason}").as_str()),
+                    "filter on {tok}"
+                );
+                assert_eq!(code, 1, "{out}");
+                assert!(out.contains(&format!("refused: {reason}")), "{out}");
+            }
+        }
+    }
 }

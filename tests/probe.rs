@@ -120,7 +120,8 @@ fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
 
 fn probe(args: &[&str]) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = tether_cli::run(["tether", "probe"].into_iter().chain(args.iter().copied()), &mut out, &mut err);
+    let code =
+        tether_cli::run(["tether", "probe"].into_iter().chain(args.iter().copied()), &mut out, &mut err);
     (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
 }
 
@@ -137,7 +138,8 @@ fn probe_measures_through_an_envoy_tls_listener_over_http2_and_http1() {
         cert.display(),
         key.display()
     );
-    let config = EnvoyConfig::shipped().endpoints(&addrs(&pods)).edit("    filter_chains:\n    - filters:\n", &tls);
+    let config =
+        EnvoyConfig::shipped().endpoints(&addrs(&pods)).edit("    filter_chains:\n    - filters:\n", &tls);
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
     let url = format!("https://{}/", envoy.addr());
     let cacert = cert.to_str().unwrap();
@@ -151,8 +153,14 @@ fn probe_measures_through_an_envoy_tls_listener_over_http2_and_http1() {
         assert!(line(&out, "tether probe:").contains(&format!("over {version}")), "{out}");
         assert!(line(&out, "requests:").contains("240 sent"), "{out}");
         assert!(line(&out, "requests:").contains("240 answered by a pod, 0 failed"), "{out}");
-        assert!(line(&out, "cookies:").contains("60 of 60 sessions hold a `tether` cookie; 0 later"), "{out}");
-        assert!(line(&out, "stickiness:").contains("100.00% of sessions stayed on one pod (60 of 60)"), "{out}");
+        assert!(
+            line(&out, "cookies:").contains("60 of 60 sessions hold a `tether` cookie; 0 later"),
+            "{out}"
+        );
+        assert!(
+            line(&out, "stickiness:").contains("100.00% of sessions stayed on one pod (60 of 60)"),
+            "{out}"
+        );
         assert!(line(&out, "pods:").starts_with("pods:        3 "), "{out}");
     }
     // The certificate is verified: without --cacert the probe refuses the server.
