@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change probe tools browser-tools test-browser
+.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -73,10 +73,13 @@ fuzz-long:
 change: build
 	ENVOY="$$(scripts/envoy.sh)" cargo test --release --test change -- --test-threads=1 --nocapture
 
-## probe: the tether-probe command-line tool at target/release/tether-probe
-probe:
-	cargo build --release -p tether-probe
-	@echo "built target/release/tether-probe (try: target/release/tether-probe --help)"
+## cli: the operator command at target/release/tether (doctor, probe, keygen, token inspect)
+cli:
+	cargo build --release -p tether-cli
+	@echo "built target/release/tether (try: target/release/tether doctor --config envoy/envoy.yaml)"
+
+## probe: the same command (`tether probe` replaced tether-probe)
+probe: cli
 
 ## bench: tether against Envoy's own affinity options, same run (not part of `make test`)
 bench: build

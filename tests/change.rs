@@ -4,13 +4,13 @@
 
 mod common;
 
+use common::http::Connection;
 use common::*;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tether_probe::http::Connection;
 
 /// What one request through Envoy gave.
 #[derive(Debug, Clone)]

@@ -274,7 +274,7 @@ fn wait_flags(envoy: &Envoy, pod: SocketAddr, want: Option<&str>) {
 }
 
 /// One request on a keep-alive connection: (pod, the tether cookie it set).
-fn ask(conn: &mut tether_probe::http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
+fn ask(conn: &mut common::http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
     let header = cookie.map(|c| format!("{COOKIE}={c}"));
     let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
     let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));

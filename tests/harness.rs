@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 /// An Envoy whose admin address points at a port nothing listens on.
 fn unreachable_admin() -> (Vec<Pod>, Envoy) {
@@ -48,4 +49,30 @@ fn two_responses_without_a_pod_never_name_the_same_pod() {
     let served = parse_response(b"HTTP/1.1 200 OK\r\nx-pod: pod-a\r\ncontent-length: 0\r\n\r\n").unwrap();
     assert_eq!(served.pod(), "pod-a");
     assert!(a.pod().contains("no x-pod header"), "{}", a.pod());
+}
+
+/// The keep-alive client resends a request once when a reused connection turns out closed;
+/// it counts that, so load tests can report a resend as what it is.
+#[test]
+fn a_request_resent_after_a_reused_connection_failed_is_counted() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers one request per connection, keep-alive, then closes without a word.
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let mut c = common::http::Connection::new(addr, "t", Duration::from_secs(5));
+    assert_eq!(c.request("GET", "/", &[]).unwrap().status, 200);
+    assert_eq!(c.resends(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.request("GET", "/", &[]).unwrap().status, 200);
+    assert_eq!(c.resends(), 1, "the second request went out twice");
+    server.join().unwrap();
 }

@@ -1,4 +1,4 @@
-//! tether-probe against tether: the demo pods behind the shipped Envoy. A measured run
+//! `tether probe` against tether: the demo pods behind the shipped Envoy. A measured run
 //! reports full stickiness over the three pods; in watch mode, killing a pod shows its
 //! sessions (and only those) moving to the survivors.
 
@@ -59,7 +59,9 @@ fn probe_reports_stickiness_and_the_sessions_a_dead_pod_loses() {
     let (out, err) = (Shared::default(), Shared::default());
     let probe = {
         let (mut out, mut err) = (out.clone(), err.clone());
-        std::thread::spawn(move || tether_probe::cli::run(&args, &mut out, &mut err))
+        std::thread::spawn(move || {
+            tether_cli::run(["tether", "probe"].into_iter().map(String::from).chain(args), &mut out, &mut err)
+        })
     };
     // Kill pod-b once the measured run is over and the watch has begun.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -95,4 +97,77 @@ fn probe_reports_stickiness_and_the_sessions_a_dead_pod_loses() {
     );
     assert!(line(&out, "moved:").ends_with("; 0 requests failed"), "{out}");
     assert!(line(&out, "now:").contains(&format!("{on_b} sessions away from their first pod")), "{out}");
+}
+
+/// A self-signed certificate for 127.0.0.1, made now with `openssl req`.
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=tether-test", "-addext", "subjectAltName=IP:127.0.0.1"])
+        // An end-entity certificate (webpki refuses a CA certificate as the server's own).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
+}
+
+fn probe(args: &[&str]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code =
+        tether_cli::run(["tether", "probe"].into_iter().chain(args.iter().copied()), &mut out, &mut err);
+    (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+}
+
+#[test]
+fn probe_measures_through_an_envoy_tls_listener_over_http2_and_http1() {
+    let dir = scratch_dir("probe-tls");
+    let (cert, key) = certificate(&dir);
+    let pods = Pod::start_many(3);
+    let tls = format!(
+        "    filter_chains:\n    - transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          \
+         common_tls_context:\n            alpn_protocols: [h2, http/1.1]\n            tls_certificates:\n            \
+         - certificate_chain: {{ filename: \"{}\" }}\n              private_key: {{ filename: \"{}\" }}\n      filters:\n",
+        cert.display(),
+        key.display()
+    );
+    let config =
+        EnvoyConfig::shipped().endpoints(&addrs(&pods)).edit("    filter_chains:\n    - filters:\n", &tls);
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let url = format!("https://{}/", envoy.addr());
+    let cacert = cert.to_str().unwrap();
+    for (flags, version) in [(&[][..], "HTTP/2.0"), (&["--http1"][..], "HTTP/1.1")] {
+        let mut args = vec!["-n", "60", "-m", "4", "--cookie", "tether", "--no-progress", "--cacert", cacert];
+        args.extend_from_slice(flags);
+        args.push(&url);
+        let (code, out, err) = probe(&args);
+        println!("{out}");
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(line(&out, "tether probe:").contains(&format!("over {version}")), "{out}");
+        assert!(line(&out, "requests:").contains("240 sent"), "{out}");
+        assert!(line(&out, "requests:").contains("240 answered by a pod, 0 failed"), "{out}");
+        assert!(
+            line(&out, "cookies:").contains("60 of 60 sessions hold a `tether` cookie; 0 later"),
+            "{out}"
+        );
+        assert!(
+            line(&out, "stickiness:").contains("100.00% of sessions stayed on one pod (60 of 60)"),
+            "{out}"
+        );
+        assert!(line(&out, "pods:").starts_with("pods:        3 "), "{out}");
+    }
+    // The certificate is verified: without --cacert the probe refuses the server.
+    let (code, _, err) = probe(&["-n", "2", "-m", "1", "--no-progress", &url]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach") && err.to_lowercase().contains("certificate"), "{err}");
+    // --insecure skips verification.
+    let (code, out, err) = probe(&["-n", "2", "-m", "1", "--no-progress", "--insecure", &url]);
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -200,7 +200,7 @@ fn wasmplugin_edits_under_load_fail_nothing_and_move_no_session() {
     assert!(set_cookies.iter().all(|c| !c.starts_with("tether-owner=")));
 }
 
-fn set_cookie_value(r: &tether_probe::http::Response) -> Option<String> {
+fn set_cookie_value(r: &common::http::Response) -> Option<String> {
     r.all("set-cookie")
         .find_map(|v| v.strip_prefix("tether=").map(|v| v.split(';').next().unwrap_or("").to_string()))
 }

@@ -3,6 +3,8 @@
 //! always runs (Drop) and prints Envoy's log when a test fails.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -584,8 +586,8 @@ impl Envoy {
     }
 
     /// A keep-alive HTTP/1.1 connection to the listener (the probe's client).
-    pub fn keep_alive(&self) -> tether_probe::http::Connection {
-        tether_probe::http::Connection::new(self.addr(), "app.test", Duration::from_secs(15))
+    pub fn keep_alive(&self) -> http::Connection {
+        http::Connection::new(self.addr(), "app.test", Duration::from_secs(15))
     }
 
     pub fn wait_health(&self, pod: SocketAddr, healthy: bool) {

@@ -1,68 +1,123 @@
-//! Command line: options, the measured run, the watch mode and the report.
+//! `tether probe`: measures session affinity of a deployment from the outside — stickiness,
+//! the spread of sessions over pods, and sessions moved during a rollout — over HTTP/1.1,
+//! HTTPS and HTTP/2. Each session keeps its own cookie store (`cookie_store`); requests go
+//! through one shared `reqwest` blocking client (connection pool, rustls, ALPN h2).
+
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::http::{Connection, Error, Response, Url};
-use crate::jar::Jar;
-use crate::stats::{self, Outcome};
+use cookie_store::CookieStore;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::blocking::Client;
+use stats::Outcome;
+use url::Url;
 
-pub const USAGE: &str = "\
-tether-probe: measures session affinity of a deployment from the outside.
-
-usage: tether-probe [options] http://host[:port]/path
-
-Runs N sessions of M requests each against the URL, each session with its own cookie jar
-and keep-alive connection, reads the response header that names the pod, and prints
-stickiness, the distribution of sessions over pods and its spread. With --watch it then
-sends one request per session every --interval (e.g. during a rollout) and prints how
-many sessions moved, from which pod to which.
-
-options:
-  -n, --sessions N         sessions (default 100)
-  -m, --requests M         requests per session (default 10)
-  -c, --concurrency C      sessions in flight at once (default 8)
-      --pod-header NAME    response header naming the pod (default x-pod)
-      --cookie NAME        the affinity cookie to report on (default: any cookie)
-  -H, --header 'K: V'      extra request header (repeatable)
-      --timeout SECS       per-request timeout (default 5)
-      --watch SECS         after the run, watch the sessions for SECS
-      --interval SECS      time between watch rounds (default 2)
-      --allow-no-cookie    measure even if the service sets no cookie
-      --min-stickiness P   exit 1 if fewer than P % of sessions stayed on one pod
-      --progress           show progress on stderr (default: when stderr is a terminal)
-      --no-progress        never show progress
-  -h, --help               this text
-
-Plain HTTP/1.1 only (no TLS, no HTTP/2). Durations: 30, 1.5, 500ms, 2s, 5m.
-exit status: 0 measured; 1 below --min-stickiness; 2 bad arguments; 3 could not measure.";
-
-#[derive(Debug, Clone, PartialEq)]
+/// `tether probe` options.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Durations: 30, 1.5, 500ms, 2s, 5m.\n\
+exit status: 0 measured; 1 below --min-stickiness; 2 bad arguments; 3 could not measure.")]
 pub struct Options {
+    /// The URL to measure: http:// or https://
+    #[arg(value_parser = parse_url)]
     pub url: Url,
+    /// Sessions
+    #[arg(short = 'n', long, default_value = "100", value_parser = count(1, 1_000_000))]
     pub sessions: usize,
+    /// Requests per session
+    #[arg(short = 'm', long, default_value = "10", value_parser = count(1, 100_000))]
     pub requests: usize,
+    /// Sessions in flight at once
+    #[arg(short = 'c', long, default_value = "8", value_parser = count(1, 512))]
     pub concurrency: usize,
+    /// Response header naming the pod that served
+    #[arg(long, default_value = "x-pod", value_parser = parse_pod_header)]
     pub pod_header: String,
+    /// The affinity cookie to report on (default: any cookie)
+    #[arg(long, value_parser = parse_cookie_name)]
     pub cookie: Option<String>,
+    /// Extra request header 'Name: value' (repeatable)
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// Per-request timeout
+    #[arg(long, default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// After the run, send one request per session every --interval for this long
+    #[arg(long, value_parser = parse_duration)]
     pub watch: Option<Duration>,
+    /// Time between watch rounds
+    #[arg(long, default_value = "2", value_parser = parse_interval)]
     pub interval: Duration,
+    /// Measure even if the service sets no cookie
+    #[arg(long)]
     pub allow_no_cookie: bool,
+    /// Exit 1 if fewer than this % of sessions stayed on one pod
+    #[arg(long, value_parser = parse_percent)]
     pub min_stickiness: Option<f64>,
-    pub progress: Option<bool>,
+    /// Trust this CA certificate (PEM) for https:// besides the built-in roots
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Do not verify the server's certificate (https://)
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// HTTP/1.1 only
+    #[arg(long, conflicts_with = "http2")]
+    pub http1: bool,
+    /// HTTP/2 only (for http:// URLs: h2c with prior knowledge)
+    #[arg(long)]
+    pub http2: bool,
+    /// Show progress on stderr (default: when stderr is a terminal)
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// Never show progress
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
-/// What `parse_args` found: options to run, or a request for help.
-#[derive(Debug)]
-pub enum Parsed {
-    Run(Box<Options>),
-    Help,
+fn parse_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err(format!("`{text}` has no host")),
+        other => Err(format!("`{other}://` is not supported (http:// or https://)")),
+    }
+}
+
+fn count(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |text| match text.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number from {min} to {max}")),
+    }
+}
+
+fn parse_pod_header(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.bytes().any(|b| b <= b' ' || b == b':') {
+        return Err(format!("`{value}` is not a header name"));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+fn parse_cookie_name(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.bytes().any(|b| b <= b' ' || b"=;,".contains(&b)) {
+        return Err(format!("`{value}` is not a cookie name"));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_header(value: &str) -> Result<(String, String), String> {
+    let (k, v) = value.split_once(':').ok_or_else(|| format!("`{value}` is not `Name: value`"))?;
+    let (k, v) = (k.trim(), v.trim());
+    if k.is_empty() || k.bytes().any(|b| b <= b' ') || v.contains(['\r', '\n']) {
+        return Err(format!("`{value}` is not `Name: value`"));
+    }
+    if ["host", "content-length", "cookie"].iter().any(|h| k.eq_ignore_ascii_case(h)) {
+        return Err(format!("`{k}` is set by the probe"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -87,157 +142,68 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_count(flag: &str, text: &str, min: usize, max: usize) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("{flag}: `{text}` is not a whole number from {min} to {max}")),
-    }
-}
-
-pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
-    let mut url = None;
-    let mut o = Options {
-        url: Url { authority: String::new(), host: String::new(), port: 0, path: String::new() },
-        sessions: 100,
-        requests: 10,
-        concurrency: 8,
-        pod_header: "x-pod".into(),
-        cookie: None,
-        headers: Vec::new(),
-        timeout: Duration::from_secs(5),
-        watch: None,
-        interval: Duration::from_secs(2),
-        allow_no_cookie: false,
-        min_stickiness: None,
-        progress: None,
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        // `--flag=value` or `--flag value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let takes_value = matches!(
-            flag,
-            "-n" | "--sessions"
-                | "-m"
-                | "--requests"
-                | "-c"
-                | "--concurrency"
-                | "--pod-header"
-                | "--cookie"
-                | "-H"
-                | "--header"
-                | "--timeout"
-                | "--watch"
-                | "--interval"
-                | "--min-stickiness"
-        );
-        let value = if takes_value {
-            match inline {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    args.get(i).cloned().ok_or_else(|| format!("{flag} needs a value"))?
-                }
-            }
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| {
+        if d < Duration::from_millis(10) {
+            Err("at least 10ms".into())
         } else {
-            String::new()
-        };
-        match flag {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "-n" | "--sessions" => o.sessions = parse_count(flag, &value, 1, 1_000_000)?,
-            "-m" | "--requests" => o.requests = parse_count(flag, &value, 1, 100_000)?,
-            "-c" | "--concurrency" => o.concurrency = parse_count(flag, &value, 1, 512)?,
-            "--pod-header" => {
-                if value.is_empty() || value.bytes().any(|b| b <= b' ' || b == b':') {
-                    return Err(format!("--pod-header: `{value}` is not a header name"));
-                }
-                o.pod_header = value.to_ascii_lowercase();
-            }
-            "--cookie" => {
-                if value.is_empty() || value.bytes().any(|b| b <= b' ' || b"=;,".contains(&b)) {
-                    return Err(format!("--cookie: `{value}` is not a cookie name"));
-                }
-                o.cookie = Some(value);
-            }
-            "-H" | "--header" => {
-                let (k, v) = value
-                    .split_once(':')
-                    .ok_or_else(|| format!("--header: `{value}` is not `Name: value`"))?;
-                let (k, v) = (k.trim(), v.trim());
-                if k.is_empty() || k.bytes().any(|b| b <= b' ') || v.contains(['\r', '\n']) {
-                    return Err(format!("--header: `{value}` is not `Name: value`"));
-                }
-                if k.eq_ignore_ascii_case("host") || k.eq_ignore_ascii_case("content-length") {
-                    return Err(format!("--header: `{k}` is set by the probe"));
-                }
-                o.headers.push((k.to_string(), v.to_string()));
-            }
-            "--timeout" => {
-                o.timeout = parse_duration(&value)?;
-                if o.timeout < Duration::from_millis(10) {
-                    return Err("--timeout: at least 10ms".into());
-                }
-            }
-            "--watch" => o.watch = Some(parse_duration(&value)?),
-            "--interval" => {
-                o.interval = parse_duration(&value)?;
-                if o.interval < Duration::from_millis(50) {
-                    return Err("--interval: at least 50ms".into());
-                }
-            }
-            "--allow-no-cookie" => o.allow_no_cookie = true,
-            "--min-stickiness" => match value.trim_end_matches('%').parse::<f64>() {
-                Ok(p) if (0.0..=100.0).contains(&p) => o.min_stickiness = Some(p),
-                _ => return Err(format!("--min-stickiness: `{value}` is not a percentage from 0 to 100")),
-            },
-            "--progress" => o.progress = Some(true),
-            "--no-progress" => o.progress = Some(false),
-            _ if flag.starts_with('-') && flag.len() > 1 => return Err(format!("unknown option `{flag}`")),
-            _ => {
-                if url.is_some() {
-                    return Err(format!("one URL only (got a second: `{arg}`)"));
-                }
-                url = Some(Url::parse(arg)?);
-            }
+            Ok(d)
         }
-        i += 1;
-    }
-    o.url = url.ok_or("no URL given")?;
-    if o.sessions.saturating_mul(o.requests) > 10_000_000 {
-        return Err("--sessions × --requests: at most 10,000,000 requests".into());
-    }
-    Ok(Parsed::Run(Box::new(o)))
+    })
 }
 
-/// Runs the probe with `args` (without the program name); returns the exit status.
-pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let options = match parse_args(args) {
-        Ok(Parsed::Run(o)) => o,
-        Ok(Parsed::Help) => {
-            let _ = writeln!(out, "{USAGE}");
-            return 0;
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| {
+        if d < Duration::from_millis(50) {
+            Err("at least 50ms".into())
+        } else {
+            Ok(d)
         }
-        Err(e) => {
-            let _ = writeln!(err, "tether-probe: {e}\n(see tether-probe --help)");
-            return 2;
-        }
-    };
-    match Probe::new(*options).and_then(|p| p.measure(out, err)) {
+    })
+}
+
+fn parse_percent(value: &str) -> Result<f64, String> {
+    match value.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{value}` is not a percentage from 0 to 100")),
+    }
+}
+
+/// Runs the probe; returns the exit status.
+pub fn run(o: Options, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    if o.sessions.saturating_mul(o.requests) > 10_000_000 {
+        let _ = writeln!(err, "tether probe: --sessions × --requests: at most 10,000,000 requests");
+        return 2;
+    }
+    match Probe::new(o).and_then(|p| p.measure(out, err)) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(err, "tether-probe: error: {e}");
+            let _ = writeln!(err, "tether probe: error: {e}");
             3
         }
     }
 }
 
+/// What one request gave back.
+struct Response {
+    status: u16,
+    version: reqwest::Version,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn set_cookies(&self) -> impl Iterator<Item = &str> {
+        self.headers.get_all(reqwest::header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok())
+    }
+}
+
 #[derive(Default)]
 struct Session {
-    jar: Jar,
+    jar: CookieStore,
     outcomes: Vec<Outcome>,
     /// Responses after the first that set the affinity cookie again (re-pins).
     cookie_resets: usize,
@@ -247,33 +213,68 @@ struct Session {
 
 struct Probe {
     o: Options,
-    addr: SocketAddr,
+    client: Client,
+    /// The URL cookies are stored under: the probe's URL with https, so that `Secure`
+    /// cookies are sent through a plain-HTTP port-forward too (every request goes to the
+    /// one URL; Domain, Path and expiry are honoured).
+    cookie_url: Url,
     started: Instant,
 }
 
 impl Probe {
     fn new(o: Options) -> Result<Probe, String> {
-        let addr = o.url.resolve().map_err(|e| format!("{e} (from the URL `{}`)", url_text(&o.url)))?;
-        Ok(Probe { o, addr, started: Instant::now() })
-    }
-
-    fn connection(&self) -> Connection {
-        Connection::new(self.addr, &self.o.url.authority, self.o.timeout)
-    }
-
-    fn send(&self, conn: &mut Connection, jar: &Jar) -> Result<Response, Error> {
-        let cookie = jar.header();
-        let mut headers: Vec<(&str, &str)> =
-            self.o.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        if let Some(c) = cookie.as_deref() {
-            headers.push(("cookie", c));
+        let mut builder = Client::builder()
+            .timeout(o.timeout)
+            .connect_timeout(o.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(o.concurrency)
+            .tcp_nodelay(true)
+            .danger_accept_invalid_certs(o.insecure);
+        if let Some(path) = &o.cacert {
+            let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("--cacert {}: not PEM certificates: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("--cacert {}: no certificate in it", path.display()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
-        conn.request("GET", &self.o.url.path, &headers)
+        if o.http1 {
+            builder = builder.http1_only();
+        }
+        if o.http2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        let client =
+            builder.build().map_err(|e| format!("HTTP client: {}", crate::doctor::model::chain(&e)))?;
+        let mut cookie_url = o.url.clone();
+        let _ = cookie_url.set_scheme("https");
+        Ok(Probe { o, client, cookie_url, started: Instant::now() })
     }
 
-    fn outcome(&self, r: &Result<Response, Error>) -> Outcome {
+    fn send(&self, jar: &CookieStore) -> Result<Response, String> {
+        let mut request = self.client.get(self.o.url.clone());
+        for (k, v) in &self.o.headers {
+            request = request.header(k, v);
+        }
+        let cookies: Vec<String> =
+            jar.get_request_values(&self.cookie_url).map(|(n, v)| format!("{n}={v}")).collect();
+        if !cookies.is_empty() {
+            request = request.header(reqwest::header::COOKIE, cookies.join("; "));
+        }
+        let response = request.send().map_err(|e| crate::doctor::model::chain(&e))?;
+        let (status, version, headers) =
+            (response.status().as_u16(), response.version(), response.headers().clone());
+        // Read the body so the connection goes back to the pool.
+        response.bytes().map_err(|e| crate::doctor::model::chain(&e))?;
+        Ok(Response { status, version, headers })
+    }
+
+    fn outcome(&self, r: &Result<Response, String>) -> Outcome {
         match r {
-            Err(e) => Outcome::Transport(e.to_string()),
+            Err(e) => Outcome::Transport(e.clone()),
             Ok(r) if r.status >= 500 => Outcome::Status(r.status),
             Ok(r) => match r.header(&self.o.pod_header) {
                 Some(pod) if !pod.is_empty() => Outcome::Served(pod.to_string()),
@@ -283,25 +284,33 @@ impl Probe {
     }
 
     /// Stores the response's cookies; returns whether it set the affinity cookie.
-    fn store_cookies(&self, jar: &mut Jar, r: &Response) -> bool {
+    fn store_cookies(&self, jar: &mut CookieStore, r: &Response) -> bool {
         let mut set = false;
-        for value in r.all("set-cookie") {
-            if let Some(name) = jar.store(value) {
-                set |= self.o.cookie.as_deref().map_or(true, |c| c == name);
+        for value in r.set_cookies() {
+            if jar.parse(value, &self.cookie_url).is_ok() {
+                let name = value.split(['=', ';']).next().unwrap_or("").trim();
+                set |= self.o.cookie.as_deref().is_none_or(|c| c == name);
             }
         }
         set
     }
 
+    fn holds_cookie(&self, jar: &CookieStore) -> bool {
+        match &self.o.cookie {
+            Some(c) => jar.iter_unexpired().any(|k| k.name() == c),
+            None => jar.iter_unexpired().next().is_some(),
+        }
+    }
+
     /// One request before the run, so that a wrong URL, header or cookie gives a clear
-    /// error at once rather than a long run of failures.
-    fn preflight(&self) -> Result<(), String> {
-        let url = url_text(&self.o.url);
-        let mut jar = Jar::default();
-        let r = self.send(&mut self.connection(), &jar).map_err(|e| {
+    /// error at once rather than a long run of failures. Returns the HTTP version used.
+    fn preflight(&self) -> Result<reqwest::Version, String> {
+        let url = &self.o.url;
+        let mut jar = CookieStore::default();
+        let r = self.send(&jar).map_err(|e| {
             format!("cannot reach {url}: {e}. Is the URL right, and is the service listening there?")
         })?;
-        let names: BTreeSet<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        let names: BTreeSet<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         let names = names.into_iter().collect::<Vec<_>>().join(", ");
         if r.status >= 500 {
             return Err(format!(
@@ -309,7 +318,7 @@ impl Probe {
                 r.status
             ));
         }
-        if r.header(&self.o.pod_header).map_or(true, str::is_empty) {
+        if r.header(&self.o.pod_header).is_none_or(str::is_empty) {
             return Err(format!(
                 "the response ({}) has no `{}` header naming the pod that served it; headers received: {names}. \
                  Make the pods send one (e.g. the pod name from the Downward API) or name it with --pod-header",
@@ -319,7 +328,10 @@ impl Probe {
         let set = self.store_cookies(&mut jar, &r);
         if !set && !self.o.allow_no_cookie {
             let which = match &self.o.cookie {
-                Some(c) => format!("no `{c}` cookie (cookies set: {:?})", jar.names()),
+                Some(c) => {
+                    let names: Vec<String> = jar.iter_unexpired().map(|k| k.name().to_string()).collect();
+                    format!("no `{c}` cookie (cookies set: {names:?})")
+                }
                 None => "no cookie".to_string(),
             };
             return Err(format!(
@@ -328,14 +340,32 @@ impl Probe {
                  Use --allow-no-cookie to measure anyway"
             ));
         }
-        Ok(())
+        Ok(r.version)
+    }
+
+    fn show_progress(&self) -> bool {
+        if self.o.no_progress {
+            false
+        } else {
+            self.o.progress || std::io::stderr().is_terminal()
+        }
     }
 
     /// Calls `work(i)` for every `i < n` on `concurrency` threads, showing progress.
-    fn parallel(&self, n: usize, err: &mut dyn Write, label: &str, work: impl Fn(usize) + Sync) {
+    fn parallel(&self, n: usize, label: &str, work: impl Fn(usize) + Sync) {
         let next = AtomicUsize::new(0);
-        let done = AtomicUsize::new(0);
-        let progress = self.o.progress.unwrap_or_else(|| std::io::stderr().is_terminal());
+        let bar = if self.show_progress() {
+            let bar = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg}: {pos}/{len} ({percent}%) {elapsed_precise} {wide_bar}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_message(label.to_string());
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
         let workers = self.o.concurrency.min(n).max(1);
         std::thread::scope(|scope| {
             for _ in 0..workers {
@@ -345,55 +375,32 @@ impl Probe {
                         break;
                     }
                     work(i);
-                    done.fetch_add(1, Ordering::Relaxed);
+                    bar.inc(1);
                 });
             }
-            let start = Instant::now();
-            let mut shown = false;
-            while done.load(Ordering::Relaxed) < n {
-                std::thread::sleep(Duration::from_millis(100));
-                if progress && start.elapsed() >= Duration::from_millis(300) {
-                    let d = done.load(Ordering::Relaxed);
-                    let _ = write!(
-                        err,
-                        "\r{label}: {d}/{n} ({:.0}%) {:.1}s   ",
-                        stats::percent(d, n),
-                        start.elapsed().as_secs_f64()
-                    );
-                    let _ = err.flush();
-                    shown = true;
-                }
-            }
-            if shown {
-                let _ = writeln!(err, "\r{label}: {n}/{n} (100%) {:.1}s   ", start.elapsed().as_secs_f64());
-            }
         });
+        bar.finish();
     }
 
-    fn measure(&self, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, String> {
+    fn measure(&self, out: &mut dyn Write, _err: &mut dyn Write) -> Result<i32, String> {
         let o = &self.o;
-        self.preflight()?;
+        let version = self.preflight()?;
         let w = |out: &mut dyn Write, text: String| {
             let _ = writeln!(out, "{text}");
         };
         w(
             out,
             format!(
-                "tether-probe: {} sessions × {} requests, concurrency {}, {} (pod header `{}`)",
-                o.sessions,
-                o.requests,
-                o.concurrency,
-                url_text(&o.url),
-                o.pod_header
+                "tether probe: {} sessions × {} requests, concurrency {}, {} over {version:?} (pod header `{}`)",
+                o.sessions, o.requests, o.concurrency, o.url, o.pod_header
             ),
         );
         let sessions: Vec<Mutex<Session>> = (0..o.sessions).map(|_| Mutex::new(Session::default())).collect();
         let run_started = Instant::now();
-        self.parallel(o.sessions, err, "sessions", |i| {
+        self.parallel(o.sessions, "sessions", |i| {
             let mut s = lock(&sessions[i]);
-            let mut conn = self.connection();
             for n in 0..o.requests {
-                let r = self.send(&mut conn, &s.jar);
+                let r = self.send(&s.jar);
                 let outcome = self.outcome(&r);
                 if let Ok(r) = &r {
                     if self.store_cookies(&mut s.jar, r) && n > 0 {
@@ -409,16 +416,7 @@ impl Probe {
         let elapsed = run_started.elapsed();
         let outcomes: Vec<Vec<Outcome>> = sessions.iter().map(|s| lock(s).outcomes.clone()).collect();
         let summary = stats::summarize(&outcomes);
-        let with_cookie = sessions
-            .iter()
-            .filter(|s| {
-                let s = lock(s);
-                match &o.cookie {
-                    Some(c) => s.jar.get(c).is_some(),
-                    None => !s.jar.is_empty(),
-                }
-            })
-            .count();
+        let with_cookie = sessions.iter().filter(|s| self.holds_cookie(&lock(s).jar)).count();
         let resets: usize = sessions.iter().map(|s| lock(s).cookie_resets).sum();
         w(
             out,
@@ -475,7 +473,7 @@ impl Probe {
             );
         }
         if let Some(watch) = o.watch {
-            self.watch(watch, &sessions, out, err);
+            self.watch(watch, &sessions, out);
         }
         if let Some(min) = o.min_stickiness {
             if summary.stickiness() < min {
@@ -489,13 +487,7 @@ impl Probe {
         Ok(0)
     }
 
-    fn watch(
-        &self,
-        duration: Duration,
-        sessions: &[Mutex<Session>],
-        out: &mut dyn Write,
-        err: &mut dyn Write,
-    ) {
+    fn watch(&self, duration: Duration, sessions: &[Mutex<Session>], out: &mut dyn Write) {
         let o = &self.o;
         let _ = writeln!(
             out,
@@ -513,10 +505,9 @@ impl Probe {
             let round_start = Instant::now();
             let before: Vec<Option<String>> = sessions.iter().map(|s| lock(s).current.clone()).collect();
             let failed = AtomicUsize::new(0);
-            self.parallel(sessions.len(), err, "watch round", |i| {
+            self.parallel(sessions.len(), "watch round", |i| {
                 let mut s = lock(&sessions[i]);
-                let mut conn = self.connection();
-                let r = self.send(&mut conn, &s.jar);
+                let r = self.send(&s.jar);
                 let outcome = self.outcome(&r);
                 if let Ok(r) = &r {
                     if self.store_cookies(&mut s.jar, r) {
@@ -583,10 +574,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn url_text(u: &Url) -> String {
-    format!("http://{}{}", u.authority, u.path)
-}
-
 fn describe_distribution(counts: &BTreeMap<String, usize>) -> String {
     counts.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
 }
@@ -604,16 +591,18 @@ fn write_distribution(out: &mut dyn Write, counts: &BTreeMap<String, usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        o: Options,
     }
 
-    fn options(list: &[&str]) -> Options {
-        match parse_args(&args(list)) {
-            Ok(Parsed::Run(o)) => *o,
-            other => panic!("{list:?}: {other:?}"),
-        }
+    fn options(list: &[&str]) -> Result<Options, String> {
+        T::try_parse_from(std::iter::once("probe").chain(list.iter().copied()))
+            .map(|t| t.o)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -630,7 +619,7 @@ mod tests {
 
     #[test]
     fn arguments() {
-        let o = options(&["http://127.0.0.1:10000/"]);
+        let o = options(&["http://127.0.0.1:10000/"]).unwrap();
         assert_eq!((o.sessions, o.requests, o.concurrency, o.pod_header.as_str()), (100, 10, 8, "x-pod"));
         let o = options(&[
             "-n",
@@ -650,30 +639,31 @@ mod tests {
             "--min-stickiness",
             "99.5%",
             "--no-progress",
-            "http://[::1]:8080/app",
-        ]);
+            "--http2",
+            "--insecure",
+            "https://[::1]:8443/app",
+        ])
+        .unwrap();
         assert_eq!((o.sessions, o.requests, o.concurrency), (1000, 3, 16));
         assert_eq!((o.pod_header.as_str(), o.cookie.as_deref()), ("x-served-by", Some("tether")));
         assert_eq!(o.headers, [("x-tenant".to_string(), "a".to_string())]);
         assert_eq!((o.watch, o.interval), (Some(Duration::from_secs(60)), Duration::from_millis(500)));
-        assert_eq!((o.min_stickiness, o.progress), (Some(99.5), Some(false)));
-        assert_eq!(o.url.host, "::1");
-        assert!(matches!(parse_args(&args(&["--help"])), Ok(Parsed::Help)));
+        assert_eq!((o.min_stickiness, o.no_progress, o.http2, o.insecure), (Some(99.5), true, true, true));
+        assert_eq!(o.url.host_str(), Some("[::1]"));
         for (bad, why) in [
-            (&[][..], "no URL"),
-            (&["http://a/", "http://b/"][..], "one URL only"),
-            (&["-n", "0", "http://a/"][..], "-n: `0` is not a whole number"),
-            (&["-n"][..], "needs a value"),
-            (&["--frobnicate", "http://a/"][..], "unknown option"),
-            (&["-H", "novalue", "http://a/"][..], "--header"),
+            (&[][..], "<URL>"),
+            (&["http://a/", "http://b/"][..], "unexpected argument"),
+            (&["-n", "0", "http://a/"][..], "`0` is not a whole number"),
+            (&["--frobnicate", "http://a/"][..], "unexpected argument"),
+            (&["-H", "novalue", "http://a/"][..], "is not `Name: value`"),
             (&["-H", "host: x", "http://a/"][..], "set by the probe"),
-            (&["--interval", "1ms", "http://a/"][..], "--interval"),
-            (&["--min-stickiness", "101", "http://a/"][..], "--min-stickiness"),
-            (&["--pod-header", "a b", "http://a/"][..], "--pod-header"),
-            (&["https://a/"][..], "https is not supported"),
-            (&["-n", "1000000", "-m", "100", "http://a/"][..], "at most"),
+            (&["--interval", "1ms", "http://a/"][..], "at least 50ms"),
+            (&["--min-stickiness", "101", "http://a/"][..], "percentage"),
+            (&["--pod-header", "a b", "http://a/"][..], "not a header name"),
+            (&["ftp://a/"][..], "not supported"),
+            (&["--http1", "--http2", "http://a/"][..], "cannot be used with"),
         ] {
-            let e = parse_args(&args(bad)).unwrap_err();
+            let e = options(bad).err().unwrap_or_else(|| panic!("{bad:?} parsed"));
             assert!(e.contains(why), "{bad:?}: {e}");
         }
     }

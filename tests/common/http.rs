@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 client on std networking: `http://` URLs only (no TLS), keep-alive
-//! connections, `Content-Length`, chunked and read-until-close bodies.
-
+//! The harness's keep-alive HTTP/1.1 client (plain HTTP, `Content-Length`, chunked or
+//! close-delimited bodies): what the load tests use to hold one connection per session.
+//! A test utility only; `tether probe` uses reqwest.
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -286,79 +286,5 @@ fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, Error> {
         reader.read_exact(&mut body[start..]).map_err(Error::Io)?;
         let mut crlf = [0u8; 2];
         reader.read_exact(&mut crlf).map_err(Error::Io)?;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = Url::parse("http://127.0.0.1:10000/app?x=1").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 10000, "/app?x=1"));
-        assert_eq!(u.authority, "127.0.0.1:10000");
-        let u = Url::parse("http://example.test").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("example.test", 80, "/"));
-        let u = Url::parse("HTTP://[::1]:8080?q#frag").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 8080, "/?q"));
-        for bad in
-            ["https://x/", "ftp://x/", "x:80", "http://", "http://h:99999/", "http://[::1/", "http://a@b/"]
-        {
-            assert!(Url::parse(bad).is_err(), "{bad}");
-        }
-        assert!(Url::parse("https://x/").unwrap_err().contains("https is not supported"));
-    }
-
-    fn parse(raw: &str) -> Result<(Response, bool), Error> {
-        read_response(&mut io::Cursor::new(raw.as_bytes().to_vec()), false)
-    }
-
-    #[test]
-    fn bodies() {
-        let (r, keep) = parse("HTTP/1.1 200 OK\r\nX-Pod: a\r\nContent-Length: 3\r\n\r\nabcEXTRA").unwrap();
-        assert_eq!(
-            (r.status, r.header("x-pod"), r.body.as_slice(), keep),
-            (200, Some("a"), &b"abc"[..], true)
-        );
-        let (r, keep) =
-            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: v\r\n\r\n")
-                .unwrap();
-        assert_eq!((r.body.as_slice(), keep), (&b"abcde"[..], true));
-        let (r, keep) = parse("HTTP/1.0 200 OK\r\n\r\nuntil close").unwrap();
-        assert_eq!((r.body.as_slice(), keep), (&b"until close"[..], false));
-        let (_, keep) = parse("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap();
-        assert!(!keep);
-        let (r, _) =
-            parse("HTTP/1.1 302 Found\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nContent-Length: 0\r\n\r\n")
-                .unwrap();
-        assert_eq!(r.all("set-cookie").collect::<Vec<_>>(), ["a=1", "b=2"]);
-        assert!(matches!(parse("SSH-2.0-OpenSSH\r\n\r\n"), Err(Error::Protocol(_))));
-        assert!(matches!(parse(""), Err(Error::Io(_))));
-        assert!(matches!(parse("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), Err(Error::Protocol(_))));
-    }
-
-    #[test]
-    fn a_request_resent_after_a_reused_connection_failed_is_counted() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Answers one request per connection, keep-alive, then closes without a word.
-        let server = std::thread::spawn(move || {
-            for _ in 0..2 {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).unwrap();
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let mut c = Connection::new(addr, "t", Duration::from_secs(5));
-        assert_eq!(c.request("GET", "/", &[]).unwrap().status, 200);
-        assert_eq!(c.resends(), 0);
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(c.request("GET", "/", &[]).unwrap().status, 200);
-        assert_eq!(c.resends(), 1, "the second request went out twice");
-        server.join().unwrap();
     }
 }

@@ -1,10 +1,9 @@
-//! The `tether-probe` binary against small loopback servers: clear errors for an
+//! `tether probe` (`tether_cli::run`) against small loopback servers: clear errors for an
 //! unreachable URL, a service that sets no cookie or no pod header, bad arguments; and a
 //! measured run (keep-alive, chunked bodies, cookie jars).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -47,9 +46,10 @@ fn handle(stream: TcpStream, respond: &dyn Fn(Option<&str>) -> String) {
 }
 
 fn probe(args: &[&str]) -> (i32, String, String) {
-    let Output { status, stdout, stderr } =
-        Command::new(env!("CARGO_BIN_EXE_tether-probe")).args(args).output().unwrap();
-    (status.code().unwrap_or(-1), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code =
+        tether_cli::run(["tether", "probe"].into_iter().chain(args.iter().copied()), &mut out, &mut err);
+    (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn unreachable_url_is_a_clear_error() {
     assert!(err.contains("cannot reach http://127.0.0.1:") && err.contains("refused"), "{err}");
     let (code, _, err) = probe(&["http://name.invalid/"]);
     assert_eq!(code, 3);
-    assert!(err.contains("cannot resolve `name.invalid`"), "{err}");
+    assert!(err.contains("cannot reach http://name.invalid/") && err.contains("dns error"), "{err}");
 }
 
 #[test]
@@ -105,9 +105,9 @@ fn missing_cookie_or_header_is_a_clear_error() {
 #[test]
 fn bad_arguments_exit_2_with_the_reason() {
     for (args, why) in [
-        (&["https://example.test/"][..], "https is not supported"),
-        (&["-n", "many", "http://a.test/"][..], "-n: `many` is not a whole number"),
-        (&[][..], "no URL given"),
+        (&["ftp://example.test/"][..], "`ftp://` is not supported"),
+        (&["-n", "many", "http://a.test/"][..], "`many` is not a whole number"),
+        (&[][..], "<URL>"),
     ] {
         let (code, _, err) = probe(args);
         assert_eq!(code, 2, "{args:?}");
@@ -115,7 +115,8 @@ fn bad_arguments_exit_2_with_the_reason() {
     }
     let (code, out, _) = probe(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("tether-probe: measures session affinity"));
+    assert!(out.starts_with("Measure session affinity from outside"), "{out}");
+    assert!(out.contains("--cacert") && out.contains("--http2"), "{out}");
 }
 
 #[test]
