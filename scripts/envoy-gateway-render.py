@@ -65,6 +65,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rendering import STATES, Refused, is_prime, parse_endpoint, write_atomically  # noqa: E402
+
 try:
     import yaml
 except ImportError:
@@ -77,7 +80,6 @@ ROUTER = "envoy.filters.http.router"
 # newOrderedHTTPFilter (httpfilters.go): the filter types tether's manifests produce.
 ORDER = {SESSION: 11, WASM: 200, ROUTER: 310}
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-STATES = ("ready", "terminating", "stopped")
 # EndpointSlice conditions of each state (ready, serving, terminating).
 CONDITIONS = {"ready": (True, True, False), "terminating": (False, True, True),
               "stopped": (False, False, True)}
@@ -87,9 +89,6 @@ TRIGGERS = {"5xx", "gateway-error", "reset", "reset-before-request", "connect-fa
             "retriable-4xx", "refused-stream", "retriable-status-codes", "cancelled",
             "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
 
-
-class Refused(Exception):
-    pass
 
 
 class NoAliases(yaml.SafeDumper):
@@ -144,10 +143,6 @@ def duration(value, doc, *path):
     for number, unit in re.findall(r"(\d+)(h|ms|m|s)", value):
         ms += int(number) * {"h": 3600000, "m": 60000, "s": 1000, "ms": 1}[unit]
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000:.3f}s"
-
-
-def is_prime(n):
-    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
 def targets(doc, ref_key, kind, name):
@@ -457,15 +452,6 @@ def sort_filters(filters, filter_order):
 
 # ---------------------------------------------------------------- endpoints
 
-def parse_endpoint(text):
-    addr, _, state = text.partition("=")
-    state = state or "ready"
-    if state not in STATES:
-        raise Refused(f"--endpoint {text}: state must be one of {', '.join(STATES)}")
-    ip, _, port = addr.rpartition(":")
-    return ip.strip("[]"), int(port), state
-
-
 def eds(cluster_name, endpoints):
     lb_endpoints = []
     for ip, port, state in map(parse_endpoint, endpoints):
@@ -482,14 +468,6 @@ def eds(cluster_name, endpoints):
                            "endpoints": [{"locality": {"region": cluster_name + "/backend/0"},
                                           "load_balancing_weight": 1,
                                           "lb_endpoints": lb_endpoints}]}]}
-
-
-def write_atomically(path, text):
-    # Envoy watches a path_config_source for moves into place (inotify), not for writes.
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- render

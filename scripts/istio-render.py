@@ -66,6 +66,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rendering import STATES, Refused, is_prime, parse_endpoint, write_atomically  # noqa: E402
+
 try:
     import yaml
 except ImportError:
@@ -76,9 +79,6 @@ FAIL = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "F
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 
-
-class Refused(Exception):
-    pass
 
 
 def load_docs(paths):
@@ -162,12 +162,6 @@ def wasm_filter(plugin, wasm_path):
 
 COOKIE_LABEL = "istio.io/persistent-session"
 HEADER_LABEL = "istio.io/persistent-session-header"
-STATES = ("ready", "terminating", "stopped")
-
-
-def is_prime(n):
-    # istiod's validateLoadBalancer uses Envoy's own primality test; trial division agrees.
-    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
 def session_state(svc):
@@ -203,15 +197,6 @@ def check_plugin_agrees(plugin_config, kind, name, where):
             raise Refused(f"{where}.pluginConfig.hostHeader must be `{name}` (the {HEADER_LABEL} label)")
 
 
-def parse_endpoint(text):
-    addr, _, state = text.partition("=")
-    state = state or "ready"
-    if state not in STATES:
-        raise Refused(f"--endpoint {text}: state must be one of {', '.join(STATES)}")
-    ip, _, port = addr.rpartition(":")
-    return ip.strip("[]"), int(port), state
-
-
 def eds(svc, cluster_name, endpoints):
     """The ClusterLoadAssignment istiod sends for pods in these EndpointSlice states."""
     labels = svc["metadata"].get("labels", {})
@@ -235,14 +220,6 @@ def eds(svc, cluster_name, endpoints):
             "resources": [{"@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
                            "cluster_name": cluster_name,
                            "endpoints": [{"lb_endpoints": lb_endpoints}]}]}
-
-
-def write_atomically(path, text):
-    # Envoy watches a path_config_source for moves into place (inotify), not for writes.
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def cluster_and_route(docs, eds_path, gateway_api=None):

@@ -14,7 +14,6 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 use tether::keyring::Keyring;
 use tether::token::{self, SessionId, SessionToken};
 
@@ -260,53 +259,6 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
 
 // ---------------------------------------------------------------- draining
 
-fn flags(envoy: &Envoy, pod: SocketAddr) -> Option<String> {
-    let key = format!("{CLUSTER}::{pod}::health_flags::");
-    envoy.admin_get("/clusters").lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
-}
-
-fn wait_flags(envoy: &Envoy, pod: SocketAddr, want: Option<&str>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while flags(envoy, pod).as_deref() != want {
-        assert!(Instant::now() < deadline, "{pod}: health_flags {want:?} never came");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One request on a keep-alive connection: (pod, the tether cookie it set).
-fn ask(conn: &mut common::http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
-    let header = cookie.map(|c| format!("{COOKIE}={c}"));
-    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
-    let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
-    assert_eq!(r.status, 200);
-    let set = r.all("set-cookie").find_map(|v| {
-        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
-    });
-    (r.header("x-pod").unwrap_or("(none)").to_string(), set)
-}
-
-fn mint_sessions(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
-    let mut conn = envoy.keep_alive();
-    (0..n)
-        .map(|_| {
-            let (pod, cookie) = ask(&mut conn, None);
-            (cookie.expect("a new session sets the cookie"), pod)
-        })
-        .collect()
-}
-
-/// One request per session: (pod, whether the response re-pinned it).
-fn visit(envoy: &Envoy, sessions: &[(String, String)]) -> Vec<(String, bool)> {
-    let mut conn = envoy.keep_alive();
-    sessions
-        .iter()
-        .map(|(cookie, _)| {
-            let (pod, set) = ask(&mut conn, Some(cookie));
-            (pod, set.is_some())
-        })
-        .collect()
-}
-
 /// (sessions of `drained` that stayed, sessions of other pods that moved).
 fn count(sessions: &[(String, String)], after: &[(String, bool)], drained: &str) -> (usize, usize) {
     let stayed = sessions
@@ -345,9 +297,9 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
 
     states[0] = format!("{drained_addr}=terminating");
     render(manifests, &states, &out, true);
-    wait_flags(&envoy, drained_addr, Some("/eds_status_draining"));
+    envoy.wait_flags_in(CLUSTER, drained_addr, Some("/eds_status_draining"));
     envoy.settle();
-    let after = visit(&envoy, &sessions);
+    let after = visit_sessions(&envoy, &sessions);
     let (stayed, others_moved) = count(&sessions, &after, &drained);
     assert_eq!(others_moved, 0, "sessions of the other pods moved");
     let ws_stayed = own
@@ -365,9 +317,9 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
         pods[0].kill();
         states.remove(0);
         render(manifests, &states, &out, true);
-        wait_flags(&envoy, drained_addr, None);
+        envoy.wait_flags_in(CLUSTER, drained_addr, None);
         envoy.settle();
-        let gone = visit(&envoy, &sessions);
+        let gone = visit_sessions(&envoy, &sessions);
         let moved = sessions
             .iter()
             .zip(&gone)

@@ -493,58 +493,6 @@ fn every_shipped_and_rendered_config_validates() {
 
 // ---------------------------------------------------------------- draining under Istio
 
-/// Cluster `pods` health flags as Envoy's /clusters reports them for the rendered cluster
-/// (None: Envoy does not have the host).
-fn flags(envoy: &Envoy, cluster: &str, pod: SocketAddr) -> Option<String> {
-    let key = format!("{cluster}::{pod}::health_flags::");
-    envoy.admin_get("/clusters").lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
-}
-
-fn wait_flags(envoy: &Envoy, cluster: &str, pod: SocketAddr, want: Option<&str>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while flags(envoy, cluster, pod).as_deref() != want {
-        assert!(std::time::Instant::now() < deadline, "{pod}: health_flags {want:?} never came");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// One request on a keep-alive connection: (status, pod, the tether cookie it set).
-fn ask(conn: &mut common::http::Connection, cookie: Option<&str>) -> (u16, String, Option<String>) {
-    let header = cookie.map(|c| format!("{COOKIE}={c}"));
-    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
-    let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
-    let set = r.all("set-cookie").find_map(|v| {
-        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
-    });
-    assert!(r.all("set-cookie").all(|v| !v.starts_with("tether-owner=")), "the owner cookie leaked");
-    (r.status, r.header("x-pod").unwrap_or("(none)").to_string(), set)
-}
-
-/// `n` new sessions: (cookie value, pod name).
-fn mint_sessions(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
-    let mut conn = envoy.keep_alive();
-    (0..n)
-        .map(|i| {
-            let (status, pod, cookie) = ask(&mut conn, None);
-            assert_eq!(status, 200, "session {i}");
-            (cookie.expect("a new session sets the cookie"), pod)
-        })
-        .collect()
-}
-
-/// One request per session with its cookie: (pod name, whether the response set a new cookie).
-fn visit_sessions(envoy: &Envoy, sessions: &[(String, String)]) -> Vec<(String, bool)> {
-    let mut conn = envoy.keep_alive();
-    sessions
-        .iter()
-        .map(|(cookie, _)| {
-            let (status, pod, set) = ask(&mut conn, Some(cookie));
-            assert_eq!(status, 200);
-            (pod, set.is_some())
-        })
-        .collect()
-}
-
 struct Drained {
     own: usize,
     kept: usize,
@@ -579,7 +527,7 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
     states[0] = format!("{}=terminating", drained_addr);
     render_from(istio_dir, plugin, &states, &out, true);
     let draining_flags = if istio_dir == "istio" { Some("/eds_status_draining") } else { None };
-    wait_flags(&envoy, &cluster, drained_addr, draining_flags);
+    envoy.wait_flags_in(&cluster, drained_addr, draining_flags);
     envoy.settle();
 
     let after = visit_sessions(&envoy, &sessions);
@@ -614,7 +562,7 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
     // The grace period ends: the pod stops serving (istiod drops it from EDS) and exits.
     states[0] = format!("{}=stopped", drained_addr);
     render_from(istio_dir, plugin, &states, &out, true);
-    wait_flags(&envoy, &cluster, drained_addr, None);
+    envoy.wait_flags_in(&cluster, drained_addr, None);
     pods[0].kill();
     envoy.settle();
     let gone = visit_sessions(&envoy, &sessions);

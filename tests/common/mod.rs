@@ -564,15 +564,25 @@ impl Envoy {
     /// The `health_flags` of `pod` in cluster `pods` (`healthy`, `/eds_status_draining`,
     /// `/failed_active_hc`, ...), or None when Envoy does not have the host.
     pub fn health_flags(&self, pod: SocketAddr) -> Option<String> {
+        self.health_flags_in("pods", pod)
+    }
+
+    /// The `health_flags` of `pod` in the cluster named `cluster` (rendered Istio and Envoy
+    /// Gateway configurations name theirs as istiod and Envoy Gateway do).
+    pub fn health_flags_in(&self, cluster: &str, pod: SocketAddr) -> Option<String> {
         let clusters = self.admin_get("/clusters");
-        let key = format!("pods::{}::health_flags::", pod);
+        let key = format!("{cluster}::{pod}::health_flags::");
         clusters.lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
     }
 
     /// Waits until Envoy reports `flags` for `pod` (None: until the host is gone).
     pub fn wait_flags(&self, pod: SocketAddr, flags: Option<&str>) {
+        self.wait_flags_in("pods", pod, flags)
+    }
+
+    pub fn wait_flags_in(&self, cluster: &str, pod: SocketAddr, flags: Option<&str>) {
         wait_until(&format!("{pod} health_flags {flags:?} in Envoy"), Duration::from_secs(20), || {
-            self.health_flags(pod).as_deref() == flags
+            self.health_flags_in(cluster, pod).as_deref() == flags
         });
     }
 
@@ -809,4 +819,44 @@ pub fn pod_by_name<'a>(pods: &'a [Pod], name: &str) -> &'a Pod {
 
 pub fn addrs(pods: &[Pod]) -> Vec<SocketAddr> {
     pods.iter().map(|p| p.addr).collect()
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// One GET on a keep-alive connection with the session's cookie (or none), which must be
+/// answered 200: (pod, the tether cookie value the response set). No response may carry
+/// the cookie session state's own `tether-owner` cookie (tether strips it: Istio mode).
+pub fn ask_session(conn: &mut http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
+    let header = cookie.map(|c| format!("{COOKIE}={c}"));
+    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
+    let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert!(r.all("set-cookie").all(|v| !v.starts_with("tether-owner=")), "the owner cookie leaked");
+    let set = r.all("set-cookie").find_map(|v| {
+        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
+    });
+    (r.header("x-pod").unwrap_or("(none)").to_string(), set)
+}
+
+/// `n` new sessions, one after the other: (cookie value, pod).
+pub fn mint_sessions(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
+    let mut conn = envoy.keep_alive();
+    (0..n)
+        .map(|_| {
+            let (pod, cookie) = ask_session(&mut conn, None);
+            (cookie.expect("a new session sets the cookie"), pod)
+        })
+        .collect()
+}
+
+/// One request per session with its cookie: (pod, whether the response set a new cookie).
+pub fn visit_sessions(envoy: &Envoy, sessions: &[(String, String)]) -> Vec<(String, bool)> {
+    let mut conn = envoy.keep_alive();
+    sessions
+        .iter()
+        .map(|(cookie, _)| {
+            let (pod, set) = ask_session(&mut conn, Some(cookie));
+            (pod, set.is_some())
+        })
+        .collect()
 }
