@@ -147,6 +147,22 @@ fn crash_test() {
 struct Shared {
     settings: Settings,
     metrics: Metrics,
+    /// Bench-only (feature `bench-diag`): extra token verifications per request.
+    #[cfg(feature = "bench-diag")]
+    token_repeat: usize,
+}
+
+/// Bench-only (feature `bench-diag`, `make bench`): verifies the request's first Cookie
+/// header and computes the steering headers `n` more times, so the bench can price the
+/// token work inside Envoy's V8 (`diag_tether_token_x10`).
+#[cfg(feature = "bench-diag")]
+fn token_work_again(n: usize, scope: &str, settings: &Settings, now: u64, cookie: Option<&[u8]>) {
+    for _ in 0..n {
+        let mut resolver = session::Resolver::new(scope, settings, now);
+        if let Some(affinity) = cookie.and_then(|c| resolver.cookie_header(std::hint::black_box(c))) {
+            std::hint::black_box(session::steering(&affinity, settings));
+        }
+    }
 }
 
 struct Root {
@@ -181,7 +197,15 @@ impl RootContext for Root {
                         "signing keys are inline in the configuration: for demos only, use keysFromEnv in production",
                     );
                 }
-                self.shared = Some(Rc::new(Shared { settings, metrics: Metrics::define() }));
+                self.shared = Some(Rc::new(Shared {
+                    settings,
+                    metrics: Metrics::define(),
+                    #[cfg(feature = "bench-diag")]
+                    token_repeat: std::env::var("TETHER_BENCH_TOKEN_REPEAT")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                }));
                 true
             }
             Err(error) => {
@@ -302,6 +326,8 @@ impl HttpContext for Stream {
                 }
             }
         }
+        #[cfg(feature = "bench-diag")]
+        token_work_again(shared.token_repeat, scope, settings, now, first_cookie.as_deref());
         if resolver.over_limit() {
             Metrics::bump(shared.metrics.over_limit);
         }
