@@ -217,7 +217,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, cluster_scope: String::new() }))
+        Some(Box::new(Stream {
+            shared: self.shared.clone(),
+            affinity: None,
+            cluster_scope: String::new(),
+            request_now: 0,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -251,6 +256,8 @@ struct Stream {
     affinity: Option<Affinity>,
     /// The upstream cluster's name, read per request when no `scope` is configured.
     cluster_scope: String,
+    /// The clock as the request read it (unix seconds).
+    request_now: u64,
 }
 
 impl Context for Stream {}
@@ -281,6 +288,7 @@ impl HttpContext for Stream {
         }
         let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
         let now = now_secs();
+        self.request_now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
@@ -392,18 +400,22 @@ impl HttpContext for Stream {
         };
         let settings = &shared.settings;
         let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw));
+        let presented = match &self.affinity {
+            Some(Affinity::Pinned { token, .. }) => Some(token.owner),
+            _ => None,
+        };
         match &settings.host_cookie {
-            // stateful_session announces the host it used in this header; clients need not see it.
+            // stateful_session announces the host it used in this header when it is not the
+            // one tether presented; clients need not see it. When the presented owner served,
+            // it added nothing, so there is nothing to remove (one host call saved per hit).
             None => {
-                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
+                if by.is_none() || by != presented {
+                    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
+                }
             }
             // The cookie session state sets its cookie when the host it used is not the one
             // tether presented (a new session, a re-pin, a retry, a local reply).
             Some(name) => {
-                let presented = match &self.affinity {
-                    Some(Affinity::Pinned { token, .. }) => Some(token.owner),
-                    _ => None,
-                };
                 if by.is_some() && by != presented {
                     strip_set_cookie(name);
                 }
@@ -440,11 +452,21 @@ impl Stream {
                 ),
             );
         }
-        // The clock is read again: a long poll or a slow upload can outlast the idle window,
-        // and the token's issue time, the refresh decision and Max-Age must count from now.
-        let now = now_secs();
+        // The clock is read again unless the outcome cannot depend on it (a hit without an
+        // idle timeout): a long poll or a slow upload can outlast the idle window, and the
+        // token's issue time, the refresh decision and Max-Age must count from now.
+        let mut now = self.request_now;
         let (outcome, token) = match by {
-            Some(by) => session::respond(affinity, &Served { by, cluster }, now, settings),
+            Some(by) => {
+                let served = Served { by, cluster };
+                let early = session::respond(affinity, &served, now, settings);
+                if session::needs_fresh_clock(early.0, settings) {
+                    now = now_secs();
+                    session::respond(affinity, &served, now, settings)
+                } else {
+                    early
+                }
+            }
             None => (Outcome::New, None),
         };
         // A hit sends nothing, so whether the answer came from the upstream matters only
