@@ -147,6 +147,22 @@ fn crash_test() {
 struct Shared {
     settings: Settings,
     metrics: Metrics,
+    /// Bench-only (feature `bench-diag`): extra token verifications per request.
+    #[cfg(feature = "bench-diag")]
+    token_repeat: usize,
+}
+
+/// Bench-only (feature `bench-diag`, `make bench`): verifies the request's first Cookie
+/// header and computes the steering headers `n` more times, so the bench can price the
+/// token work inside Envoy's V8 (`diag_tether_token_x10`).
+#[cfg(feature = "bench-diag")]
+fn token_work_again(n: usize, scope: &str, settings: &Settings, now: u64, cookie: Option<&[u8]>) {
+    for _ in 0..n {
+        let mut resolver = session::Resolver::new(scope, settings, now);
+        if let Some(affinity) = cookie.and_then(|c| resolver.cookie_header(std::hint::black_box(c))) {
+            std::hint::black_box(session::steering(&affinity, settings));
+        }
+    }
 }
 
 struct Root {
@@ -181,7 +197,15 @@ impl RootContext for Root {
                         "signing keys are inline in the configuration: for demos only, use keysFromEnv in production",
                     );
                 }
-                self.shared = Some(Rc::new(Shared { settings, metrics: Metrics::define() }));
+                self.shared = Some(Rc::new(Shared {
+                    settings,
+                    metrics: Metrics::define(),
+                    #[cfg(feature = "bench-diag")]
+                    token_repeat: std::env::var("TETHER_BENCH_TOKEN_REPEAT")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                }));
                 true
             }
             Err(error) => {
@@ -193,7 +217,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher: always return a context.
-        Some(Box::new(Stream { shared: self.shared.clone(), affinity: None, cluster_scope: String::new() }))
+        Some(Box::new(Stream {
+            shared: self.shared.clone(),
+            affinity: None,
+            cluster_scope: String::new(),
+            request_now: 0,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -227,6 +256,8 @@ struct Stream {
     affinity: Option<Affinity>,
     /// The upstream cluster's name, read per request when no `scope` is configured.
     cluster_scope: String,
+    /// The clock as the request read it (unix seconds).
+    request_now: u64,
 }
 
 impl Context for Stream {}
@@ -257,6 +288,7 @@ impl HttpContext for Stream {
         }
         let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
         let now = now_secs();
+        self.request_now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| header_value(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
@@ -302,6 +334,8 @@ impl HttpContext for Stream {
                 }
             }
         }
+        #[cfg(feature = "bench-diag")]
+        token_work_again(shared.token_repeat, scope, settings, now, first_cookie.as_deref());
         if resolver.over_limit() {
             Metrics::bump(shared.metrics.over_limit);
         }
@@ -366,18 +400,22 @@ impl HttpContext for Stream {
         };
         let settings = &shared.settings;
         let by = property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw));
+        let presented = match &self.affinity {
+            Some(Affinity::Pinned { token, .. }) => Some(token.owner),
+            _ => None,
+        };
         match &settings.host_cookie {
-            // stateful_session announces the host it used in this header; clients need not see it.
+            // stateful_session announces the host it used in this header when it is not the
+            // one tether presented; clients need not see it. When the presented owner served,
+            // it added nothing, so there is nothing to remove (one host call saved per hit).
             None => {
-                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
+                if by.is_none() || by != presented {
+                    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &settings.host_header);
+                }
             }
             // The cookie session state sets its cookie when the host it used is not the one
             // tether presented (a new session, a re-pin, a retry, a local reply).
             Some(name) => {
-                let presented = match &self.affinity {
-                    Some(Affinity::Pinned { token, .. }) => Some(token.owner),
-                    _ => None,
-                };
                 if by.is_some() && by != presented {
                     strip_set_cookie(name);
                 }
@@ -414,11 +452,21 @@ impl Stream {
                 ),
             );
         }
-        // The clock is read again: a long poll or a slow upload can outlast the idle window,
-        // and the token's issue time, the refresh decision and Max-Age must count from now.
-        let now = now_secs();
+        // The clock is read again unless the outcome cannot depend on it (a hit without an
+        // idle timeout): a long poll or a slow upload can outlast the idle window, and the
+        // token's issue time, the refresh decision and Max-Age must count from now.
+        let mut now = self.request_now;
         let (outcome, token) = match by {
-            Some(by) => session::respond(affinity, &Served { by, cluster }, now, settings),
+            Some(by) => {
+                let served = Served { by, cluster };
+                let early = session::respond(affinity, &served, now, settings);
+                if session::needs_fresh_clock(early.0, settings) {
+                    now = now_secs();
+                    session::respond(affinity, &served, now, settings)
+                } else {
+                    early
+                }
+            }
             None => (Outcome::New, None),
         };
         // A hit sends nothing, so whether the answer came from the upstream matters only

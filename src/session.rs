@@ -290,6 +290,15 @@ pub fn respond(
     }
 }
 
+/// Whether the response must read the clock again before [`respond`] decides. A response
+/// judges time at response time, so a long request does not lose its session; but a hit
+/// without an idle timeout does not depend on time at all (nothing is sent, and only an
+/// idle refresh could turn a hit into something else), so the request's reading stands.
+/// `early` is what [`respond`] decided with the request's clock reading.
+pub fn needs_fresh_clock(early: Outcome, settings: &Settings) -> bool {
+    early != Outcome::Hit || settings.idle_timeout_secs.is_some()
+}
+
 /// Whether a token can record this cluster name (cluster pinning).
 pub fn can_pin_cluster(name: &str) -> bool {
     name.len() <= token::MAX_CLUSTER_LEN
@@ -618,6 +627,29 @@ mod tests {
         assert!(header.contains("Max-Age=600;"), "{header}");
         let near_end = SessionToken { expires_at: NOW + 100, ..refreshed };
         assert!(set_cookie("T", &near_end, NOW, &permanent).unwrap().contains("Max-Age=100;"));
+    }
+
+    /// The response keeps the request's clock reading only where time cannot matter: a hit
+    /// without an idle timeout stays a hit at any later time (the host then skips a clock read).
+    #[test]
+    fn only_a_hit_without_idle_timeout_skips_the_second_clock_read() {
+        let plain = settings(&format!("k1={K1}"));
+        let idle = settings_with(&format!("k1={K1}"), r#","idleTimeout":"60s""#);
+        for (outcome, s, fresh) in [
+            (Outcome::Hit, &plain, false),
+            (Outcome::Hit, &idle, true),
+            (Outcome::New, &plain, true),
+            (Outcome::Repinned, &plain, true),
+            (Outcome::Refreshed, &plain, true),
+        ] {
+            assert_eq!(needs_fresh_clock(outcome, s), fresh, "{outcome:?}");
+        }
+        // The premise: without an idle timeout a hit is a hit whatever the clock says.
+        let t = token("10.0.0.2:8080");
+        let affinity = pinned(t.clone(), true);
+        for later in [NOW, NOW + 1, NOW + 599, NOW + 600, NOW + 10_000] {
+            assert_eq!(respond(&affinity, &served("10.0.0.2:8080"), later, &plain), (Outcome::Hit, None));
+        }
     }
 
     /// The response is judged at its own time, not the request's: a long poll or a slow
