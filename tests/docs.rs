@@ -30,8 +30,9 @@ fn read(path: &PathBuf) -> String {
 fn every_test_the_pages_name_exists() {
     let mut named = BTreeSet::new();
     for page in pages() {
-        let text = read(&page);
-        for piece in text.split('`').skip(1).step_by(2) {
+        // Test tables name tests as `file::test` in their rows (elsewhere `a::b` is Rust).
+        let rows: String = read(&page).lines().filter(|l| l.starts_with("| ")).collect::<Vec<_>>().join("\n");
+        for piece in rows.split('`').skip(1).step_by(2) {
             if let Some((file, test)) = piece.split_once("::") {
                 let ident = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
                 if ident(file) && (test == "*" || ident(test)) && !piece.contains(' ') {

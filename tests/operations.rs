@@ -24,7 +24,7 @@ fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
 }
 
 /// Every counter tether defines, by its `/stats` name under `wasmcustom.tether.`.
-const COUNTERS: [&str; 12] = [
+const COUNTERS: [&str; 13] = [
     "affinity_hits",
     "invalid_token.bad_signature",
     "invalid_token.expired",
@@ -37,6 +37,7 @@ const COUNTERS: [&str; 12] = [
     "refreshed",
     "repinned",
     "sessions_minted",
+    "tokens_over_limit",
 ];
 
 #[test]
@@ -105,6 +106,8 @@ fn counters_and_debug_header_match_known_traffic() {
                 "affinity_hits" => 10,
                 "repinned" => 2,
                 "refreshed" => 3,
+                // No request here presents more candidates than the cap (review.rs floods).
+                "tokens_over_limit" => 0,
                 _ => 1,
             };
             (*name, n)
