@@ -358,7 +358,7 @@ def attribution(m):
         price = p.get(key)
         if price is None:
             continue
-        total = price * (count or 1)
+        total = price if count is None else price * count  # a count of 0 costs nothing
         if count is not None:
             explained += total
         rows.append({"item": item, "count": count, "unit": price, "total": total})
