@@ -14,8 +14,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tether::keyring::Keyring;
-use tether::token::{self, SessionId, SessionToken};
+use tether::token::SessionId;
 
 /// The route's cluster (tokens are bound to it: tether's config sets no `scope`).
 const CLUSTER: &str = "httproute/demo/media/rule/0";
@@ -133,18 +132,6 @@ fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> Path
 const FILTER_ORDER: &str =
     "  filterOrder:\n  - name: envoy.filters.http.wasm\n    before: envoy.filters.http.stateful_session\n";
 
-fn forged(owner: SocketAddr) -> String {
-    let other = Keyring::parse("demo=b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMhISE=", None).unwrap();
-    let t = SessionToken {
-        session: SessionId([7; 16]),
-        owner,
-        issued_at: now(),
-        expires_at: now() + 600,
-        cluster: String::new(),
-    };
-    token::seal(&t, other.signing_key().unwrap(), CLUSTER)
-}
-
 /// What the header session state reads: standard padded base64 of `ip:port`.
 fn host_header(addr: SocketAddr) -> String {
     tether::address::override_host_value(&addr)
@@ -209,7 +196,7 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
     // A forged token aimed at another pod never steers.
     let target = pods.iter().find(|p| p.addr != owner).unwrap().addr;
     for _ in 0..5 {
-        let r = envoy.get_with_cookie(Some(&forged(target)));
+        let r = envoy.get_with_cookie(Some(&forged_token(target, CLUSTER)));
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-seen-host"), Some("-"), "a forged token must not steer");
         assert_ne!(open(&r.cookie_value().expect("a new session")).session, SessionId([7; 16]));

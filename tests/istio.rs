@@ -11,8 +11,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tether::keyring::Keyring;
-use tether::token::{self, SessionId, SessionToken};
+use tether::token::SessionId;
 
 /// Runs scripts/istio-render.py; returns (envoy.yaml, ecds.yaml) contents.
 fn render(plugin: &str, pods: &[SocketAddr], out: &Path) -> (String, String) {
@@ -67,18 +66,6 @@ fn position(yaml: &str, needle: &str) -> usize {
     yaml.find(needle).unwrap_or_else(|| panic!("`{needle}` not in the rendered configuration"))
 }
 
-fn forged(owner: SocketAddr, scope: &str) -> String {
-    let other = Keyring::parse("demo=b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMhISE=", None).unwrap();
-    let t = SessionToken {
-        session: SessionId([7; 16]),
-        owner,
-        issued_at: now(),
-        expires_at: now() + 600,
-        cluster: String::new(),
-    };
-    token::seal(&t, other.signing_key().unwrap(), scope)
-}
-
 /// mint, sticky, forged token, owner gone — through the Envoy istiod would configure.
 fn core_behaviour(plugin: &str, expect_secure: bool) {
     let mut pods = Pod::start_many(3);
@@ -110,7 +97,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     let scope = cluster_name(&out);
     assert!(scope.starts_with("outbound|"), "{scope}");
     let open_demo = |value: &str| open_scoped(value, &scope);
-    let forged = |owner| forged(owner, &scope);
+    let forged = |owner| forged_token(owner, &scope);
     let config = EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS);
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
     assert!(envoy.log().contains("configured: cookie `tether`"), "the plugin read its pluginConfig");

@@ -74,6 +74,19 @@ pub fn sealed_token(
     token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
+/// A well-formed token for `owner` in `scope`, signed with a key no test Envoy has.
+pub fn forged_token(owner: SocketAddr, scope: &str) -> String {
+    let other = Keyring::parse("demo=b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMhISE=", None).unwrap();
+    let t = SessionToken {
+        session: SessionId([7; 16]),
+        owner,
+        issued_at: now(),
+        expires_at: now() + 600,
+        cluster: String::new(),
+    };
+    token::seal(&t, other.signing_key().unwrap(), scope)
+}
+
 pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: &str) -> String {
     let t = SessionToken {
         session: SessionId(session),
