@@ -66,7 +66,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rendering import STATES, Refused, is_prime, parse_endpoint, write_atomically  # noqa: E402
+from rendering import STATES, Refused, is_prime, load_docs, parse_endpoint, write_atomically  # noqa: E402
 
 try:
     import yaml
@@ -100,18 +100,9 @@ def dump(data):
     return yaml.dump(data, Dumper=NoAliases, sort_keys=False, width=120)
 
 
-def load_docs(directory):
-    docs = []
-    for name in sorted(os.listdir(directory)):
-        if not name.endswith(".yaml"):
-            continue
-        path = os.path.join(directory, name)
-        with open(path) as f:
-            for doc in yaml.safe_load_all(f):
-                if doc:
-                    doc["__file"] = path
-                    docs.append(doc)
-    return docs
+def load_dir(directory):
+    return load_docs(os.path.join(directory, name) for name in sorted(os.listdir(directory))
+                     if name.endswith(".yaml"))
 
 
 def where(doc, *path):
@@ -473,7 +464,7 @@ def eds(cluster_name, endpoints):
 # ---------------------------------------------------------------- render
 
 def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only=False):
-    docs = load_docs(manifests)
+    docs = load_dir(manifests)
     known = {"GatewayClass", "Gateway", "EnvoyProxy", "HTTPRoute", "BackendTrafficPolicy",
              "EnvoyExtensionPolicy", "EnvoyPatchPolicy"}
     for d in docs:

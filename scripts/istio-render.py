@@ -67,7 +67,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rendering import STATES, Refused, is_prime, parse_endpoint, write_atomically  # noqa: E402
+from rendering import STATES, Refused, is_prime, load_docs, parse_endpoint, write_atomically  # noqa: E402
 
 try:
     import yaml
@@ -79,17 +79,6 @@ FAIL = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "F
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 
-
-
-def load_docs(paths):
-    docs = []
-    for path in paths:
-        with open(path) as f:
-            for doc in yaml.safe_load_all(f):
-                if doc:
-                    doc["__file"] = path
-                    docs.append(doc)
-    return docs
 
 
 def only(docs, kind, what, found=None):

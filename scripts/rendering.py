@@ -32,3 +32,16 @@ def is_prime(n):
     # Both control planes check a Maglev table size with Envoy's primality test; trial
     # division agrees with it.
     return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+
+
+def load_docs(paths):
+    """Every non-empty YAML document of `paths`, each remembering its file (`__file`)."""
+    import yaml  # imported here: each script checks for PyYAML first, with an install hint
+    docs = []
+    for path in paths:
+        with open(path) as f:
+            for doc in yaml.safe_load_all(f):
+                if doc:
+                    doc["__file"] = path
+                    docs.append(doc)
+    return docs

@@ -294,6 +294,31 @@ fn render_refuses_a_plugin_on_the_inbound_side() {
     assert!(stderr.contains("match.mode") && stderr.contains("CLIENT"), "{stderr}");
 }
 
+/// A scratch copy of istio/, for a test to edit one manifest in.
+fn istio_copy(tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag);
+    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Runs the renderer on such a copy (its `plugin`), for the refusals it must give.
+fn render_copy(dir: &Path, plugin: &str) -> std::process::Output {
+    Command::new("python3")
+        .current_dir(repo())
+        .arg("scripts/istio-render.py")
+        .arg("--plugin")
+        .arg(dir.join(plugin))
+        .arg("--istio-dir")
+        .arg(dir)
+        .arg("--out")
+        .arg(dir.join("rendered"))
+        .output()
+        .unwrap()
+}
+
 /// What istiod's admission or its session filter would not accept is refused by the
 /// renderer with the field named: a maglev DestinationRule without a prime tableSize
 /// (validateLoadBalancer), and a pluginConfig that presents the owner where the Service
@@ -318,25 +343,11 @@ fn render_refuses_what_istio_would_not_accept() {
         ("service.yaml", "    istio.io/persistent-session: tether-owner\n", "", "has neither"),
     ];
     for (file, from, to, want) in cases {
-        let dir = scratch_dir("istio-refuse-dr");
-        for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
+        let dir = istio_copy("istio-refuse-dr");
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
         std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
-        let result = Command::new("python3")
-            .current_dir(repo())
-            .arg("scripts/istio-render.py")
-            .arg("--plugin")
-            .arg(dir.join("wasmplugin-gateway.yaml"))
-            .arg("--istio-dir")
-            .arg(&dir)
-            .arg("--out")
-            .arg(dir.join("rendered"))
-            .output()
-            .unwrap();
+        let result = render_copy(&dir, "wasmplugin-gateway.yaml");
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success() && stderr.contains(want), "{file} `{to}`: {stderr}");
     }
@@ -413,28 +424,14 @@ fn render_refuses_gateway_api_input_istiod_would_not_use() {
         ),
     ];
     for (plugin, file, from, to, want) in cases {
-        let dir = scratch_dir("istio-refuse-gateway-api");
-        for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
+        let dir = istio_copy("istio-refuse-gateway-api");
         let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         if !from.is_empty() {
             assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
         }
         let edited = if from.is_empty() { to.to_string() } else { text.replace(from, to) };
         std::fs::write(dir.join(file), edited).unwrap();
-        let result = Command::new("python3")
-            .current_dir(repo())
-            .arg("scripts/istio-render.py")
-            .arg("--plugin")
-            .arg(dir.join(plugin))
-            .arg("--istio-dir")
-            .arg(&dir)
-            .arg("--out")
-            .arg(dir.join("rendered"))
-            .output()
-            .unwrap();
+        let result = render_copy(&dir, plugin);
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success(), "{file} `{to}` was rendered");
         for w in want {
