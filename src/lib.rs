@@ -1,7 +1,9 @@
 //! tether: signed, expiring session affinity for Envoy and Istio.
 //!
-//! Everything except `host` is pure logic with native unit tests; `host` is the only
-//! module that talks to the proxy-wasm host, and it exists only on the wasm target.
+//! Everything except `hosts` is pure logic with native unit tests. `filter` is one
+//! request's path, written against the `filter::Host` trait; `hosts::wasm` (proxy-wasm,
+//! the wasm32 build) and `hosts::native` (Envoy's dynamic-module ABI, feature `native`)
+//! implement it and are the only modules that talk to Envoy.
 #![cfg_attr(
     not(test),
     deny(
@@ -19,9 +21,9 @@ pub mod address;
 pub mod config;
 pub mod cookie;
 pub mod duration;
+pub mod filter;
 pub mod keyring;
 pub mod session;
 pub mod token;
 
-#[cfg(target_arch = "wasm32")]
-mod host;
+mod hosts;

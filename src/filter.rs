@@ -1,0 +1,457 @@
+//! One request's path through tether, for any host: what to read, what `session`
+//! decides, which edits to make. A host (`hosts::wasm`, `hosts::native`) implements
+//! [`Host`] — moving bytes in and out of Envoy — and nothing else, so the two builds
+//! cannot drift apart.
+
+use crate::address::parse_upstream_address;
+use crate::config::{self, ConfigError, Settings};
+use crate::cookie::{self, CookieRewrite};
+use crate::session::{self, Affinity, HeaderPlan, Outcome, Served};
+use crate::token::{Rejection, SessionId, NONCE_LEN};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How a host hands a session's owner to Envoy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerVia {
+    /// A request header (`hostHeader`) or cookie (`hostCookie`) that Envoy's
+    /// `stateful_session` filter reads: proxy-wasm has no call for the override host.
+    SessionFilter,
+    /// Envoy's upstream override host, set by the host itself (dynamic modules). The
+    /// host header is then only ever removed.
+    OverrideHost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// tether's counters; every host names them `tether.<name>` in its stats namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Minted,
+    Hits,
+    Repinned,
+    Refreshed,
+    /// Requests carrying more distinct candidate tokens than tether verifies.
+    OverLimit,
+    Invalid(Rejection),
+}
+
+impl Counter {
+    pub const COUNT: usize = 5 + Rejection::ALL.len();
+
+    /// Every counter, in [`Counter::index`] order.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        [Counter::Minted, Counter::Hits, Counter::Repinned, Counter::Refreshed, Counter::OverLimit]
+            .into_iter()
+            .chain(Rejection::ALL.into_iter().map(Counter::Invalid))
+    }
+
+    /// A dense index (0..[`Counter::COUNT`]) for hosts that keep ids in an array.
+    pub fn index(self) -> usize {
+        match self {
+            Counter::Minted => 0,
+            Counter::Hits => 1,
+            Counter::Repinned => 2,
+            Counter::Refreshed => 3,
+            Counter::OverLimit => 4,
+            Counter::Invalid(r) => 5 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
+        }
+    }
+
+    /// The stat name, without the host's namespace.
+    pub fn name(self) -> String {
+        match self {
+            Counter::Minted => "tether.sessions_minted".into(),
+            Counter::Hits => "tether.affinity_hits".into(),
+            Counter::Repinned => "tether.repinned".into(),
+            Counter::Refreshed => "tether.refreshed".into(),
+            Counter::OverLimit => "tether.tokens_over_limit".into(),
+            Counter::Invalid(r) => format!("tether.invalid_token.{}", r.as_str()),
+        }
+    }
+}
+
+/// What tether needs from Envoy. Header names are lower case. Errors are the host's own
+/// description of a failed call (for the log line).
+pub trait Host {
+    /// How this host presents the owner.
+    const OWNER_VIA: OwnerVia;
+
+    /// The first value of a request header (binary-safe).
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of a request header, in order.
+    fn request_header_values(&mut self, name: &str) -> Result<Vec<Vec<u8>>, String>;
+    /// Replaces every value of a request header with one.
+    fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), String>;
+    fn remove_request_header(&mut self, name: &str) -> Result<(), String>;
+    /// Sends the request to `owner` when the cluster has it in an allowed health state,
+    /// else lets the load balancer choose ([`OwnerVia::OverrideHost`] hosts only).
+    fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String>;
+    /// The upstream cluster the route chose.
+    fn cluster_name(&mut self) -> Option<String>;
+    /// The upstream host that served (`ip:port`), if any.
+    fn upstream_address(&mut self) -> Option<Vec<u8>>;
+    /// Envoy's response code details (`via_upstream` when the upstream answered).
+    fn response_code_details(&mut self) -> Option<Vec<u8>>;
+    fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>>;
+    fn remove_response_header(&mut self, name: &str);
+    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), String>;
+    fn set_response_header(&mut self, name: &str, value: &[u8]);
+    /// Wall-clock unix seconds, shared by every Envoy so that expiry means the same everywhere.
+    fn now_secs(&mut self) -> u64;
+    fn log(&mut self, level: Level, message: &str);
+    /// Answers the request locally; it is not forwarded.
+    fn local_reply(&mut self, status: u32, body: &[u8]);
+    fn count(&mut self, counter: Counter);
+}
+
+/// A loaded configuration, shared by every stream of a filter instance.
+pub struct Filter {
+    pub settings: Settings,
+    /// Bench-only (feature `bench-diag`): extra token verifications per request.
+    #[cfg(feature = "bench-diag")]
+    token_repeat: usize,
+}
+
+impl Filter {
+    /// Loads the JSON configuration; `env` looks up the environment `keysFromEnv` names.
+    pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>, via: OwnerVia) -> Result<Filter, ConfigError> {
+        let settings = config::load(raw, env)?;
+        if via == OwnerVia::OverrideHost && settings.host_cookie.is_some() {
+            return Err(ConfigError {
+                field: "hostCookie".into(),
+                reason: "not used by the native module, which sets Envoy's upstream override host itself (hostCookie is for Istio's stateful_session)".into(),
+            });
+        }
+        Ok(Filter {
+            settings,
+            #[cfg(feature = "bench-diag")]
+            token_repeat: env("TETHER_BENCH_TOKEN_REPEAT").and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    /// The start-up line: what is configured, naming key ids and never secrets.
+    pub fn describe(&self) -> String {
+        let s = &self.settings;
+        let keys = s.keyring.key_ids().join(",");
+        let signing = s.keyring.signing_key().map_or("", |k| k.id());
+        let carriers = match (&s.cookie, &s.token_header) {
+            (Some(c), Some(h)) => format!("cookie `{}` and header `{h}`", c.name),
+            (Some(c), None) => format!("cookie `{}`", c.name),
+            (None, Some(h)) => format!("header `{h}`"),
+            (None, None) => "nothing".into(),
+        };
+        format!(
+            "configured: {carriers}, {:?} tokens, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, owner to {} / key header {}",
+            s.format,
+            s.absolute_timeout_secs,
+            s.idle_timeout_secs.map_or("off".into(), |t| format!("{t}s")),
+            s.scope.as_deref().unwrap_or("(upstream cluster)"),
+            s.host_cookie.as_ref().map_or(format!("header {}", s.host_header), |c| format!("cookie {c}")),
+            s.key_header
+        )
+    }
+
+    /// The warning to log once at start-up, if any.
+    pub fn warning(&self) -> Option<&'static str> {
+        self.settings.inline_keys.then_some(
+            "signing keys are inline in the configuration: for demos only, use keysFromEnv in production",
+        )
+    }
+}
+
+/// Whether the request goes on to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// A local reply was sent.
+    Stop,
+}
+
+/// Whether this process has already warned about a cluster name too long to pin.
+static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// One request/response exchange.
+#[derive(Default)]
+pub struct Stream {
+    affinity: Option<Affinity>,
+    /// The upstream cluster's name, read per request when no `scope` is configured.
+    cluster_scope: String,
+    /// The clock as the request read it (unix seconds).
+    request_now: u64,
+}
+
+fn fresh_session_id<H: Host>(host: &mut H) -> Option<SessionId> {
+    let mut id = [0u8; 16];
+    match getrandom::getrandom(&mut id) {
+        Ok(()) => Some(SessionId(id)),
+        Err(e) => {
+            host.log(Level::Error, &format!("no randomness for a session id ({e}); request passes without affinity"));
+            None
+        }
+    }
+}
+
+fn random_nonce<H: Host>(host: &mut H) -> Option<[u8; NONCE_LEN]> {
+    let mut nonce = [0u8; NONCE_LEN];
+    match getrandom::getrandom(&mut nonce) {
+        Ok(()) => Some(nonce),
+        Err(e) => {
+            host.log(Level::Error, &format!("no randomness for a token nonce ({e}); no token sent"));
+            None
+        }
+    }
+}
+
+/// Refuses the request: its steering headers may be the client's, so it must not go on.
+fn refuse<H: Host>(host: &mut H, what: &str, error: &str) -> Verdict {
+    host.log(Level::Error, &format!("cannot {what} ({error}); request refused"));
+    host.local_reply(500, b"");
+    Verdict::Stop
+}
+
+/// Removes the response's `Set-Cookie` headers for cookie `name` and keeps the others.
+fn strip_set_cookie<H: Host>(host: &mut H, name: &str) {
+    let set_cookies = host.response_header_values("set-cookie");
+    if !set_cookies.iter().any(|v| cookie::set_cookie_name(v) == name.as_bytes()) {
+        return;
+    }
+    host.remove_response_header("set-cookie");
+    for value in set_cookies.iter().filter(|v| cookie::set_cookie_name(v) != name.as_bytes()) {
+        let _ = host.add_response_header("set-cookie", value);
+    }
+}
+
+/// Bench-only (feature `bench-diag`, `make bench`): verifies the request's first Cookie
+/// header and computes the steering headers `n` more times, so the bench can price the
+/// token work inside Envoy's V8 (`diag_tether_token_x10`).
+#[cfg(feature = "bench-diag")]
+fn token_work_again(n: usize, scope: &str, settings: &Settings, now: u64, cookie: Option<&[u8]>) {
+    for _ in 0..n {
+        let mut resolver = session::Resolver::new(scope, settings, now);
+        if let Some(affinity) = cookie.and_then(|c| resolver.cookie_header(std::hint::black_box(c))) {
+            std::hint::black_box(session::steering(&affinity, settings));
+        }
+    }
+}
+
+impl Stream {
+    /// The request headers: find the session, steer, and remove every client-sent copy of
+    /// the internal headers.
+    pub fn on_request<H: Host>(&mut self, host: &mut H, filter: &Filter) -> Verdict {
+        let settings = &filter.settings;
+        if settings.scope.is_none() {
+            self.cluster_scope = host.cluster_name().unwrap_or_default();
+        }
+        let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
+        let now = host.now_secs();
+        self.request_now = now;
+        let token_header = settings.token_header.as_ref().and_then(|name| host.request_header(name));
+        // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
+        // Only when it holds no valid token are all Cookie headers read, so a token in a
+        // second Cookie header still counts. The resolver verifies each distinct value once
+        // (the first header's values are not verified again in the full pass) and at most
+        // `session::MAX_CANDIDATES` of them per request. With `hostCookie` every Cookie
+        // header is rewritten below, so all of them are read at once.
+        let first_cookie = host.request_header("cookie");
+        let rewritten: Option<Vec<Vec<u8>>> = match (&settings.host_cookie, &first_cookie) {
+            (Some(_), Some(_)) => match host.request_header_values("cookie") {
+                Ok(values) => Some(values),
+                // Without every Cookie header, a client's owner cookie could survive.
+                Err(error) => return refuse(host, "read the request headers", &error),
+            },
+            _ => None,
+        };
+        let all_cookies: Vec<Vec<u8>>;
+        let mut resolver = session::Resolver::new(scope, settings, now);
+        let mut found = resolver.token_header(token_header.as_deref());
+        if let Some(values) = &rewritten {
+            for value in values {
+                if found.is_some() || !resolver.wants_more() {
+                    break;
+                }
+                found = resolver.cookie_header(value);
+            }
+        } else if let (None, Some(first)) = (&found, first_cookie.as_deref()) {
+            found = resolver.cookie_header(first);
+            if found.is_none() && resolver.wants_more() {
+                all_cookies = host.request_header_values("cookie").unwrap_or_default();
+                for value in &all_cookies {
+                    found = resolver.cookie_header(value);
+                    if found.is_some() || !resolver.wants_more() {
+                        break;
+                    }
+                }
+            }
+        }
+        #[cfg(feature = "bench-diag")]
+        token_work_again(filter.token_repeat, scope, settings, now, first_cookie.as_deref());
+        if resolver.over_limit() {
+            host.count(Counter::OverLimit);
+        }
+        let affinity = found.or_else(|| resolver.new_session(|| fresh_session_id(host)));
+        // Client-sent copies of the internal headers would let a client pick its pod (or
+        // cluster) without a token: each is replaced with tether's value, or removed.
+        let mut steering = affinity.as_ref().map(|a| session::steering(a, settings));
+        let owner = match (&affinity, H::OWNER_VIA) {
+            (Some(Affinity::Pinned { token, .. }), OwnerVia::OverrideHost) => Some(token.owner),
+            _ => None,
+        };
+        if H::OWNER_VIA == OwnerVia::OverrideHost {
+            if let Some(s) = steering.as_mut() {
+                s.override_host = None;
+            }
+        }
+        let HeaderPlan::Edit(internal) = session::header_plan(Some(settings), steering.as_ref()) else {
+            host.local_reply(503, b"");
+            return Verdict::Stop;
+        };
+        for (name, value) in internal {
+            let done = match value {
+                Some(value) => host.set_request_header(name, value.as_bytes()),
+                None => host.remove_request_header(name),
+            };
+            if let Err(error) = done {
+                return refuse(host, &format!("set request header {name}"), &error);
+            }
+        }
+        if let Some(owner) = owner {
+            // Failing here loses affinity for this request (the hash decides), never safety.
+            if let Err(error) = host.set_override_host(owner) {
+                host.log(Level::Warn, &format!("cannot set the upstream override host ({error})"));
+            }
+        }
+        if let Some(name) = &settings.host_cookie {
+            let cookies = rewritten.iter().flatten().map(Vec::as_slice);
+            let owner = steering.as_ref().and_then(|s| s.override_host.as_deref()).map(str::as_bytes);
+            let done = match cookie::with_owner_cookie(cookies, name.as_bytes(), owner) {
+                CookieRewrite::Keep => Ok(()),
+                CookieRewrite::Remove => host.remove_request_header("cookie"),
+                CookieRewrite::Set(value) => host.set_request_header("cookie", &value),
+            };
+            if let Err(error) = done {
+                return refuse(host, "rewrite the cookie header", &error);
+            }
+        }
+        let Some(affinity) = affinity else {
+            return Verdict::Continue;
+        };
+        if let Affinity::New { rejected: Some(reason), .. } = &affinity {
+            host.count(Counter::Invalid(*reason));
+        }
+        self.affinity = Some(affinity);
+        Verdict::Continue
+    }
+
+    /// The response headers: which host served, and the token the client needs, if any.
+    pub fn on_response<H: Host>(&mut self, host: &mut H, filter: &Filter) {
+        let settings = &filter.settings;
+        let by = host.upstream_address().and_then(|raw| parse_upstream_address(&raw));
+        let presented = match &self.affinity {
+            Some(Affinity::Pinned { token, .. }) => Some(token.owner),
+            _ => None,
+        };
+        match (H::OWNER_VIA, &settings.host_cookie) {
+            (OwnerVia::OverrideHost, _) => {}
+            // stateful_session announces the host it used in this header when it is not the
+            // one tether presented; clients need not see it. When the presented owner served,
+            // it added nothing, so there is nothing to remove (one host call saved per hit).
+            (OwnerVia::SessionFilter, None) => {
+                if by.is_none() || by != presented {
+                    host.remove_response_header(&settings.host_header);
+                }
+            }
+            // The cookie session state sets its cookie when the host it used is not the one
+            // tether presented (a new session, a re-pin, a retry, a local reply).
+            (OwnerVia::SessionFilter, Some(name)) => {
+                if by.is_some() && by != presented {
+                    strip_set_cookie(host, name);
+                }
+            }
+        }
+        let Some(affinity) = &self.affinity else {
+            return;
+        };
+        let label = self.respond(host, affinity, by, settings);
+        if let (Some(name), Some(label)) = (&settings.debug_header, label) {
+            host.set_response_header(name, label.as_bytes());
+        }
+    }
+
+    /// Sends the token the response needs, if any; returns the debug label.
+    fn respond<H: Host>(
+        &self,
+        host: &mut H,
+        affinity: &Affinity,
+        by: Option<SocketAddr>,
+        settings: &Settings,
+    ) -> Option<String> {
+        let cluster = match (settings.cluster_header.is_some(), by.is_some()) {
+            (true, true) => host.cluster_name().unwrap_or_default(),
+            _ => String::new(),
+        };
+        if !session::can_pin_cluster(&cluster) && !CLUSTER_WARNED.swap(true, Ordering::Relaxed) {
+            host.log(
+                Level::Warn,
+                &format!(
+                    "cluster name of {} bytes is longer than a token can record ({} bytes): sessions served by it are not pinned to their cluster (clusterHeader) and follow the route's weights",
+                    cluster.len(),
+                    crate::token::MAX_CLUSTER_LEN
+                ),
+            );
+        }
+        // The clock is read again unless the outcome cannot depend on it (a hit without an
+        // idle timeout): a long poll or a slow upload can outlast the idle window, and the
+        // token's issue time, the refresh decision and Max-Age must count from now.
+        let mut now = self.request_now;
+        let (outcome, token) = match by {
+            Some(by) => {
+                let served = Served { by, cluster };
+                let early = session::respond(affinity, &served, now, settings);
+                if session::needs_fresh_clock(early.0, settings) {
+                    now = host.now_secs();
+                    session::respond(affinity, &served, now, settings)
+                } else {
+                    early
+                }
+            }
+            None => (Outcome::New, None),
+        };
+        // A hit sends nothing, so whether the answer came from the upstream matters only
+        // otherwise: on a local reply (e.g. 503 after retries) upstream.address is the last
+        // failed host, and no token may name it.
+        if outcome != Outcome::Hit || by.is_none() {
+            let details = host.response_code_details();
+            if by.is_none() || details.as_deref() != Some(b"via_upstream".as_slice()) {
+                return settings.debug_header.as_ref().map(|_| "local-reply".to_string());
+            }
+        }
+        host.count(match outcome {
+            Outcome::Hit => Counter::Hits,
+            Outcome::New => Counter::Minted,
+            Outcome::Repinned => Counter::Repinned,
+            Outcome::Refreshed => Counter::Refreshed,
+        });
+        if let Some(token) = token {
+            let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
+            let sealed = session::seal(&token, scope, settings, || random_nonce(host))?;
+            let (by_cookie, by_header) = session::carriers(affinity, settings);
+            if by_cookie {
+                if let Some(cookie) = session::set_cookie(&sealed, &token, now, settings) {
+                    if let Err(error) = host.add_response_header("set-cookie", cookie.as_bytes()) {
+                        host.log(Level::Warn, &format!("cannot add set-cookie ({error})"));
+                    }
+                }
+            }
+            if let (true, Some(name)) = (by_header, &settings.token_header) {
+                host.set_response_header(name, sealed.as_bytes());
+            }
+        }
+        settings.debug_header.as_ref().map(|_| session::debug_label(affinity, outcome))
+    }
+}
