@@ -113,6 +113,7 @@ pub trait Host {
 /// A loaded configuration, shared by every stream of a filter instance.
 pub struct Filter {
     pub settings: Settings,
+    via: OwnerVia,
     /// Bench-only (feature `bench-diag`): extra token verifications per request.
     #[cfg(feature = "bench-diag")]
     token_repeat: usize,
@@ -120,7 +121,11 @@ pub struct Filter {
 
 impl Filter {
     /// Loads the JSON configuration; `env` looks up the environment `keysFromEnv` names.
-    pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>, via: OwnerVia) -> Result<Filter, ConfigError> {
+    pub fn load(
+        raw: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+        via: OwnerVia,
+    ) -> Result<Filter, ConfigError> {
         let settings = config::load(raw, env)?;
         if via == OwnerVia::OverrideHost && settings.host_cookie.is_some() {
             return Err(ConfigError {
@@ -130,6 +135,7 @@ impl Filter {
         }
         Ok(Filter {
             settings,
+            via,
             #[cfg(feature = "bench-diag")]
             token_repeat: env("TETHER_BENCH_TOKEN_REPEAT").and_then(|v| v.parse().ok()).unwrap_or(0),
         })
@@ -152,7 +158,11 @@ impl Filter {
             s.absolute_timeout_secs,
             s.idle_timeout_secs.map_or("off".into(), |t| format!("{t}s")),
             s.scope.as_deref().unwrap_or("(upstream cluster)"),
-            s.host_cookie.as_ref().map_or(format!("header {}", s.host_header), |c| format!("cookie {c}")),
+            match (self.via, &s.host_cookie) {
+                (OwnerVia::OverrideHost, _) => "Envoy's upstream override host".to_string(),
+                (OwnerVia::SessionFilter, Some(c)) => format!("cookie {c}"),
+                (OwnerVia::SessionFilter, None) => format!("header {}", s.host_header),
+            },
             s.key_header
         )
     }
@@ -191,7 +201,10 @@ fn fresh_session_id<H: Host>(host: &mut H) -> Option<SessionId> {
     match getrandom::getrandom(&mut id) {
         Ok(()) => Some(SessionId(id)),
         Err(e) => {
-            host.log(Level::Error, &format!("no randomness for a session id ({e}); request passes without affinity"));
+            host.log(
+                Level::Error,
+                &format!("no randomness for a session id ({e}); request passes without affinity"),
+            );
             None
         }
     }

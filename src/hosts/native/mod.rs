@@ -1,0 +1,468 @@
+//! The native host: tether as an Envoy dynamic module (`envoy.filters.http.dynamic_modules`,
+//! `make build-native`). Like `hosts::wasm` it only moves bytes between Envoy and `filter`.
+//! It steers with Envoy's upstream override host ([`OwnerVia::OverrideHost`]), so no
+//! `stateful_session` filter is needed. No panic unwinds into Envoy: every exported
+//! function catches it and fails safe (a request whose steering headers may be the
+//! client's is answered locally, never forwarded).
+
+mod abi;
+
+use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
+use abi::{Buffer, ConfigEnvoyPtr, FilterEnvoyPtr, ModulePtr};
+use std::ffi::c_char;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn log(level: u32, message: &str) {
+    // SAFETY: the buffer points into `message` for the duration of the call.
+    unsafe { abi::envoy_dynamic_module_callback_log(level, Buffer::of(message.as_bytes())) }
+}
+
+/// A loaded configuration and the ids of its counters (`dynamicmodulescustom.tether.*`).
+struct Config {
+    filter: Filter,
+    counters: Vec<Option<usize>>,
+}
+
+/// One stream: the shared configuration and the exchange's state.
+struct NativeStream {
+    config: *const Config,
+    stream: Stream,
+}
+
+/// A stream's view of Envoy during one callback.
+struct Native<'a> {
+    envoy: FilterEnvoyPtr,
+    counters: &'a [Option<usize>],
+}
+
+impl Native<'_> {
+    fn header_values(&self, header_type: u32, name: &str) -> Vec<Vec<u8>> {
+        let mut values = Vec::new();
+        let mut count = 1;
+        let mut index = 0;
+        while index < count {
+            let mut value = Buffer::NULL;
+            // SAFETY: `self.envoy` is the filter Envoy passed to this callback; the value
+            // buffer it fills stays valid until the headers change, and is copied at once.
+            let found = unsafe {
+                abi::envoy_dynamic_module_callback_http_get_header(
+                    self.envoy,
+                    header_type,
+                    Buffer::of(name.as_bytes()),
+                    &mut value,
+                    index,
+                    &mut count,
+                )
+            };
+            match found.then(|| unsafe { value.to_vec() }).flatten() {
+                Some(v) => values.push(v),
+                None => break,
+            }
+            index += 1;
+        }
+        values
+    }
+
+    fn set_header(&self, header_type: u32, name: &str, value: Buffer) -> Result<(), String> {
+        // SAFETY: both buffers point into live slices for the duration of the call.
+        let done = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.envoy,
+                header_type,
+                Buffer::of(name.as_bytes()),
+                value,
+            )
+        };
+        done.then_some(()).ok_or_else(|| "Envoy refused the header edit".to_string())
+    }
+
+    fn attribute(&self, id: u32) -> Option<Vec<u8>> {
+        let mut value = Buffer::NULL;
+        // SAFETY: as in `header_values`.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(self.envoy, id, &mut value)
+        };
+        found.then(|| unsafe { value.to_vec() }).flatten()
+    }
+}
+
+impl Host for Native<'_> {
+    const OWNER_VIA: OwnerVia = OwnerVia::OverrideHost;
+
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        let mut value = Buffer::NULL;
+        let mut count = 0;
+        // SAFETY: as in `header_values`.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                self.envoy,
+                abi::REQUEST_HEADERS,
+                Buffer::of(name.as_bytes()),
+                &mut value,
+                0,
+                &mut count,
+            )
+        };
+        found.then(|| unsafe { value.to_vec() }).flatten()
+    }
+
+    fn request_header_values(&mut self, name: &str) -> Result<Vec<Vec<u8>>, String> {
+        Ok(self.header_values(abi::REQUEST_HEADERS, name))
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        self.set_header(abi::REQUEST_HEADERS, name, Buffer::of(value))
+    }
+
+    fn remove_request_header(&mut self, name: &str) -> Result<(), String> {
+        self.set_header(abi::REQUEST_HEADERS, name, Buffer::NULL)
+    }
+
+    fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String> {
+        let host = owner.to_string();
+        // SAFETY: the buffer points into `host` for the duration of the call.
+        let done = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
+                self.envoy,
+                Buffer::of(host.as_bytes()),
+                false,
+            )
+        };
+        done.then_some(()).ok_or_else(|| format!("Envoy refused {host}"))
+    }
+
+    fn cluster_name(&mut self) -> Option<String> {
+        self.attribute(abi::ATTRIBUTE_XDS_CLUSTER_NAME).and_then(|b| String::from_utf8(b).ok())
+    }
+
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        self.attribute(abi::ATTRIBUTE_UPSTREAM_ADDRESS)
+    }
+
+    fn response_code_details(&mut self) -> Option<Vec<u8>> {
+        self.attribute(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS)
+    }
+
+    fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
+        self.header_values(abi::RESPONSE_HEADERS, name)
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        let _ = self.set_header(abi::RESPONSE_HEADERS, name, Buffer::NULL);
+    }
+
+    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        // SAFETY: both buffers point into live slices for the duration of the call.
+        let done = unsafe {
+            abi::envoy_dynamic_module_callback_http_add_header(
+                self.envoy,
+                abi::RESPONSE_HEADERS,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value),
+            )
+        };
+        done.then_some(()).ok_or_else(|| "Envoy refused the header".to_string())
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &[u8]) {
+        let _ = self.set_header(abi::RESPONSE_HEADERS, name, Buffer::of(value));
+    }
+
+    fn now_secs(&mut self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        log(
+            match level {
+                Level::Info => abi::LOG_INFO,
+                Level::Warn => abi::LOG_WARN,
+                Level::Error => abi::LOG_ERROR,
+            },
+            message,
+        );
+    }
+
+    fn local_reply(&mut self, status: u32, body: &[u8]) {
+        refuse(self.envoy, status, body);
+    }
+
+    fn count(&mut self, counter: Counter) {
+        if let Some(Some(id)) = self.counters.get(counter.index()) {
+            // SAFETY: `id` came from `define_counter` on this filter's configuration.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                    self.envoy,
+                    *id,
+                    std::ptr::null(),
+                    0,
+                    1,
+                );
+            }
+        }
+    }
+}
+
+fn refuse(envoy: FilterEnvoyPtr, status: u32, body: &[u8]) {
+    // SAFETY: the buffers point into live slices for the duration of the call.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_send_response(
+            envoy,
+            status,
+            std::ptr::null(),
+            0,
+            Buffer::of(body),
+            Buffer::of(b"tether_refused"),
+        )
+    }
+}
+
+// ------------------------------------------------------------------ exported to Envoy
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    std::panic::set_hook(Box::new(|info| {
+        log(abi::LOG_CRITICAL, &format!("tether panicked ({info}); the callback failed safe"));
+    }));
+    abi::ABI_VERSION.as_ptr().cast()
+}
+
+/// Loads the JSON configuration (the filter's `filter_config` string); a null return makes
+/// Envoy refuse the configuration, after one log line naming the field.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    _name: Buffer,
+    config: Buffer,
+) -> ModulePtr {
+    let loaded = catch_unwind(|| {
+        // SAFETY: Envoy passes a buffer valid for this call.
+        let raw = unsafe { config.to_vec() }.unwrap_or_default();
+        // `keysFromEnv` reads Envoy's own environment.
+        let filter = match Filter::load(&raw, &|var| std::env::var(var).ok(), OwnerVia::OverrideHost) {
+            Ok(filter) => filter,
+            Err(error) => {
+                log(abi::LOG_ERROR, &error.to_string());
+                return std::ptr::null();
+            }
+        };
+        log(
+            abi::LOG_INFO,
+            &format!(
+                concat!("tether ", env!("CARGO_PKG_VERSION"), " (", env!("TETHER_GIT_SHA"), ", native) {}"),
+                filter.describe()
+            ),
+        );
+        if let Some(warning) = filter.warning() {
+            log(abi::LOG_WARN, warning);
+        }
+        let counters = Counter::all()
+            .map(|counter| {
+                let name = counter.name();
+                let mut id = 0;
+                // SAFETY: counters may be defined only here, on the configuration Envoy passed.
+                let result = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                        config_envoy,
+                        Buffer::of(name.as_bytes()),
+                        std::ptr::null(),
+                        0,
+                        &mut id,
+                    )
+                };
+                (result == 0).then_some(id)
+            })
+            .collect();
+        Box::into_raw(Box::new(Config { filter, counters })) as ModulePtr
+    });
+    loaded.unwrap_or(std::ptr::null())
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ModulePtr) {
+    if !config.is_null() {
+        // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
+        drop(unsafe { Box::from_raw(config as *mut Config) });
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ModulePtr, _: FilterEnvoyPtr) -> ModulePtr {
+    let stream = NativeStream { config: config.cast(), stream: Stream::default() };
+    Box::into_raw(Box::new(stream)) as ModulePtr
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(stream: ModulePtr) {
+    if !stream.is_null() {
+        // SAFETY: made by `Box::into_raw` in `filter_new`; Envoy destroys it once.
+        drop(unsafe { Box::from_raw(stream as *mut NativeStream) });
+    }
+}
+
+/// Runs `f` with the stream and its host view; `None` when it panicked or has no state.
+fn with_stream<T>(
+    envoy: FilterEnvoyPtr,
+    stream: ModulePtr,
+    f: impl FnOnce(&mut Stream, &mut Native<'_>, &Filter) -> T,
+) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `stream` came from `filter_new` and its configuration outlives it (Envoy
+        // keeps the configuration alive while any of its filters exists); Envoy runs one
+        // callback of a stream at a time.
+        let state = unsafe { (stream as *mut NativeStream).as_mut() }?;
+        let config = unsafe { state.config.as_ref() }?;
+        let mut host = Native { envoy, counters: &config.counters };
+        Some(f(&mut state.stream, &mut host, &config.filter))
+    }))
+    .ok()
+    .flatten()
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    envoy: FilterEnvoyPtr,
+    stream: ModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    match with_stream(envoy, stream, |stream, host, filter| stream.on_request(host, filter)) {
+        Some(Verdict::Continue) => abi::CONTINUE,
+        Some(Verdict::Stop) => abi::STOP_ITERATION,
+        // Its internal headers may still be the client's: never forward it.
+        None => {
+            refuse(envoy, 500, b"");
+            abi::STOP_ITERATION
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    stream: ModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    // A failure here costs at most this response's token; the response goes on.
+    let _ = with_stream(envoy, stream, |stream, host, filter| stream.on_response(host, filter));
+    abi::CONTINUE
+}
+
+// The hooks Envoy requires of every HTTP filter module; tether needs none of them.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_: FilterEnvoyPtr, _: ModulePtr) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: bool,
+) -> u32 {
+    abi::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+) -> u32 {
+    abi::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: bool,
+) -> u32 {
+    abi::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+) -> u32 {
+    abi::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: u64,
+    _: u32,
+    _: *const std::ffi::c_void,
+    _: usize,
+    _: *const std::ffi::c_void,
+    _: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: u64,
+    _: *const std::ffi::c_void,
+    _: usize,
+    _: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: u64,
+    _: *const std::ffi::c_void,
+    _: usize,
+    _: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: u64,
+    _: *const std::ffi::c_void,
+    _: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+    _: u64,
+    _: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: FilterEnvoyPtr, _: ModulePtr, _: u64) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _: FilterEnvoyPtr,
+    _: ModulePtr,
+) {
+}
