@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
+.PHONY: bench build build-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -13,9 +13,16 @@ build: wasm-target
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
+## build-native: the native build, an Envoy dynamic module, at target/native/libtether.so
+## (Envoy 1.40; run it with envoy/native.yaml: `make run-native`)
+build-native:
+	cargo build --profile native --features native --lib
+	@ls -l target/native/libtether.so | awk '{print "built target/native/libtether.so: " $$5 " bytes"}'
+
 ## build-crash-test: a test-only module that panics on request (tests of failure policies)
 build-crash-test: wasm-target
 	cargo build --release --target $(WASM_TARGET) --features crash-test --target-dir target/crash-test
+	cargo build --profile native --features native,crash-test --lib --target-dir target/crash-test
 
 ## envoy: print (and install if needed) the Envoy binary the tests use
 envoy:
@@ -34,13 +41,33 @@ browser-tools:
 browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browser.sh)" \
 	  tests/browser/browser_test.py $(1) 2>&1 | tee target/test-browser.log
 
-## test: lints, native unit tests, and integration tests against real Envoy
-test: tools lint build build-crash-test
+# The shared integration tests that `make test` also runs against the native build
+# (TETHER_BUILD=native); the misordered-chain test is about stateful_session, which the
+# native build does not use.
+NATIVE_TESTS := affinity failover hardening config operations review
+native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" cargo test --release \
+	  $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads=2 --skip troubleshooting_stateful_session \
+	  2>&1 | tee target/test-native.log; \
+	awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "native build: %d passed, %d failed\n", p, f}' target/test-native.log
+
+## test: lints, native unit tests, and integration tests against real Envoy, for the wasm
+## module and (the shared suite's core, and tests/native.rs) the native build
+test: tools lint build build-native build-crash-test
 	@mkdir -p target
 	set -o pipefail; ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2 \
 	  2>&1 | tee target/test.log
 	@awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
+	$(call native_tests)
 	$(call browser_tests)
+
+## test-native: the shared suite's core against the native build alone (also part of `make test`)
+test-native: build-native build-crash-test
+	@mkdir -p target
+	$(call native_tests)
+
+## run-native: three demo pods and Envoy with envoy/native.yaml and the native module
+run-native: build-native
+	TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" scripts/run-demo.sh
 
 ## test-browser: the browser suite alone (also part of `make test`); one test: make
 ## test-browser T=test_header_mode_from_a_page_script
@@ -56,6 +83,7 @@ lint: wasm-target
 	cargo fmt --all --check
 	cargo clippy --release --target $(WASM_TARGET) -- -D warnings
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --profile native --features native --lib -- -D warnings
 
 ## run: three demo pods and Envoy on 127.0.0.1:10000 (Ctrl-C stops all)
 run: build
@@ -141,9 +169,9 @@ envoy-gateway: image
 
 ## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy;
 ## prints, per version, how many of those tests passed and failed, and fails unless all did
-MATRIX_TESTS := $(filter-out demo,$(basename $(notdir $(wildcard tests/*.rs))))
+MATRIX_TESTS := $(filter-out demo native,$(basename $(notdir $(wildcard tests/*.rs))))
 MATRIX_COUNT := $(shell cat $(addprefix tests/,$(addsuffix .rs,$(MATRIX_TESTS))) | grep -c '^\#\[test\]')
-test-matrix: tools build build-crash-test
+test-matrix: tools build build-native build-crash-test
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
@@ -152,4 +180,7 @@ test-matrix: tools build build-crash-test
 	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v -v n=$(MATRIX_COUNT) \
 	    '{p+=$$4; f+=$$6; i+=$$8} END {print "envoy-" v ": " p " passed, " f " failed, " i " ignored, of " n " tests"; exit !(p + i == n && f == 0)}' \
 	    || failed="$$failed $$v"; \
+	  ENVOY="$$envoy" cargo test --release --test native abi_check_of_this_envoy -- --ignored --nocapture \
+	    > target/matrix-native-$$v.log 2>&1 || failed="$$failed $$v(native)"; \
+	  grep '^Envoy ' target/matrix-native-$$v.log | cut -c1-220; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts three demo pods on 127.0.0.1:8081-8083 and Envoy with envoy/envoy.yaml in the
-# foreground. Ctrl-C stops everything.
+# foreground (with envoy/native.yaml and the native module when TETHER_BUILD=native).
+# Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY="${ENVOY:-$(scripts/envoy.sh)}"
@@ -23,8 +24,13 @@ Envoy with tether on http://127.0.0.1:10000 (admin http://127.0.0.1:9901). Try:
   kill one pod (pkill -f 'pod.py --name pod-8081') and watch its sessions re-pin
 
 MSG
-"$ENVOY" -c envoy/envoy.yaml --disable-hot-restart --log-level warn \
-  --component-log-level wasm:info &
+config=envoy/envoy.yaml
+if [ "${TETHER_BUILD:-wasm}" = native ]; then
+  config=envoy/native.yaml
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/native
+fi
+"$ENVOY" -c "$config" --disable-hot-restart --log-level warn \
+  --component-log-level wasm:info,dynamic_modules:info &
 envoy_pid=$!
 pids+=("$envoy_pid")
 # Runs until Envoy exits (or Ctrl-C). Not `wait -n` on every process: killing a pod is

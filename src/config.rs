@@ -222,7 +222,7 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
             let Some(spec) = env(var).filter(|v| !v.trim().is_empty()) else {
                 return fail(
                     "keysFromEnv",
-                    format!("environment variable `{}` is not set or empty in the Wasm VM (vm_config.environment_variables / vmConfig.env)", var.escape_debug()),
+                    format!("environment variable `{}` is not set or empty (wasm: the VM's vm_config.environment_variables / vmConfig.env; native: Envoy's own environment)", var.escape_debug()),
                 );
             };
             let ring = Keyring::parse(&spec, signing_id)

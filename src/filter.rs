@@ -3,7 +3,6 @@
 //! [`Host`] — moving bytes in and out of Envoy — and nothing else, so the two builds
 //! cannot drift apart.
 
-use crate::address::parse_upstream_address;
 use crate::config::{self, ConfigError, Settings};
 use crate::cookie::{self, CookieRewrite};
 use crate::session::{self, Affinity, HeaderPlan, Outcome, Served};
@@ -89,13 +88,16 @@ pub trait Host {
     /// Replaces every value of a request header with one.
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), String>;
     fn remove_request_header(&mut self, name: &str) -> Result<(), String>;
+    /// Makes Envoy match the route again after the edits (`clusterHeader` routes on a header
+    /// tether sets). proxy-wasm hosts need nothing: Envoy re-matches after their edits.
+    fn reroute(&mut self);
     /// Sends the request to `owner` when the cluster has it in an allowed health state,
     /// else lets the load balancer choose ([`OwnerVia::OverrideHost`] hosts only).
     fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String>;
     /// The upstream cluster the route chose.
     fn cluster_name(&mut self) -> Option<String>;
-    /// The upstream host that served (`ip:port`), if any.
-    fn upstream_address(&mut self) -> Option<Vec<u8>>;
+    /// The upstream host that served (or, on a local reply, was tried last), if any.
+    fn upstream_host(&mut self) -> Option<SocketAddr>;
     /// Envoy's response code details (`via_upstream` when the upstream answered).
     fn response_code_details(&mut self) -> Option<Vec<u8>>;
     fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>>;
@@ -240,6 +242,17 @@ fn strip_set_cookie<H: Host>(host: &mut H, name: &str) {
     }
 }
 
+/// Test-only (feature `crash-test`, `make build-crash-test`): panics when the request asks
+/// for it, after the internal headers were edited, so tests can see what each host does
+/// with a panic (wasm: Envoy's failure policy; native: the request is refused).
+#[cfg(feature = "crash-test")]
+#[allow(clippy::panic)]
+fn crash_test<H: Host>(host: &mut H) {
+    if host.request_header("x-tether-crash-test").is_some() {
+        panic!("crash test requested");
+    }
+}
+
 /// Bench-only (feature `bench-diag`, `make bench`): verifies the request's first Cookie
 /// header and computes the steering headers `n` more times, so the bench can price the
 /// token work inside Envoy's V8 (`diag_tether_token_x10`).
@@ -333,6 +346,11 @@ impl Stream {
                 return refuse(host, &format!("set request header {name}"), &error);
             }
         }
+        #[cfg(feature = "crash-test")]
+        crash_test(host);
+        if settings.cluster_header.is_some() {
+            host.reroute();
+        }
         if let Some(owner) = owner {
             // Failing here loses affinity for this request (the hash decides), never safety.
             if let Err(error) = host.set_override_host(owner) {
@@ -364,7 +382,7 @@ impl Stream {
     /// The response headers: which host served, and the token the client needs, if any.
     pub fn on_response<H: Host>(&mut self, host: &mut H, filter: &Filter) {
         let settings = &filter.settings;
-        let by = host.upstream_address().and_then(|raw| parse_upstream_address(&raw));
+        let by = host.upstream_host();
         let presented = match &self.affinity {
             Some(Affinity::Pinned { token, .. }) => Some(token.owner),
             _ => None,

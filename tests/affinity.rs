@@ -55,7 +55,7 @@ fn new_session_is_minted_and_then_sticks() {
         assert_eq!(r.status, 200);
         assert_eq!(r.pod(), first.pod(), "request {i} left its pod");
         assert_eq!(r.set_cookie(), None, "request {i}: no Set-Cookie while the owner serves");
-        assert_eq!(r.header("x-seen-host"), Some(override_header(token.owner).as_str()));
+        assert_eq!(r.header("x-seen-host"), Some(seen_host(token.owner).as_str()));
         assert_eq!(r.header("x-seen-key"), Some(token.session.to_hex().as_str()));
         assert!(r.header("x-tether-host").is_none());
     }
@@ -219,7 +219,7 @@ fn client_sent_internal_headers_never_steer() {
             ],
         );
         assert_eq!(r.pod(), "pod-a");
-        let ours = override_header(s.addr_of("pod-a"));
+        let ours = seen_host(s.addr_of("pod-a"));
         assert_eq!(r.header("x-seen-host"), Some(ours.as_str()), "only tether's value reaches the pod");
         assert_eq!(r.header("x-seen-key"), Some(SessionId([3; 16]).to_hex().as_str()));
     }

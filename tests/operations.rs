@@ -50,10 +50,10 @@ fn counters_and_debug_header_match_known_traffic() {
     );
     // Envoy has exactly these counters of tether's, no more, no fewer.
     let defined: Vec<String> = envoy
-        .admin_get("/stats?filter=^wasmcustom\\.tether\\.")
+        .admin_get(&format!("/stats?filter=^{}", counter("").replace('.', "\\.")))
         .lines()
         .filter_map(|l| l.split_once(": "))
-        .map(|(k, _)| k.trim_start_matches("wasmcustom.tether.").to_string())
+        .map(|(k, _)| k.trim_start_matches(&counter("")).to_string())
         .collect();
     assert_eq!(defined, COUNTERS, "tether's counters on /stats");
     let now = now();
@@ -114,16 +114,23 @@ fn counters_and_debug_header_match_known_traffic() {
         })
         .collect();
     let read = |envoy: &Envoy| -> HashMap<&str, u64> {
-        COUNTERS.iter().map(|name| (*name, envoy.stat(&format!("wasmcustom.tether.{name}")))).collect()
+        COUNTERS.iter().map(|name| (*name, envoy.stat(&counter(name)))).collect()
     };
     assert_eq!(read(&envoy), want);
     let prometheus = envoy.admin_get("/stats/prometheus");
     let tether_lines: Vec<&str> =
         prometheus.lines().filter(|l| l.contains("tether") && !l.starts_with('#')).collect();
     println!("prometheus:\n{}", tether_lines.join("\n"));
-    assert!(tether_lines.contains(&"tether_affinity_hits{} 10"), "{tether_lines:?}");
-    assert!(tether_lines.contains(&"tether_sessions_minted{} 13"), "{tether_lines:?}");
-    assert!(tether_lines.contains(&"tether_invalid_token_lifetime_too_long{} 1"), "{tether_lines:?}");
+    // Envoy exports wasm's namespace bare, and a dynamic module's with `envoy_` and its own.
+    let prefix = if native() { "envoy_dynamicmodulescustom_" } else { "" };
+    for line in [
+        "tether_affinity_hits{} 10",
+        "tether_sessions_minted{} 13",
+        "tether_invalid_token_lifetime_too_long{} 1",
+    ] {
+        let line = format!("{prefix}{line}");
+        assert!(tether_lines.contains(&line.as_str()), "{line} not in {tether_lines:?}");
+    }
 
     // Envoy's own replies: labelled `local-reply`, no cookie, no counter moves. First
     // while Envoy still tries the dead pods (the reply names the last failed host as

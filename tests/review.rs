@@ -54,7 +54,7 @@ fn long_canary(pods: &[Pod], stable_weight: u32, canary_weight: u32) -> (EnvoyCo
         assert_eq!(yaml.matches(&from).count(), 1, "canary.yaml must contain `{from}` once");
         yaml = yaml.replacen(&from, &to, 1);
     }
-    let config = EnvoyConfig::from_yaml(yaml)
+    let config = EnvoyConfig::for_build(yaml)
         .repoint(8081, pods[0].addr)
         .repoint(8082, pods[1].addr)
         .repoint(8083, pods[2].addr)
@@ -92,8 +92,8 @@ fn long_cluster_names_pin_sessions_to_their_cluster() {
             "round {round}"
         );
     }
-    assert_eq!(envoy.stat("wasmcustom.tether.repinned"), 0);
-    assert_eq!(envoy.stat("wasmcustom.tether.affinity_hits"), 10);
+    assert_eq!(envoy.stat(&counter("repinned")), 0);
+    assert_eq!(envoy.stat(&counter("affinity_hits")), 10);
 }
 
 /// A `tether=` cookie value for a fake token: right key id, wrong key.
@@ -137,8 +137,8 @@ fn a_flood_of_fake_tokens_is_counted_and_costs_a_few_checks() {
         assert_eq!((r.status, r.header("x-tether")), (200, Some("invalid:bad_signature")));
         assert_eq!(r.header("x-seen-host"), Some("-"));
     }
-    assert_eq!(envoy.stat("wasmcustom.tether.tokens_over_limit"), 3);
-    assert_eq!(envoy.stat("wasmcustom.tether.invalid_token.bad_signature"), 3);
+    assert_eq!(envoy.stat(&counter("tokens_over_limit")), 3);
+    assert_eq!(envoy.stat(&counter("invalid_token.bad_signature")), 3);
     // A valid token after three fakes is the fourth candidate: it steers.
     let owner = &pods[1];
     let valid = demo_token(owner.addr, [4; 16]);
@@ -150,7 +150,7 @@ fn a_flood_of_fake_tokens_is_counted_and_costs_a_few_checks() {
     let header = format!("{}; tether={valid}", vec![three[0]; 500].join("; "));
     let r = envoy.get("/", &[("cookie", &header)]);
     assert_eq!((r.header("x-tether"), r.pod()), (Some("hit"), owner.name.as_str()));
-    assert_eq!(envoy.stat("wasmcustom.tether.tokens_over_limit"), 3, "neither of the two is over the cap");
+    assert_eq!(envoy.stat(&counter("tokens_over_limit")), 3, "neither of the two is over the cap");
     let log = envoy.log();
     assert!(!log.contains("panicked") && !log.contains("Wasm VM failed"), "{log}");
 }

@@ -2,6 +2,7 @@
 //! and leaves every decision to `filter` and `session`. Every host call goes through
 //! `proxy_wasm::hostcalls` and its `Result` is handled: a panic would kill the VM.
 
+use crate::address::parse_upstream_address;
 use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
 use crate::session;
 use proxy_wasm::hostcalls;
@@ -55,6 +56,8 @@ impl Host for Wasm<'_> {
         hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).map_err(status)
     }
 
+    fn reroute(&mut self) {}
+
     fn set_override_host(&mut self, _: SocketAddr) -> Result<(), String> {
         Err("proxy-wasm has no override-host call; the session filter reads the host header".into())
     }
@@ -63,8 +66,8 @@ impl Host for Wasm<'_> {
         property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok())
     }
 
-    fn upstream_address(&mut self) -> Option<Vec<u8>> {
-        property(&["upstream", "address"])
+    fn upstream_host(&mut self) -> Option<SocketAddr> {
+        property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw))
     }
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {
@@ -120,15 +123,6 @@ impl Host for Wasm<'_> {
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
-}
-
-/// Test-only (feature `crash-test`): panics when the request asks for it.
-#[cfg(feature = "crash-test")]
-#[allow(clippy::panic)]
-fn crash_test() {
-    if let Ok(Some(_)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-tether-crash-test") {
-        panic!("crash test requested");
-    }
 }
 
 struct Shared {
@@ -213,8 +207,6 @@ impl HttpContext for HttpStream {
             }
             return Action::Continue;
         };
-        #[cfg(feature = "crash-test")]
-        crash_test();
         let mut host = Wasm { counters: &shared.counters };
         match self.stream.on_request(&mut host, &shared.filter) {
             Verdict::Continue => Action::Continue,

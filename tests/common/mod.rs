@@ -1,6 +1,9 @@
 //! One harness for every real-Envoy test: demo pods, Envoy built from the shipped
 //! `envoy/envoy.yaml`, readiness polling, a tiny HTTP/1.1 client, and clean-up that
 //! always runs (Drop) and prints Envoy's log when a test fails.
+//!
+//! `TETHER_BUILD=native` runs the same tests against the native build instead
+//! (`envoy/native.yaml`, `target/native/libtether.so`): see [`native`].
 #![allow(dead_code)]
 
 pub mod http;
@@ -27,6 +30,38 @@ pub const DEMO_LIMITS: Limits = Limits { max_lifetime: 86_400, idle_timeout: Non
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Whether the tests run against the native build (`TETHER_BUILD=native`) instead of the
+/// wasm module (`TETHER_BUILD` unset or `wasm`).
+pub fn native() -> bool {
+    match std::env::var("TETHER_BUILD").as_deref() {
+        Ok("native") => true,
+        Ok("wasm") | Err(_) => false,
+        Ok(other) => panic!("TETHER_BUILD={other}: use `wasm` or `native`"),
+    }
+}
+
+/// tether's counter `name` (e.g. `affinity_hits`) as Envoy's `/stats` names it for the
+/// build under test.
+pub fn counter(name: &str) -> String {
+    let namespace = if native() { "dynamicmodulescustom" } else { "wasmcustom" };
+    format!("{namespace}.tether.{name}")
+}
+
+/// The `x-tether-host` a pod receives on a request pinned to `owner`: the wasm build hands
+/// the owner to `stateful_session` in that header (base64 `ip:port`); the native build sets
+/// Envoy's upstream override host and removes the header (`-`: absent).
+pub fn seen_host(owner: SocketAddr) -> String {
+    use base64::Engine;
+    if native() {
+        "-".to_string()
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(owner.to_string())
+    }
+}
+
+/// The inline demo key of `envoy/native.yaml`.
+const NATIVE_INLINE_KEYS: &str = "\"keys\": \"demo=dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh\",";
 
 /// A base64 secret as the bytes it stands for (what a careless log line would print).
 pub fn decoded_secret(secret: &str) -> String {
@@ -250,10 +285,31 @@ pub struct EnvoyConfig {
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
 
 impl EnvoyConfig {
+    /// `envoy/envoy.yaml`, or `envoy/native.yaml` for the native build. The native file's
+    /// inline demo key moves to Envoy's environment (`keysFromEnv`, as production does),
+    /// so that [`EnvoyConfig::keys_env`] works the same for both builds.
     pub fn shipped() -> EnvoyConfig {
+        if native() {
+            return EnvoyConfig::shipped_native();
+        }
         let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
         assert!(yaml.contains(DEMO_KEYS), "envoy/envoy.yaml no longer carries the demo key the tests use");
         EnvoyConfig::from_yaml(yaml)
+    }
+
+    /// `envoy/native.yaml` whatever `TETHER_BUILD` says, its demo key moved to Envoy's
+    /// environment (see [`EnvoyConfig::shipped`]).
+    pub fn shipped_native() -> EnvoyConfig {
+        let yaml = std::fs::read_to_string(repo().join("envoy/native.yaml")).unwrap();
+        assert_eq!(
+            yaml.matches(NATIVE_INLINE_KEYS).count(),
+            1,
+            "envoy/native.yaml no longer carries the demo key"
+        );
+        let yaml = yaml.replace(NATIVE_INLINE_KEYS, "\"keysFromEnv\": \"TETHER_KEYS\",");
+        EnvoyConfig::from_yaml(yaml)
+            .process_env("TETHER_KEYS", DEMO_KEYS)
+            .process_env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", repo().join("target/native").to_str().unwrap())
     }
 
     /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
@@ -273,17 +329,49 @@ impl EnvoyConfig {
         self
     }
 
-    /// Adds a variable to Envoy's own environment.
+    /// Sets a variable of Envoy's own environment.
     pub fn process_env(mut self, name: &str, value: &str) -> Self {
+        self.env.retain(|(n, _)| n != name);
         self.env.push((name.to_string(), value.to_string()));
         self
     }
 
-    /// Another configuration shipped in `envoy/` (it must carry the demo key too).
+    /// Another configuration shipped in `envoy/` (it must carry the demo key too), as the
+    /// build under test needs it ([`EnvoyConfig::for_build`]).
     pub fn file(name: &str) -> EnvoyConfig {
         let yaml = std::fs::read_to_string(repo().join("envoy").join(name)).unwrap();
         assert!(yaml.contains(DEMO_KEYS), "envoy/{name} no longer carries the demo key the tests use");
-        EnvoyConfig::from_yaml(yaml)
+        EnvoyConfig::for_build(yaml)
+    }
+
+    /// A configuration written for the wasm build (tether + stateful_session filters), as
+    /// the build under test needs it: unchanged for wasm; for the native build its tether
+    /// and stateful_session filters become `envoy/native.yaml`'s tether filter, with the
+    /// file's own JSON configuration.
+    pub fn for_build(yaml: String) -> EnvoyConfig {
+        let config = EnvoyConfig::from_yaml(yaml);
+        if !native() {
+            return config;
+        }
+        let json = config.plugin_json();
+        let native = EnvoyConfig::shipped();
+        let filters = |yaml: &str| {
+            let start = yaml.find("          - name: tether\n").expect("tether filter");
+            let end = yaml.find("          - name: envoy.filters.http.router\n").expect("router filter");
+            start..end
+        };
+        let mut yaml = config.yaml.clone();
+        yaml.replace_range(filters(&config.yaml), &native.yaml[filters(&native.yaml)]);
+        EnvoyConfig { yaml, ..native }.plugin_config(&json)
+    }
+
+    /// The JSON plugin configuration, unindented.
+    fn plugin_json(&self) -> String {
+        let start = self.yaml.find("value: |\n").expect("plugin configuration") + "value: |\n".len();
+        let end = self.yaml[start..].find("\n          - name: ").unwrap() + start + 1;
+        let block = &self.yaml[start..end];
+        let indent = block.len() - block.trim_start_matches(' ').len();
+        block.lines().map(|l| format!("{}\n", l.get(indent..).unwrap_or(""))).collect()
     }
 
     /// Points the endpoint documented as 127.0.0.1:`port` at `pod`.
@@ -325,18 +413,23 @@ impl EnvoyConfig {
         self
     }
 
-    /// Replaces the JSON plugin configuration.
+    /// Replaces the JSON plugin configuration (the block after `value: |`, up to the next
+    /// filter, keeping its indentation).
     pub fn plugin_config(mut self, json: &str) -> Self {
         let start = self.yaml.find("value: |\n").expect("plugin configuration") + "value: |\n".len();
-        let end =
-            self.yaml[start..].find("          - name: envoy.filters.http.stateful_session").unwrap() + start;
-        let indented: String = json.lines().map(|l| format!("                    {l}\n")).collect();
+        let end = self.yaml[start..].find("\n          - name: ").unwrap() + start + 1;
+        let indent = self.yaml[start..].len() - self.yaml[start..].trim_start_matches(' ').len();
+        let indented: String = json.lines().map(|l| format!("{}{l}\n", " ".repeat(indent))).collect();
         self.yaml.replace_range(start..end, &indented);
         self
     }
 
-    /// Replaces the value of TETHER_KEYS in the VM's environment.
+    /// Replaces the value of TETHER_KEYS: in the VM's environment (wasm), or in Envoy's
+    /// own environment (native).
     pub fn keys_env(self, spec: &str) -> Self {
+        if native() {
+            return self.process_env("TETHER_KEYS", spec);
+        }
         self.replace_once(&format!("TETHER_KEYS: \"{DEMO_KEYS}\""), &format!("TETHER_KEYS: \"{spec}\""))
     }
 
@@ -451,10 +544,17 @@ pub fn envoy_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-fn wasm_module() -> PathBuf {
-    let wasm = repo().join("target/wasm32-wasip1/release/tether.wasm");
-    assert!(wasm.exists(), "{} is missing: run `make build` (or `make test`)", wasm.display());
-    wasm
+/// The module under test: the .wasm, or the native build's directory (which Envoy
+/// searches for `libtether.so`).
+fn module() -> PathBuf {
+    let (path, make) = if native() {
+        ("target/native/libtether.so", "make build-native")
+    } else {
+        ("target/wasm32-wasip1/release/tether.wasm", "make build")
+    };
+    let module = repo().join(path);
+    assert!(module.exists(), "{} is missing: run `{make}` (or `make test`)", module.display());
+    module
 }
 
 /// A running Envoy. Killed on drop; its log is printed if the test is failing.
@@ -496,7 +596,7 @@ impl Envoy {
 
     /// Starts Envoy from the repository root (the shipped config's relative wasm path).
     pub fn spawn(config: EnvoyConfig) -> Envoy {
-        wasm_module();
+        let module = module();
         let (port, admin) = (free_port(), free_port());
         let dir = scratch_dir("envoy");
         let config_path = dir.join("envoy.yaml");
@@ -513,6 +613,7 @@ impl Envoy {
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", &workers, "--log-level", level])
             .args(["--component-log-level", wasm_level])
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.parent().unwrap())
             .envs(env)
             .stdout(log.try_clone().unwrap())
             .stderr(log)

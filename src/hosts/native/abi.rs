@@ -62,7 +62,6 @@ pub const LOG_CRITICAL: u32 = 5;
 
 /// `envoy_dynamic_module_type_attribute_id` values (positions in Envoy 1.40's enum).
 pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: u32 = 16;
-pub const ATTRIBUTE_UPSTREAM_ADDRESS: u32 = 41;
 pub const ATTRIBUTE_XDS_CLUSTER_NAME: u32 = 57;
 
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status` (and the response one).
@@ -118,6 +117,18 @@ extern "C" {
         attribute: u32,
         value: *mut Buffer,
     ) -> bool;
+
+    /// The upstream host's address (1.40 gives `ip:port` text and leaves `port` at 0). New in Envoy 1.40: binding it makes
+    /// older Envoys refuse the module at load ("undefined symbol") instead of running it
+    /// with attribute ids that mean something else there.
+    pub fn envoy_dynamic_module_callback_http_get_upstream_remote_address(
+        filter: FilterEnvoyPtr,
+        address: *mut Buffer,
+        port: *mut u32,
+    ) -> bool;
+
+    /// Makes Envoy match the route again (after header edits the route depends on).
+    pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: FilterEnvoyPtr);
 
     /// The host the load balancer must pick if the cluster has it in a state its
     /// `override_host_status` allows; with `strict` false, else the load balancer decides.

@@ -7,6 +7,7 @@
 
 mod abi;
 
+use crate::address::parse_upstream_address;
 use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
 use abi::{Buffer, ConfigEnvoyPtr, FilterEnvoyPtr, ModulePtr};
 use std::ffi::c_char;
@@ -120,6 +121,11 @@ impl Host for Native<'_> {
         self.set_header(abi::REQUEST_HEADERS, name, Buffer::NULL)
     }
 
+    fn reroute(&mut self) {
+        // SAFETY: `self.envoy` is the filter Envoy passed to this callback.
+        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.envoy) }
+    }
+
     fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String> {
         let host = owner.to_string();
         // SAFETY: the buffer points into `host` for the duration of the call.
@@ -137,8 +143,23 @@ impl Host for Native<'_> {
         self.attribute(abi::ATTRIBUTE_XDS_CLUSTER_NAME).and_then(|b| String::from_utf8(b).ok())
     }
 
-    fn upstream_address(&mut self) -> Option<Vec<u8>> {
-        self.attribute(abi::ATTRIBUTE_UPSTREAM_ADDRESS)
+    fn upstream_host(&mut self) -> Option<SocketAddr> {
+        let mut address = Buffer::NULL;
+        let mut port = 0u32;
+        // SAFETY: as in `header_values`.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_upstream_remote_address(
+                self.envoy,
+                &mut address,
+                &mut port,
+            )
+        };
+        // Envoy 1.40 returns `ip:port` (and leaves the port out at 0); an `ip` alone takes it.
+        let text = found.then(|| unsafe { address.to_vec() }).flatten()?;
+        parse_upstream_address(&text).or_else(|| {
+            let ip: std::net::IpAddr = std::str::from_utf8(&text).ok()?.parse().ok()?;
+            Some(SocketAddr::new(ip, u16::try_from(port).ok().filter(|p| *p != 0)?))
+        })
     }
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {
@@ -224,7 +245,14 @@ fn refuse(envoy: FilterEnvoyPtr, status: u32, body: &[u8]) {
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     std::panic::set_hook(Box::new(|info| {
-        log(abi::LOG_CRITICAL, &format!("tether panicked ({info}); the callback failed safe"));
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let at = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        log(abi::LOG_CRITICAL, &format!("tether panicked{at}: {message}; the callback failed safe"));
     }));
     abi::ABI_VERSION.as_ptr().cast()
 }
