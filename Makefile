@@ -110,10 +110,11 @@ cli:
 probe: cli
 
 ## bench: tether against Envoy's own affinity options, same run (not part of `make test`)
-bench: build
+bench: build build-native
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	cargo build --release -p tether-bench
 	cd bench/empty-filter && cargo build --release --target $(WASM_TARGET)
+	cd bench/empty-native && cargo build --release
 	cargo build --release --target $(WASM_TARGET) --features bench-diag --target-dir target/bench-diag
 	cargo bench --bench codec
 	python3 scripts/bench.py

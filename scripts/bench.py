@@ -31,6 +31,9 @@ TETHER_WASM = os.environ.get("BENCH_TETHER_WASM") or os.path.join(ROOT, "target/
 DIAG_WASM = os.environ.get("BENCH_DIAG_WASM") or os.path.join(ROOT, "target/bench-diag/wasm32-wasip1/release/tether.wasm")
 EMPTY_WASM = os.path.join(ROOT, "bench/empty-filter/target/wasm32-wasip1/release/empty_filter.wasm")
 UPSTREAM = os.path.join(ROOT, "target/release/bench-upstream")
+NATIVE_MODULE = os.environ.get("BENCH_NATIVE_MODULE") or os.path.join(ROOT, "target/native/libtether.so")
+# A dynamic module that does nothing: the floor any native filter pays.
+EMPTY_NATIVE = os.path.join(ROOT, "bench/empty-native/target/release/libempty_native.so")
 PORTS = {"listener": 17000, "admin": 17001, "pods": [17081, 17082, 17083]}
 # The empty filter doing exactly one kind of host call N times per request and nothing else
 # (bench/empty-filter/src/lib.rs): (cost - wasm_empty) / N prices one call.
@@ -46,7 +49,7 @@ DIAG_EMPTY = {
     "diag_metric_x10": "metric:10",
 }
 CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
-           "tether_hit_encrypted", "tether_hit_cookie_mode", "diag_tether_no_session_filter",
+           "native_empty", "native_hit", "native_mint", "tether_hit_encrypted", "tether_hit_cookie_mode", "diag_tether_no_session_filter",
            "diag_tether_token_x10"] + list(DIAG_EMPTY)
 DESCRIPTIONS = {
     "no_affinity": "same listener and cluster, no affinity filter",
@@ -55,6 +58,9 @@ DESCRIPTIONS = {
     "ring_hash_cookie": "Envoy's ring-hash hash_policy cookie with ttl",
     "tether_hit": "tether with a valid cookie on every request",
     "tether_mint": "tether with no cookie (mints each time)",
+    "native_empty": "a dynamic module that does nothing (the floor any native filter pays)",
+    "native_hit": "tether's native build (dynamic module, envoy/native.yaml) with a valid cookie on every request",
+    "native_mint": "tether's native build with no cookie (mints each time)",
     "tether_hit_encrypted": "tether, tokenFormat Encrypted, valid cookie on every request",
     "diag_tether_no_session_filter": "diagnostic, not a working setup: tether_hit without stateful_session",
     "diag_wasm_sets_two_headers": "diagnostic: the empty filter setting two request headers, nothing else",
@@ -70,6 +76,7 @@ DESCRIPTIONS = {
     "diag_metric_x10": "diagnostic: the empty filter incrementing a counter 10 times",
 }
 EMPTY_LIKE = ("wasm_empty",) + tuple(DIAG_EMPTY)
+NATIVE_LIKE = ("native_empty", "native_hit", "native_mint")
 
 
 def block(text, start, end):
@@ -95,6 +102,13 @@ def envoy_config(name):
         y = y.replace(tether + session, "")
     if name == "diag_tether_no_session_filter":
         y = y.replace(tether + session, tether)
+    if name in NATIVE_LIKE:
+        # envoy/native.yaml's filter (the module sets the override host: no stateful_session).
+        n = open(os.path.join(ROOT, "envoy/native.yaml")).read()
+        module = n[n.index("          - name: tether\n"):n.index("          - name: envoy.filters.http.router\n")]
+        if name == "native_empty":
+            module = module.replace("{ name: tether }", "{ name: empty_native }")
+        y = y.replace(tether + session, module)
     if name in EMPTY_LIKE:
         empty = tether.replace(TETHER_WASM, EMPTY_WASM)
         empty = re.sub(r"                configuration:\n.*?(?=          - name:|\Z)", "", empty, flags=re.S)
@@ -180,7 +194,9 @@ class Envoy:
         self.log = open(os.path.join(workdir, f"{name}.log"), "w")
         self.proc = subprocess.Popen(
             ["taskset", "-c", cpus, *wrapper, envoy_bin, "-c", self.path, "--concurrency", str(concurrency),
-             "--disable-hot-restart", "--log-level", "warn"], cwd=ROOT, stdout=self.log, stderr=self.log)
+             "--disable-hot-restart", "--log-level", "warn"], cwd=ROOT, stdout=self.log, stderr=self.log,
+            env={**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH":
+                 os.path.dirname(EMPTY_NATIVE if name == "native_empty" else NATIVE_MODULE)})
         wait_ready(PORTS["admin"], timeout=240 if wrapper else 30)
         wait_healthy(PORTS["admin"])
 
@@ -210,9 +226,9 @@ class Envoy:
 
 def cookie_for(name):
     """The cookie header a returning client of this configuration sends."""
-    if name in ("tether_mint",):
+    if name in ("tether_mint", "native_mint"):
         return None
-    if name in ("no_affinity",) + EMPTY_LIKE:
+    if name in ("no_affinity", "native_empty") + EMPTY_LIKE:
         # Same request size as tether_hit: a tether-sized cookie nobody reads.
         return "tether=" + "A" * 90
     status, headers = http_get(PORTS["listener"])
@@ -434,7 +450,7 @@ def main():
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check on 2 workers")
     args = p.parse_args()
     envoy_bin = subprocess.run([os.path.join(ROOT, "scripts/envoy.sh")], capture_output=True, text=True, check=True).stdout.strip()
-    for need in (TETHER_WASM, EMPTY_WASM, UPSTREAM, DIAG_WASM):
+    for need in (TETHER_WASM, EMPTY_WASM, UPSTREAM, DIAG_WASM, NATIVE_MODULE, EMPTY_NATIVE):
         if not os.path.exists(need):
             raise SystemExit(f"missing {need}: run `make bench`")
     if not shutil.which("wrk") or not shutil.which("taskset"):
@@ -470,7 +486,7 @@ def main():
                 print(f"round {r + 1}/{args.rounds} {n:>22}: {res['rps']:>9,.0f} req/s  p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  {res['cpu_us_per_req']:.1f} µs CPU/req", flush=True)
         mem = memory(envoy_bin, args.sessions, workdir) if args.sessions else None
         if not args.no_rss:
-            rss = rss_two_workers(envoy_bin, [n for n in ("wasm_empty", "tether_hit") if n in names], workdir)
+            rss = rss_two_workers(envoy_bin, [n for n in ("wasm_empty", "tether_hit", "native_hit") if n in names], workdir)
     finally:
         upstream.terminate()
         upstream.wait()
@@ -512,6 +528,12 @@ def main():
         for what, v, limit, at_least in checks:
             ok = v >= limit if at_least else v <= limit
             print(f"target {what}: {v:.2f}× {'holds' if ok else 'NOT MET'}")
+    if base and native and "native_hit" in summary:
+        h = summary["native_hit"]["rps"]
+        print()
+        for what, v, limit in [("native_hit req/s ≥ 0.95× no_affinity", h / base, 0.95),
+                               ("native_hit req/s ≥ 0.98× native_cookie", h / native, 0.98)]:
+            print(f"target {what}: {v:.2f}× {'holds' if v >= limit else 'NOT MET'}")
     print_attribution(att, "µs CPU")
     if rss:
         print("\nEnvoy RSS with 2 workers after 2 s of traffic: " +

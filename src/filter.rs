@@ -323,16 +323,12 @@ impl Stream {
         let affinity = found.or_else(|| resolver.new_session(|| fresh_session_id(host)));
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
-        let mut steering = affinity.as_ref().map(|a| session::steering(a, settings));
-        let owner = match (&affinity, H::OWNER_VIA) {
-            (Some(Affinity::Pinned { token, .. }), OwnerVia::OverrideHost) => Some(token.owner),
+        let by_header = H::OWNER_VIA == OwnerVia::SessionFilter;
+        let steering = affinity.as_ref().map(|a| session::steering_by(a, settings, by_header));
+        let owner = match &affinity {
+            Some(Affinity::Pinned { token, .. }) if !by_header => Some(token.owner),
             _ => None,
         };
-        if H::OWNER_VIA == OwnerVia::OverrideHost {
-            if let Some(s) = steering.as_mut() {
-                s.override_host = None;
-            }
-        }
         let HeaderPlan::Edit(internal) = session::header_plan(Some(settings), steering.as_ref()) else {
             host.local_reply(503, b"");
             return Verdict::Stop;

@@ -165,9 +165,15 @@ pub struct Steering {
 }
 
 pub fn steering(affinity: &Affinity, settings: &Settings) -> Steering {
+    steering_by(affinity, settings, true)
+}
+
+/// [`steering`] for a host that presents the owner by a header or cookie
+/// (`owner_value`), or hands it to Envoy itself (no `override_host` value is made).
+pub fn steering_by(affinity: &Affinity, settings: &Settings, owner_value: bool) -> Steering {
     match affinity {
         Affinity::Pinned { token, .. } => Steering {
-            override_host: Some(match settings.host_cookie {
+            override_host: owner_value.then(|| match settings.host_cookie {
                 Some(_) => override_cookie_value(&token.owner),
                 None => override_host_value(&token.owner),
             }),

@@ -147,3 +147,136 @@ extern "C" {
         details: Buffer,
     );
 }
+
+/// Exports the no-op hooks Envoy requires of every HTTP filter module (bodies, trailers,
+/// callouts, streams, scheduling, watermarks); the body and trailer hooks continue. Shared
+/// with the bench's empty module (`bench/empty-native`), which includes this file.
+#[macro_export]
+macro_rules! export_unused_hooks {
+    () => {
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: bool,
+        ) -> u32 {
+            0
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+        ) -> u32 {
+            0
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: bool,
+        ) -> u32 {
+            0
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+        ) -> u32 {
+            0
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+            _: u32,
+            _: *const std::ffi::c_void,
+            _: usize,
+            _: *const std::ffi::c_void,
+            _: usize,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+            _: *const std::ffi::c_void,
+            _: usize,
+            _: bool,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+            _: *const std::ffi::c_void,
+            _: usize,
+            _: bool,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+            _: *const std::ffi::c_void,
+            _: usize,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+            _: u32,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+            _: u64,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+        ) {
+        }
+
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+            _: *mut ::std::ffi::c_void,
+            _: *const ::std::ffi::c_void,
+        ) {
+        }
+    };
+}

@@ -7,7 +7,7 @@
 
 mod abi;
 
-use crate::address::parse_upstream_address;
+use crate::address::{host_port, parse_upstream_address};
 use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
 use abi::{Buffer, ConfigEnvoyPtr, FilterEnvoyPtr, ModulePtr};
 use std::ffi::c_char;
@@ -127,7 +127,7 @@ impl Host for Native<'_> {
     }
 
     fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String> {
-        let host = owner.to_string();
+        let host = host_port(&owner);
         // SAFETY: the buffer points into `host` for the duration of the call.
         let done = unsafe {
             abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
@@ -378,119 +378,4 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
 }
 
 // The hooks Envoy requires of every HTTP filter module; tether needs none of them.
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_: FilterEnvoyPtr, _: ModulePtr) {}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: bool,
-) -> u32 {
-    abi::CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-) -> u32 {
-    abi::CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: bool,
-) -> u32 {
-    abi::CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-) -> u32 {
-    abi::CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-    _: u32,
-    _: *const std::ffi::c_void,
-    _: usize,
-    _: *const std::ffi::c_void,
-    _: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-    _: *const std::ffi::c_void,
-    _: usize,
-    _: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-    _: *const std::ffi::c_void,
-    _: usize,
-    _: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-    _: *const std::ffi::c_void,
-    _: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-    _: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: FilterEnvoyPtr, _: ModulePtr, _: u64) {}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _: FilterEnvoyPtr,
-    _: ModulePtr,
-) {
-}
+crate::export_unused_hooks!();
