@@ -39,6 +39,9 @@ pub const MAX_CLUSTER_LEN: usize = 255;
 /// The largest token, encrypted with a 32-byte key id, an IPv6 owner and a 255-byte
 /// cluster, is 381 bytes, 508 in base64.
 pub const MAX_TOKEN_TEXT: usize = 508;
+/// The most bytes `MAX_TOKEN_TEXT` base64 characters decode to (381): `open` decodes into a
+/// stack buffer of this size instead of allocating.
+const MAX_TOKEN_BYTES: usize = MAX_TOKEN_TEXT.div_ceil(4) * 3;
 /// Tolerated clock difference between Envoys for a token's issue time.
 pub const CLOCK_SKEW_SECS: u64 = 60;
 const MAC_LABEL: &[u8] = b"tether-token-v1\0";
@@ -262,8 +265,12 @@ pub fn open(
     if text.is_empty() || text.len() > MAX_TOKEN_TEXT {
         return Err(Rejection::Malformed);
     }
-    let mut bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| Rejection::Malformed)?;
-    let mut reader = Reader { rest: &bytes };
+    // The buffer holds the decoder's conservative estimate for any text up to the cap, so
+    // `decode_slice` accepts and refuses exactly the texts `decode` would.
+    let mut buffer = [0u8; MAX_TOKEN_BYTES];
+    let len = URL_SAFE_NO_PAD.decode_slice(text, &mut buffer).map_err(|_| Rejection::Malformed)?;
+    let bytes = buffer.get_mut(..len).ok_or(Rejection::Malformed)?;
+    let mut reader = Reader { rest: bytes };
     let version = reader.byte()?;
     if version != SIGNED && version != ENCRYPTED {
         return Err(Rejection::UnknownVersion);
@@ -461,6 +468,65 @@ mod tests {
         }
     }
 
+    /// Format 1 is fixed: this text was computed outside Rust (Python's `hmac`/`hashlib`)
+    /// from the layout in the module comment.
+    #[test]
+    fn signed_format_matches_an_independent_computation() {
+        let keys = ring(&format!("k1={K1}"));
+        let want = "AQJrMQScKH4AAAAAarE7dgAAAABqsUmQq6urq6urq6urq6urq6urqwQKAAABAFAAyYWdHdMSnp78zWH_6NO3Xw";
+        assert_eq!(seal_with(&sample("10.0.0.1:80"), &keys), want);
+        assert_eq!(open_at(want.as_bytes(), &keys, NOW).unwrap().token, sample("10.0.0.1:80"));
+    }
+
+    /// A token that does not verify is refused as such, whatever its claims say: an expired
+    /// (or future, or too long) token under another key is a bad signature, in another scope a
+    /// wrong scope, never "expired".
+    #[test]
+    fn claims_are_judged_only_after_the_tag_verifies() {
+        let keys = ring(&format!("k1={K1}"));
+        let other = ring(&format!("k1={K2}"));
+        let key = keys.signing_key().unwrap();
+        for claims in [
+            SessionToken { issued_at: NOW - 7200, expires_at: NOW - 1, ..sample("10.0.0.1:80") },
+            SessionToken { issued_at: NOW + 3600, expires_at: NOW + 7200, ..sample("10.0.0.1:80") },
+            SessionToken { expires_at: NOW + 30 * DAY, ..sample("10.0.0.1:80") },
+        ] {
+            let text = seal(&claims, key, SCOPE);
+            assert!(open_at(text.as_bytes(), &keys, NOW).is_err());
+            assert_eq!(open_at(text.as_bytes(), &other, NOW), Err(Rejection::BadSignature));
+            assert_eq!(open(text.as_bytes(), &keys, "elsewhere", NOW, LIMITS), Err(Rejection::WrongScope));
+            assert_eq!(open(text.as_bytes(), &other, "elsewhere", NOW, LIMITS), Err(Rejection::WrongScope));
+            let hidden = seal_encrypted(&claims, key, SCOPE, [4; NONCE_LEN]).unwrap();
+            assert_eq!(open_at(hidden.as_bytes(), &other, NOW), Err(Rejection::BadSignature));
+            assert_eq!(
+                open(hidden.as_bytes(), &keys, "elsewhere", NOW, LIMITS),
+                Err(Rejection::BadSignature)
+            );
+        }
+    }
+
+    /// `open` decodes into a fixed buffer: at and near the text cap it refuses exactly what
+    /// the allocating decoder refuses.
+    #[test]
+    fn the_decode_buffer_holds_every_text_up_to_the_cap() {
+        let keys = ring(&format!("k1={K1}"));
+        for len in MAX_TOKEN_TEXT - 8..=MAX_TOKEN_TEXT + 1 {
+            for fill in ["A", "_", "w"] {
+                let text = fill.repeat(len);
+                let want = if len > MAX_TOKEN_TEXT {
+                    Rejection::Malformed
+                } else {
+                    match URL_SAFE_NO_PAD.decode(&text) {
+                        Ok(bytes) if bytes[0] == SIGNED || bytes[0] == ENCRYPTED => Rejection::UnknownKey,
+                        Ok(_) => Rejection::UnknownVersion,
+                        Err(_) => Rejection::Malformed,
+                    }
+                };
+                assert_eq!(open_at(text.as_bytes(), &keys, NOW), Err(want), "{len} x {fill}");
+            }
+        }
+    }
+
     #[test]
     fn expiry_boundary_is_exclusive() {
         let keys = ring(&format!("k1={K1}"));
@@ -573,6 +639,25 @@ mod tests {
         // Wrong key: refused.
         let other = ring(&format!("k1={K2}"));
         assert_eq!(open_at(a.as_bytes(), &other, NOW), Err(Rejection::BadSignature));
+    }
+
+    /// Instruction counts of `open` on the hit path (a valid signed token, as in
+    /// `benches/codec.rs`): run under `valgrind --tool=callgrind` with
+    /// `TETHER_OPEN_REPEAT=10000` and with `=0`; the difference / 10,000 is one open.
+    /// `TETHER_OPEN_SCOPE` replaces the scope `pods` (e.g. with an Istio cluster name).
+    #[test]
+    #[ignore]
+    fn open_repeatedly() {
+        let n: u32 = std::env::var("TETHER_OPEN_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let scope = std::env::var("TETHER_OPEN_SCOPE").unwrap_or_else(|_| "pods".into());
+        let keys = ring("demo=dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh");
+        let now = 1_800_000_000;
+        let token = SessionToken { issued_at: now - 5, expires_at: now + 3600, ..sample("10.1.2.3:8080") };
+        let text = seal(&token, keys.signing_key().unwrap(), &scope);
+        for _ in 0..n {
+            let got = open(std::hint::black_box(text.as_bytes()), &keys, &scope, now, LIMITS);
+            assert!(std::hint::black_box(got).is_ok());
+        }
     }
 
     #[test]
