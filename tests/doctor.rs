@@ -238,6 +238,8 @@ fn shipped_and_rendered_configurations_are_clean() {
     for (name, expect) in [
         ("envoy/envoy.yaml", shipped_findings()),
         ("envoy/canary.yaml", shipped_findings()),
+        // The native build: no session filter needed; its demo key is inline.
+        ("envoy/native.yaml", found(&[(Warning, "keys-inline", L)])),
         // The documented alternative: it works, with its measured caveat, and it does not
         // set a failure policy.
         (
@@ -374,4 +376,19 @@ fn doctor_reads_a_running_envoy_through_its_admin() {
     println!("{}", text(&report));
     assert_eq!(report.summary(), found(&[]), "{}", text(&report));
     assert!(text(&report).contains("tether (ECDS), hostCookie tether-owner"), "{}", text(&report));
+}
+
+/// The native module validates as the module does: `hostCookie` is refused (it has no
+/// `stateful_session` to read it), and no session filter is asked for.
+#[test]
+fn native_configuration_is_checked_as_the_module_checks_it() {
+    let native = std::fs::read_to_string(repo().join("envoy/native.yaml")).unwrap();
+    let dir = scratch_dir("doctor-native");
+    let cookie = native
+        .replace("\"absoluteTimeout\": \"24h\",", "\"absoluteTimeout\": \"24h\", \"hostCookie\": \"owner\",");
+    assert_ne!(cookie, native);
+    let report = file(&write(&dir, "host-cookie", &cookie));
+    assert_eq!(report.summary(), found(&[(Error, "config-invalid", L)]), "{}", text(&report));
+    assert!(text(&report).contains("`hostCookie`"), "{}", text(&report));
+    assert_ne!(report.exit_code(), 0);
 }

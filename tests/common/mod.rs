@@ -544,6 +544,21 @@ pub fn envoy_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The release of the Envoy under test (`1.40.0`), from `envoy --version`.
+pub fn envoy_release() -> String {
+    let out = Command::new(envoy_binary()).arg("--version").output().expect("envoy --version");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split('/')
+        .find(|part| part.split('.').count() == 3 && part.split('.').all(|n| n.parse::<u32>().is_ok()))
+        .unwrap_or_else(|| panic!("no release in `envoy --version`: {text}"))
+        .to_string()
+}
+
+/// Whether the Envoy under test loads the native module (built for 1.40's ABI).
+pub fn envoy_loads_native() -> bool {
+    envoy_release().starts_with("1.40.")
+}
+
 /// The module under test: the .wasm, or the native build's directory (which Envoy
 /// searches for `libtether.so`).
 fn module() -> PathBuf {

@@ -6,6 +6,7 @@ use super::{Finding, Report, Severity};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use tether::config::Settings;
+use tether::filter::{Filter, OwnerVia};
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const WASM: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -282,10 +283,12 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
         }
         (plugin.wasm.is_none() || host_env.iter().any(|h| h == var)).then(|| placeholder.clone())
     };
-    let settings = match tether::config::load(raw.as_bytes(), &lookup) {
-        Ok(s) => {
+    // The same validation the filter runs (the native module also refuses hostCookie).
+    let via = if plugin.wasm.is_some() { OwnerVia::SessionFilter } else { OwnerVia::OverrideHost };
+    let settings = match Filter::load(raw.as_bytes(), &lookup, via) {
+        Ok(f) => {
             ctx.pass();
-            s
+            f.settings
         }
         Err(e) => {
             ctx.find(
@@ -305,9 +308,10 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
     ctx.report.notes.push(format!(
         "{place}: tether ({}), {}, keyHeader {}",
         plugin.delivery,
-        match &settings.host_cookie {
-            Some(c) => format!("hostCookie {c}"),
-            None => format!("hostHeader {}", settings.host_header),
+        match (&settings.host_cookie, via) {
+            (_, OwnerVia::OverrideHost) => "owner by Envoy's upstream override host".to_string(),
+            (Some(c), _) => format!("hostCookie {c}"),
+            (None, _) => format!("hostHeader {}", settings.host_header),
         },
         settings.key_header
     ));
@@ -316,7 +320,10 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
     ctx.check(settings.inline_keys.then(|| {
         (Severity::Warning, "keys-inline", place, "configuration.keys",
          "the signing keys are written in the plugin configuration: whoever reads the configuration can mint tokens for any pod".to_string(),
-         "use keysFromEnv with the keys in the proxy's environment (host_env_keys, or Istio vmConfig.env from a Secret)".to_string())
+         match via {
+             OwnerVia::OverrideHost => "use keysFromEnv with the keys in Envoy's own environment".to_string(),
+             OwnerVia::SessionFilter => "use keysFromEnv with the keys in the proxy's environment (host_env_keys, or Istio vmConfig.env from a Secret)".to_string(),
+         })
     }));
     let from_env = serde_json::from_str::<Value>(&raw)
         .ok()
@@ -358,8 +365,12 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
         ctx.check(finding);
     }
 
-    // Filter order.
-    let session = filters.iter().enumerate().find(|(_, f)| is_session_filter(f));
+    // Filter order. The native module sets the override host itself: no session filter
+    // needs to follow it (one that does finds no owner header: tether removes it).
+    let session = match via {
+        OwnerVia::SessionFilter => filters.iter().enumerate().find(|(_, f)| is_session_filter(f)),
+        OwnerVia::OverrideHost => None,
+    };
     let names = Names::from(&settings);
     match session {
         Some((j, _)) if j < index => {
@@ -388,7 +399,7 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
                 clusters.iter().any(|c| ctx.model.clusters.get(c).is_some_and(is_override_host));
             match &session_filter {
                 Some(sf) => check_session_state(ctx, &rplace, sf, route, vh, &rc, &names),
-                None if override_host => {}
+                None if override_host || via == OwnerVia::OverrideHost => {}
                 None => ctx.find(Severity::Error, "no-session-filter", place, "http_filters",
                     "no envoy.filters.http.stateful_session after tether: nothing reads the owner tether sets, so sessions are only hashed and move whenever the endpoint set changes".into(),
                     "add envoy.filters.http.stateful_session (header session state, strict: false) between tether and the router".into()),
