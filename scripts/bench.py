@@ -49,7 +49,7 @@ DIAG_EMPTY = {
     "diag_metric_x10": "metric:10",
 }
 CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
-           "native_empty", "native_hit", "native_mint", "tether_hit_encrypted", "tether_hit_cookie_mode", "diag_tether_no_session_filter",
+           "native_empty", "native_hit", "native_mint", "diag_native_callbacks", "tether_hit_encrypted", "tether_hit_cookie_mode", "diag_tether_no_session_filter",
            "diag_tether_token_x10"] + list(DIAG_EMPTY)
 DESCRIPTIONS = {
     "no_affinity": "same listener and cluster, no affinity filter",
@@ -59,6 +59,7 @@ DESCRIPTIONS = {
     "tether_hit": "tether with a valid cookie on every request",
     "tether_mint": "tether with no cookie (mints each time)",
     "native_empty": "a dynamic module that does nothing (the floor any native filter pays)",
+    "diag_native_callbacks": "diagnostic: the empty dynamic module making only the calls native affinity needs (read cookie, set hash header, set override host; read upstream address)",
     "native_hit": "tether's native build (dynamic module, envoy/native.yaml) with a valid cookie on every request",
     "native_mint": "tether's native build with no cookie (mints each time)",
     "tether_hit_encrypted": "tether, tokenFormat Encrypted, valid cookie on every request",
@@ -76,7 +77,7 @@ DESCRIPTIONS = {
     "diag_metric_x10": "diagnostic: the empty filter incrementing a counter 10 times",
 }
 EMPTY_LIKE = ("wasm_empty",) + tuple(DIAG_EMPTY)
-NATIVE_LIKE = ("native_empty", "native_hit", "native_mint")
+NATIVE_LIKE = ("native_empty", "native_hit", "native_mint", "diag_native_callbacks")
 
 
 def block(text, start, end):
@@ -106,8 +107,10 @@ def envoy_config(name):
         # envoy/native.yaml's filter (the module sets the override host: no stateful_session).
         n = open(os.path.join(ROOT, "envoy/native.yaml")).read()
         module = n[n.index("          - name: tether\n"):n.index("          - name: envoy.filters.http.router\n")]
-        if name == "native_empty":
+        if name in ("native_empty", "diag_native_callbacks"):
             module = module.replace("{ name: tether }", "{ name: empty_native }")
+            config = module[module.index("                value: |\n"):]
+            module = module.replace(config, "                value: %s\n" % ("callbacks" if name == "diag_native_callbacks" else "empty"))
         y = y.replace(tether + session, module)
     if name in EMPTY_LIKE:
         empty = tether.replace(TETHER_WASM, EMPTY_WASM)
@@ -196,7 +199,7 @@ class Envoy:
             ["taskset", "-c", cpus, *wrapper, envoy_bin, "-c", self.path, "--concurrency", str(concurrency),
              "--disable-hot-restart", "--log-level", "warn"], cwd=ROOT, stdout=self.log, stderr=self.log,
             env={**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH":
-                 os.path.dirname(EMPTY_NATIVE if name == "native_empty" else NATIVE_MODULE)})
+                 os.path.dirname(EMPTY_NATIVE if name in ("native_empty", "diag_native_callbacks") else NATIVE_MODULE)})
         wait_ready(PORTS["admin"], timeout=240 if wrapper else 30)
         wait_healthy(PORTS["admin"])
 
@@ -228,7 +231,7 @@ def cookie_for(name):
     """The cookie header a returning client of this configuration sends."""
     if name in ("tether_mint", "native_mint"):
         return None
-    if name in ("no_affinity", "native_empty") + EMPTY_LIKE:
+    if name in ("no_affinity", "native_empty", "diag_native_callbacks") + EMPTY_LIKE:
         # Same request size as tether_hit: a tether-sized cookie nobody reads.
         return "tether=" + "A" * 90
     status, headers = http_get(PORTS["listener"])

@@ -482,3 +482,193 @@ impl Stream {
         settings.debug_header.as_ref().map(|_| session::debug_label(affinity, outcome))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token;
+
+    const KEYS: &str = "k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const NOW: u64 = 1_790_000_000;
+
+    /// Envoy as a map of headers and a few facts; records what the filter did.
+    #[derive(Default)]
+    struct Fake<const DIRECT: bool> {
+        request: Vec<(String, Vec<u8>)>,
+        response: Vec<(String, Vec<u8>)>,
+        refuse_edits: bool,
+        served_by: Option<SocketAddr>,
+        via_upstream: bool,
+        override_host: Option<SocketAddr>,
+        replied: Option<u32>,
+        counted: Vec<Counter>,
+    }
+
+    impl<const DIRECT: bool> Host for Fake<DIRECT> {
+        const OWNER_VIA: OwnerVia = if DIRECT { OwnerVia::OverrideHost } else { OwnerVia::SessionFilter };
+
+        fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
+            self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        }
+        fn request_header_values(&mut self, name: &str) -> Result<Vec<Vec<u8>>, String> {
+            Ok(self.request.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect())
+        }
+        fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+            if self.refuse_edits {
+                return Err("refused".into());
+            }
+            self.request.retain(|(n, _)| n != name);
+            self.request.push((name.into(), value.to_vec()));
+            Ok(())
+        }
+        fn remove_request_header(&mut self, name: &str) -> Result<(), String> {
+            self.request.retain(|(n, _)| n != name);
+            Ok(())
+        }
+        fn reroute(&mut self) {}
+        fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String> {
+            self.override_host = Some(owner);
+            Ok(())
+        }
+        fn cluster_name(&mut self) -> Option<String> {
+            Some("pods".into())
+        }
+        fn upstream_host(&mut self) -> Option<SocketAddr> {
+            self.served_by
+        }
+        fn response_code_details(&mut self) -> Option<Vec<u8>> {
+            Some(if self.via_upstream { b"via_upstream".to_vec() } else { b"upstream_reset".to_vec() })
+        }
+        fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
+            self.response.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+        }
+        fn remove_response_header(&mut self, name: &str) {
+            self.response.retain(|(n, _)| n != name);
+        }
+        fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+            self.response.push((name.into(), value.to_vec()));
+            Ok(())
+        }
+        fn set_response_header(&mut self, name: &str, value: &[u8]) {
+            self.remove_response_header(name);
+            self.response.push((name.into(), value.to_vec()));
+        }
+        fn now_secs(&mut self) -> u64 {
+            NOW
+        }
+        fn log(&mut self, _: Level, _: &str) {}
+        fn local_reply(&mut self, status: u32, _: &[u8]) {
+            self.replied = Some(status);
+        }
+        fn count(&mut self, counter: Counter) {
+            self.counted.push(counter);
+        }
+    }
+
+    fn filter(via: OwnerVia) -> Filter {
+        let json = format!(r#"{{"keys":"{KEYS}","debugHeader":"x-tether"}}"#);
+        Filter::load(json.as_bytes(), &|_| None, via).unwrap()
+    }
+
+    fn token_for(owner: &str, filter: &Filter) -> String {
+        let t = token::SessionToken {
+            session: SessionId([5; 16]),
+            owner: owner.parse().unwrap(),
+            issued_at: NOW - 10,
+            expires_at: NOW + 600,
+            cluster: String::new(),
+        };
+        token::seal(&t, filter.settings.keyring.signing_key().unwrap(), "pods")
+    }
+
+    fn request<const D: bool>(headers: &[(&str, &str)]) -> Fake<D> {
+        Fake {
+            request: headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect(),
+            via_upstream: true,
+            ..Fake::default()
+        }
+    }
+
+    fn header<const D: bool>(host: &Fake<D>, name: &str) -> Option<String> {
+        host.request.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+    }
+
+    #[test]
+    fn both_hosts_pin_the_same_way_and_remove_client_copies() {
+        let spoofed = [("x-tether-host", "MTI3LjAuMC4xOjE="), ("x-tether-key", "mine")];
+        for direct in [false, true] {
+            let f = filter(if direct { OwnerVia::OverrideHost } else { OwnerVia::SessionFilter });
+            let cookie = format!("tether={}", token_for("10.0.0.2:8080", &f));
+            let headers = [spoofed[0], spoofed[1], ("cookie", cookie.as_str())];
+            let (host_header, override_host, key) = if direct {
+                let mut host: Fake<true> = request(&headers);
+                assert_eq!(Stream::default().on_request(&mut host, &f), Verdict::Continue);
+                (header(&host, "x-tether-host"), host.override_host, header(&host, "x-tether-key"))
+            } else {
+                let mut host: Fake<false> = request(&headers);
+                assert_eq!(Stream::default().on_request(&mut host, &f), Verdict::Continue);
+                (header(&host, "x-tether-host"), host.override_host, header(&host, "x-tether-key"))
+            };
+            assert_eq!(key.as_deref(), Some("05".repeat(16).as_str()), "direct {direct}");
+            if direct {
+                assert_eq!((host_header, override_host), (None, Some("10.0.0.2:8080".parse().unwrap())));
+            } else {
+                assert_eq!((host_header.as_deref(), override_host), (Some("MTAuMC4wLjI6ODA4MA=="), None));
+            }
+        }
+    }
+
+    #[test]
+    fn a_forged_token_never_steers_either_host() {
+        let f = filter(OwnerVia::OverrideHost);
+        let mut forged = token_for("10.0.0.2:8080", &f);
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        let mut host: Fake<true> =
+            request(&[("cookie", &format!("tether={forged}")), ("x-tether-host", "x")]);
+        let mut stream = Stream::default();
+        assert_eq!(stream.on_request(&mut host, &f), Verdict::Continue);
+        assert_eq!((host.override_host, header(&host, "x-tether-host")), (None, None));
+        host.served_by = Some("10.0.0.3:8080".parse().unwrap());
+        stream.on_response(&mut host, &f);
+        let label = host.response.iter().find(|(n, _)| n == "x-tether").map(|(_, v)| v.clone());
+        assert!(label.is_some_and(|l| l.starts_with(b"invalid:")), "{:?}", host.response);
+    }
+
+    #[test]
+    fn a_refused_header_edit_refuses_the_request() {
+        let f = filter(OwnerVia::OverrideHost);
+        let mut host: Fake<true> = request(&[("x-tether-host", "x")]);
+        host.refuse_edits = true;
+        assert_eq!(Stream::default().on_request(&mut host, &f), Verdict::Stop);
+        assert_eq!(host.replied, Some(500));
+    }
+
+    #[test]
+    fn only_an_upstream_answer_sets_the_cookie() {
+        let f = filter(OwnerVia::OverrideHost);
+        for (served_by, via_upstream, cookie) in
+            [(Some("10.0.0.3:8080"), true, true), (Some("10.0.0.3:8080"), false, false), (None, false, false)]
+        {
+            let mut host: Fake<true> = request(&[]);
+            let mut stream = Stream::default();
+            stream.on_request(&mut host, &f);
+            host.served_by = served_by.map(|s| s.parse().unwrap());
+            host.via_upstream = via_upstream;
+            stream.on_response(&mut host, &f);
+            let set = host.response.iter().any(|(n, _)| n == "set-cookie");
+            assert_eq!(set, cookie, "{served_by:?} {via_upstream}");
+            assert_eq!(host.counted.contains(&Counter::Minted), cookie);
+        }
+    }
+
+    #[test]
+    fn counters_have_dense_indexes_and_their_names() {
+        let all: Vec<Counter> = Counter::all().collect();
+        assert_eq!(all.len(), Counter::COUNT);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        assert_eq!(Counter::Invalid(Rejection::Expired).name(), "tether.invalid_token.expired");
+    }
+}

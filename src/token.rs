@@ -63,10 +63,12 @@ pub struct SessionId(pub [u8; SESSION_ID_LEN]);
 impl SessionId {
     /// The value of the hash-key header: 32 lowercase hex digits.
     pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(SESSION_ID_LEN * 2);
         for byte in self.0 {
             for nibble in [byte >> 4, byte & 0x0f] {
-                out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+                // A nibble indexes the 16 digits.
+                out.push(char::from(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0')));
             }
         }
         out

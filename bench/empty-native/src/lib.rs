@@ -1,5 +1,10 @@
 //! Does nothing on every request and response: what any Envoy dynamic module costs
 //! (`native_empty` in `make bench`). It uses tether's own ABI declarations.
+//!
+//! Diagnostic (filter config `callbacks`, `diag_native_callbacks`): on each request it makes
+//! only the three Envoy calls no native session-affinity filter can do without — read the
+//! `cookie` header, set a 32-byte hash-key header, set the upstream override host — and on
+//! each response reads the upstream address, so the bench prices Envoy's side of the ABI.
 #![allow(dead_code)]
 
 #[path = "../../../src/hosts/native/abi.rs"]
@@ -8,10 +13,16 @@ mod abi;
 use std::ffi::{c_char, c_void};
 
 /// Something non-null for Envoy to hold: a null configuration or filter means failure.
-static THING: u8 = 0;
+static EMPTY: u8 = 0;
+/// The `callbacks` diagnostic's configuration (and its filters).
+static CALLBACKS: u8 = 1;
 
-fn thing() -> *const c_void {
-    std::ptr::addr_of!(THING).cast()
+fn empty() -> *const c_void {
+    std::ptr::addr_of!(EMPTY).cast()
+}
+
+fn callbacks() -> *const c_void {
+    std::ptr::addr_of!(CALLBACKS).cast()
 }
 
 #[no_mangle]
@@ -23,17 +34,21 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _: abi::ConfigEnvoyPtr,
     _: abi::Buffer,
-    _: abi::Buffer,
+    config: abi::Buffer,
 ) -> *const c_void {
-    thing()
+    // SAFETY: Envoy passes a buffer valid for this call.
+    match unsafe { config.to_vec() }.as_deref() {
+        Some(b"callbacks") => callbacks(),
+        _ => empty(),
+    }
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(_: *const c_void) {}
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(_: *const c_void, _: abi::FilterEnvoyPtr) -> *const c_void {
-    thing()
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: *const c_void, _: abi::FilterEnvoyPtr) -> *const c_void {
+    config
 }
 
 #[no_mangle]
@@ -41,19 +56,50 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_: *const c_void) 
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    _: abi::FilterEnvoyPtr,
-    _: *const c_void,
+    envoy: abi::FilterEnvoyPtr,
+    filter: *const c_void,
     _: bool,
 ) -> u32 {
+    if filter == callbacks() {
+        let mut value = abi::Buffer::NULL;
+        let mut count = 0;
+        // SAFETY: the filter Envoy passed to this callback; buffers live for each call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                envoy,
+                abi::REQUEST_HEADERS,
+                abi::Buffer::of(b"cookie"),
+                &mut value,
+                0,
+                &mut count,
+            );
+            abi::envoy_dynamic_module_callback_http_set_header(
+                envoy,
+                abi::REQUEST_HEADERS,
+                abi::Buffer::of(b"x-tether-key"),
+                abi::Buffer::of(b"0123456789abcdef0123456789abcdef"),
+            );
+            abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
+                envoy,
+                abi::Buffer::of(b"127.0.0.1:17081"),
+                false,
+            );
+        }
+    }
     abi::CONTINUE
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _: abi::FilterEnvoyPtr,
-    _: *const c_void,
+    envoy: abi::FilterEnvoyPtr,
+    filter: *const c_void,
     _: bool,
 ) -> u32 {
+    if filter == callbacks() {
+        let (mut address, mut port) = (abi::Buffer::NULL, 0u32);
+        // SAFETY: as above.
+        unsafe { abi::envoy_dynamic_module_callback_http_get_upstream_remote_address(envoy, &mut address, &mut port) };
+    }
     abi::CONTINUE
 }
 
