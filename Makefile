@@ -183,5 +183,5 @@ test-matrix: tools build build-native build-crash-test
 	    || failed="$$failed $$v"; \
 	  ENVOY="$$envoy" cargo test --release --test native abi_check_of_this_envoy -- --ignored --nocapture \
 	    > target/matrix-native-$$v.log 2>&1 || failed="$$failed $$v(native)"; \
-	  grep '^Envoy ' target/matrix-native-$$v.log | cut -c1-220; \
+	  grep '^Envoy ' target/matrix-native-$$v.log; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }

@@ -116,7 +116,14 @@ fn abi_check_of_this_envoy() {
         .find(|l| l.contains("ABI version") || l.contains("[critical]"))
         .unwrap_or("(no ABI line)")
         .to_string();
-    println!("Envoy {release}: exit {exited:?}; {abi_line}");
+    let reason = ["undefined symbol: ", "ABI version "]
+        .iter()
+        .find_map(|mark| abi_line.find(mark).map(|at| &abi_line[at..]))
+        .or_else(|| abi_line.find("Failed to load").map(|at| &abi_line[at..]))
+        .unwrap_or(&abi_line);
+    let reason = reason.split(['`', '\'']).next().unwrap_or(reason).trim_end();
+    let outcome = if exited.is_none() { "loads" } else { "refused at load" };
+    println!("Envoy {release}: native module {outcome}: {}", reason.get(..160).unwrap_or(reason));
     if envoy_loads_native() {
         assert!(exited.is_none() && abi_line.contains("v0.2.0 matched"), "{log}");
     } else {
