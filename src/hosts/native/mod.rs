@@ -2,8 +2,8 @@
 //! `make build-native`). Like `hosts::wasm` it only moves bytes between Envoy and `filter`.
 //! It steers with Envoy's upstream override host ([`OwnerVia::OverrideHost`]), so no
 //! `stateful_session` filter is needed. No panic unwinds into Envoy: every exported
-//! function catches it and fails safe (a request whose steering headers may be the
-//! client's is answered locally, never forwarded).
+//! function that runs tether's code catches it and fails safe (a request whose steering
+//! headers may be the client's is answered locally, never forwarded).
 
 mod abi;
 
