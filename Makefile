@@ -44,7 +44,7 @@ browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browse
 # The shared integration tests that `make test` also runs against the native build
 # (TETHER_BUILD=native); the misordered-chain test is about stateful_session, which the
 # native build does not use.
-NATIVE_TESTS := affinity failover hardening config operations review
+NATIVE_TESTS := affinity failover hardening config operations review change
 native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" cargo test --release \
 	  $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads=2 --skip troubleshooting_stateful_session \
 	  2>&1 | tee target/test-native.log; \
