@@ -93,6 +93,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
             return self._answer("ok\n")
+        if self.path == "/reset":
+            # For tests: drop the connection without answering (Envoy's 503 after the
+            # upstream accepted the request: upstream_reset_before_response_started).
+            self.close_connection = True
+            return None
         if self.headers.get("upgrade", "").lower() == "websocket":
             return self._websocket()
         if self.path.split("?")[0] == "/page.html":

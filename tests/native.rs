@@ -54,6 +54,38 @@ fn native_yaml_runs_as_shipped() {
     assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 10);
 }
 
+/// Envoy's own 503 after the owner accepted the connection and dropped it (the pod's
+/// `/reset`; every retry goes to it again, a one-pod cluster) is labelled `local-reply`
+/// and counted nowhere: the native build reads the response code details on hits too (the
+/// wasm build does not; docs/native.md).
+#[test]
+fn envoys_own_reply_after_trying_the_owner_is_not_a_hit() {
+    let pods = Pod::start_many(1);
+    let config = EnvoyConfig::shipped_native()
+        .endpoints(&addrs(&pods))
+        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let first = envoy.get_with_cookie(None);
+    let cookie = first.cookie_value().expect("a new session sets the cookie");
+    let hit = envoy.get_with_cookie(Some(&cookie));
+    assert_eq!((hit.status, hit.header("x-tether")), (200, Some("hit")));
+    let r = envoy.get("/reset", &[("cookie", &format!("tether={cookie}"))]);
+    assert_eq!((r.status, r.header("x-tether"), r.set_cookie()), (503, Some("local-reply"), None));
+    // The access log shows the scenario: Envoy's reply names the owner as the last host
+    // (Envoy flushes its access log every 10 s by default).
+    let owner = format!("upstream={}", pods[0].addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !envoy.log().lines().any(|l| l.starts_with("access GET /reset 503 ") && l.contains(&owner)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 503 naming the owner in the access log:\n{}",
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 1, "Envoy's 503 was counted a hit");
+}
+
 fn crash_module_dir() -> std::path::PathBuf {
     let dir = repo().join("target/crash-test/native");
     assert!(dir.join("libtether.so").exists(), "run `make build-crash-test` first");

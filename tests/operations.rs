@@ -136,10 +136,11 @@ fn counters_and_debug_header_match_known_traffic() {
     // while Envoy still tries the dead pods (the reply names the last failed host as
     // upstream), then once health checks have marked them all down. The pinned token here
     // names an owner outside the cluster, so the host Envoy last tried is never its owner.
-    // (Known bug, reported with issue 16: when that host IS the session's owner, e.g. a
-    // session pinned to the only pod, which is dead, tether labels Envoy's 503 `hit` and
-    // counts it in `affinity_hits`, because it reads `response.code_details` only when the
-    // outcome is not a hit.)
+    // (Known limit of the wasm build, reported with issue 16: when that host IS the
+    // session's owner, e.g. a session pinned to the only pod, which is dead, tether labels
+    // Envoy's 503 `hit` and counts it in `affinity_hits`, because it reads
+    // `response.code_details` only when the outcome is not a hit. The native build reads it
+    // always: `native::envoys_own_reply_after_trying_the_owner_is_not_a_hit`.)
     let pinned = demo_token(gone, [0x37; 16]);
     for pod in &mut pods {
         pod.kill();
