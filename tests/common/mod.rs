@@ -367,11 +367,17 @@ impl EnvoyConfig {
 
     /// The JSON plugin configuration, unindented.
     fn plugin_json(&self) -> String {
+        let (range, indent) = self.plugin_block();
+        self.yaml[range].lines().map(|l| format!("{}\n", l.get(indent..).unwrap_or(""))).collect()
+    }
+
+    /// Where the JSON plugin configuration sits (the block after `value: |`, up to the next
+    /// filter) and its indentation.
+    fn plugin_block(&self) -> (std::ops::Range<usize>, usize) {
         let start = self.yaml.find("value: |\n").expect("plugin configuration") + "value: |\n".len();
         let end = self.yaml[start..].find("\n          - name: ").unwrap() + start + 1;
-        let block = &self.yaml[start..end];
-        let indent = block.len() - block.trim_start_matches(' ').len();
-        block.lines().map(|l| format!("{}\n", l.get(indent..).unwrap_or(""))).collect()
+        let indent = self.yaml[start..].len() - self.yaml[start..].trim_start_matches(' ').len();
+        (start..end, indent)
     }
 
     /// Points the endpoint documented as 127.0.0.1:`port` at `pod`.
@@ -416,11 +422,9 @@ impl EnvoyConfig {
     /// Replaces the JSON plugin configuration (the block after `value: |`, up to the next
     /// filter, keeping its indentation).
     pub fn plugin_config(mut self, json: &str) -> Self {
-        let start = self.yaml.find("value: |\n").expect("plugin configuration") + "value: |\n".len();
-        let end = self.yaml[start..].find("\n          - name: ").unwrap() + start + 1;
-        let indent = self.yaml[start..].len() - self.yaml[start..].trim_start_matches(' ').len();
+        let (range, indent) = self.plugin_block();
         let indented: String = json.lines().map(|l| format!("{}{l}\n", " ".repeat(indent))).collect();
-        self.yaml.replace_range(start..end, &indented);
+        self.yaml.replace_range(range, &indented);
         self
     }
 

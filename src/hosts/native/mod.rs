@@ -39,29 +39,33 @@ struct Native<'a> {
 }
 
 impl Native<'_> {
+    /// Value number `index` of a header, and how many values it has.
+    fn header_value(&self, header_type: u32, name: &str, index: usize) -> (Option<Vec<u8>>, usize) {
+        let mut value = Buffer::NULL;
+        let mut count = 0;
+        // SAFETY: `self.envoy` is the filter Envoy passed to this callback; the value
+        // buffer it fills stays valid until the headers change, and is copied at once.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                self.envoy,
+                header_type,
+                Buffer::of(name.as_bytes()),
+                &mut value,
+                index,
+                &mut count,
+            )
+        };
+        (found.then(|| unsafe { value.to_vec() }).flatten(), count)
+    }
+
     fn header_values(&self, header_type: u32, name: &str) -> Vec<Vec<u8>> {
         let mut values = Vec::new();
         let mut count = 1;
-        let mut index = 0;
-        while index < count {
-            let mut value = Buffer::NULL;
-            // SAFETY: `self.envoy` is the filter Envoy passed to this callback; the value
-            // buffer it fills stays valid until the headers change, and is copied at once.
-            let found = unsafe {
-                abi::envoy_dynamic_module_callback_http_get_header(
-                    self.envoy,
-                    header_type,
-                    Buffer::of(name.as_bytes()),
-                    &mut value,
-                    index,
-                    &mut count,
-                )
-            };
-            match found.then(|| unsafe { value.to_vec() }).flatten() {
-                Some(v) => values.push(v),
-                None => break,
-            }
-            index += 1;
+        while values.len() < count {
+            let (value, total) = self.header_value(header_type, name, values.len());
+            let Some(value) = value else { break };
+            values.push(value);
+            count = total;
         }
         values
     }
@@ -95,20 +99,7 @@ impl Host for Native<'_> {
     const CHEAP_DETAILS: bool = true;
 
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        let mut value = Buffer::NULL;
-        let mut count = 0;
-        // SAFETY: as in `header_values`.
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_get_header(
-                self.envoy,
-                abi::REQUEST_HEADERS,
-                Buffer::of(name.as_bytes()),
-                &mut value,
-                0,
-                &mut count,
-            )
-        };
-        found.then(|| unsafe { value.to_vec() }).flatten()
+        self.header_value(abi::REQUEST_HEADERS, name, 0).0
     }
 
     fn request_header_values(&mut self, name: &str) -> Result<Vec<Vec<u8>>, String> {
