@@ -41,14 +41,17 @@ browser-tools:
 browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browser.sh)" \
 	  tests/browser/browser_test.py $(1) 2>&1 | tee target/test-browser.log
 
+# Every test step keeps the test run's exit status (pipefail through tee; the summary
+# line is printed after it and does not replace it), so a failure fails the target.
 # The shared integration tests that `make test` also runs against the native build
 # (TETHER_BUILD=native); the misordered-chain test is about stateful_session, which the
 # native build does not use.
 NATIVE_TESTS := affinity failover hardening config operations review change
 native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" cargo test --release \
 	  $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads=2 --skip troubleshooting_stateful_session \
-	  2>&1 | tee target/test-native.log; \
-	awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "native build: %d passed, %d failed\n", p, f}' target/test-native.log
+	  2>&1 | tee target/test-native.log; status=$$?; \
+	awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "native build: %d passed, %d failed\n", p, f}' target/test-native.log; \
+	exit $$status
 
 ## test: lints, native unit tests, and integration tests against real Envoy, for the wasm
 ## module and (the shared suite's core, and tests/native.rs) the native build
