@@ -54,6 +54,47 @@ fn native_yaml_runs_as_shipped() {
     assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 10);
 }
 
+/// The override host is what steers: one session id, three tokens each naming another pod,
+/// so at least two of them name a pod the hash fallback would not pick. Each lands on the
+/// pod it names, on every request and both workers; a client-sent `x-tether-host` (the
+/// wasm build's steering header) is removed and steers nothing, with a token or without.
+#[test]
+fn the_override_host_sends_each_token_to_the_pod_it_names() {
+    use base64::Engine;
+    let pods = Pod::start_many(3);
+    let config = EnvoyConfig::shipped_native()
+        .endpoints(&addrs(&pods))
+        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let spoof = |pod: &Pod| base64::engine::general_purpose::STANDARD.encode(pod.addr.to_string());
+    for (i, owner) in pods.iter().enumerate() {
+        let cookie = format!("tether={}", demo_token(owner.addr, [42; 16]));
+        let other = &pods[(i + 1) % pods.len()];
+        for _ in 0..10 {
+            let r = envoy.get("/", &[("cookie", &cookie), ("x-tether-host", &spoof(other))]);
+            assert_eq!(
+                (r.status, r.pod(), r.header("x-tether"), r.set_cookie()),
+                (200, owner.name.as_str(), Some("hit"), None),
+                "the token names {}",
+                owner.name
+            );
+            assert_eq!(r.header("x-seen-host"), Some("-"), "the client's x-tether-host reached the pod");
+        }
+    }
+    // Without a token a spoofed header steers nothing either: new sessions spread over the
+    // pods by the hash of their new ids, whatever pod the header names.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = envoy.get("/", &[("x-tether-host", &spoof(&pods[0]))]);
+        assert_eq!((r.status, r.header("x-tether"), r.header("x-seen-host")), (200, Some("new"), Some("-")));
+        served.insert(r.pod().to_string());
+    }
+    assert!(served.len() > 1, "30 new sessions all went to the pod the spoofed header names: {served:?}");
+    let log = envoy.log();
+    assert!(!log.contains("cannot set the upstream override host"), "{log}");
+    assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 30);
+}
+
 /// Envoy's own 503 after the owner accepted the connection and dropped it (the pod's
 /// `/reset`; every retry goes to it again, a one-pod cluster) is labelled `local-reply`
 /// and counted nowhere: the native build reads the response code details on hits too (the
