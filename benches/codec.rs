@@ -33,6 +33,7 @@ fn main() {
         issued_at: now - 5,
         expires_at: now + 3600,
         cluster: String::new(),
+        owner_away_since: None,
     };
     let key = settings.keyring.signing_key().unwrap();
     let signed = token::seal(&t, key, "pods");

@@ -14,6 +14,7 @@ fn main() {
             issued_at: now - 10,
             expires_at: now + 600,
             cluster: cluster.to_string(),
+            owner_away_since: None,
         };
         let signed = token::seal(&t, key, "pods");
         let hidden = token::seal_encrypted(&t, key, "pods", [i as u8; token::NONCE_LEN]).unwrap();
@@ -21,15 +22,23 @@ fn main() {
             std::fs::create_dir_all(dir.join("token_open")).unwrap();
             std::fs::write(dir.join("token_open").join(format!("{name}-{i}")), text).unwrap();
             std::fs::create_dir_all(dir.join("cookie_header")).unwrap();
-            let header = format!("{text}\u{ff}a=1; tether=\"{text}\"; b=2\u{ff}tether=junk");
-            std::fs::write(dir.join("cookie_header").join(format!("{name}-{i}")), header.as_bytes()).unwrap();
+            // The target splits its input at the byte 0xff (not the character U+00FF).
+            let header =
+                [text.as_bytes(), b"\xffa=1; tether=\"", text.as_bytes(), b"\"; b=2\xfftether=junk"].concat();
+            std::fs::write(dir.join("cookie_header").join(format!("{name}-{i}")), header).unwrap();
         }
+        // A session whose owner has been missed for 20 s (repinAfter).
+        let away = SessionToken { owner_away_since: Some(now - 20), ..t };
+        std::fs::write(dir.join("token_open").join(format!("away-{i}")), token::seal(&away, key, "pods"))
+            .unwrap();
     }
+    std::fs::write(dir.join("cookie_header").join("away-marker"), b"\x00@A\xfftether=@A; tether=@S").unwrap();
     std::fs::create_dir_all(dir.join("config_load")).unwrap();
     let configs = [
         r#"{"keys":"k=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE="}"#,
         r#"{"keysFromEnv":"K","type":"CookieAndHeader","header":{"name":"x-s"},"idleTimeout":"10m","absoluteTimeout":"1h30m","tokenFormat":"Encrypted","scope":"svc","clusterHeader":"x-c","debugHeader":"x-d","cookie":{"name":"sid","path":"/a","domain":"example.com","secure":true,"httpOnly":false,"sameSite":"None","lifetimeType":"Permanent"}}"#,
         r#"{"keysFromEnv":"K","cookie":{"sameSite":"Strict"},"signingKeyId":"k"}"#,
+        r#"{"keysFromEnv":"K","repinAfter":"1m30s"}"#,
     ];
     for (i, c) in configs.iter().enumerate() {
         std::fs::write(dir.join("config_load").join(format!("seed-{i}")), c).unwrap();

@@ -13,6 +13,11 @@ pub const DEFAULT_TOKEN_HEADER: &str = "x-tether-session";
 pub const DEFAULT_ABSOLUTE_TIMEOUT_SECS: u64 = 24 * 3600;
 /// Browsers cap cookie lifetimes at 400 days (RFC 6265bis).
 pub const MAX_ABSOLUTE_TIMEOUT_SECS: u64 = 400 * 86_400;
+/// How long a session's owner must go unserved before the session is re-pinned: longer
+/// than the push lag between gateway replicas (seconds under load), short enough that the
+/// sessions of a pod that is really gone settle on their new owner soon.
+pub const DEFAULT_REPIN_AFTER_SECS: u64 = 10;
+pub const MAX_REPIN_AFTER_SECS: u64 = 3600;
 
 /// The validated runtime configuration, built once per `on_configure`.
 #[derive(Clone, Debug)]
@@ -24,6 +29,9 @@ pub struct Settings {
     pub absolute_timeout_secs: u64,
     /// Sliding expiry: a token unused for this long is expired.
     pub idle_timeout_secs: Option<u64>,
+    /// A session whose owner did not serve it keeps that owner until the owner has been
+    /// missed for this long (0: re-pin at once).
+    pub repin_after_secs: u64,
     /// Format of new tokens: signed (owner readable) or encrypted (owner hidden).
     pub format: crate::token::Format,
     /// Fixed scope tokens are bound to; `None` = the request's upstream cluster name.
@@ -69,6 +77,7 @@ const TOP_FIELDS: &[&str] = &[
     "header",
     "absoluteTimeout",
     "idleTimeout",
+    "repinAfter",
     "keys",
     "keysFromEnv",
     "signingKeyId",
@@ -178,6 +187,16 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
             Some(secs)
         }
     };
+    let repin_after_secs = match string(&top, "repinAfter", "repinAfter")? {
+        None => DEFAULT_REPIN_AFTER_SECS,
+        Some(text) => {
+            let secs = duration::parse_seconds(text).or_else(|e| fail("repinAfter", e))?;
+            if secs > MAX_REPIN_AFTER_SECS {
+                return fail("repinAfter", "must be between 0s (re-pin at once) and 1h");
+            }
+            secs
+        }
+    };
     let format = match string(&top, "tokenFormat", "tokenFormat")? {
         None | Some("Signed") => crate::token::Format::Signed,
         Some("Encrypted") => crate::token::Format::Encrypted,
@@ -283,6 +302,7 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         token_header: use_header.then_some(token_header),
         absolute_timeout_secs,
         idle_timeout_secs,
+        repin_after_secs,
         format,
         scope,
         cluster_header,

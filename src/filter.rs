@@ -35,19 +35,28 @@ pub enum Counter {
     Hits,
     Repinned,
     Refreshed,
+    /// Responses from another pod while the session keeps its missed owner (`repinAfter`).
+    OwnerAway,
     /// Requests carrying more distinct candidate tokens than tether verifies.
     OverLimit,
     Invalid(Rejection),
 }
 
 impl Counter {
-    pub const COUNT: usize = 5 + Rejection::ALL.len();
+    pub const COUNT: usize = 6 + Rejection::ALL.len();
 
     /// Every counter, in [`Counter::index`] order.
     pub fn all() -> impl Iterator<Item = Counter> {
-        [Counter::Minted, Counter::Hits, Counter::Repinned, Counter::Refreshed, Counter::OverLimit]
-            .into_iter()
-            .chain(Rejection::ALL.into_iter().map(Counter::Invalid))
+        [
+            Counter::Minted,
+            Counter::Hits,
+            Counter::Repinned,
+            Counter::Refreshed,
+            Counter::OverLimit,
+            Counter::OwnerAway,
+        ]
+        .into_iter()
+        .chain(Rejection::ALL.into_iter().map(Counter::Invalid))
     }
 
     /// A dense index (0..[`Counter::COUNT`]) for hosts that keep ids in an array.
@@ -58,7 +67,8 @@ impl Counter {
             Counter::Repinned => 2,
             Counter::Refreshed => 3,
             Counter::OverLimit => 4,
-            Counter::Invalid(r) => 5 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Counter::OwnerAway => 5,
+            Counter::Invalid(r) => 6 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
@@ -70,6 +80,7 @@ impl Counter {
             Counter::Repinned => "tether.repinned".into(),
             Counter::Refreshed => "tether.refreshed".into(),
             Counter::OverLimit => "tether.tokens_over_limit".into(),
+            Counter::OwnerAway => "tether.owner_away".into(),
             Counter::Invalid(r) => format!("tether.invalid_token.{}", r.as_str()),
         }
     }
@@ -468,6 +479,7 @@ impl Stream {
             Outcome::New => Counter::Minted,
             Outcome::Repinned => Counter::Repinned,
             Outcome::Refreshed => Counter::Refreshed,
+            Outcome::OwnerAway => Counter::OwnerAway,
         });
         if let Some(token) = token {
             let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
@@ -583,6 +595,7 @@ mod tests {
             issued_at: NOW - 10,
             expires_at: NOW + 600,
             cluster: String::new(),
+            owner_away_since: None,
         };
         token::seal(&t, filter.settings.keyring.signing_key().unwrap(), "pods")
     }

@@ -241,8 +241,12 @@ pub enum Outcome {
     New,
     /// The owner (or cluster) changed: a token naming the new owner is sent.
     Repinned,
-    /// Same owner, but the token is re-signed (older key, or idle refresh).
+    /// Same owner, but the token is re-signed (older key, idle refresh, or the owner served
+    /// again after being missed).
     Refreshed,
+    /// Another pod served, but the owner has been missed for less than `repinAfter`: the
+    /// session keeps its owner (a token recording since when is sent on the first miss).
+    OwnerAway,
 }
 
 impl Outcome {
@@ -252,6 +256,7 @@ impl Outcome {
             Outcome::New => "new",
             Outcome::Repinned => "repinned",
             Outcome::Refreshed => "refreshed",
+            Outcome::OwnerAway => "owner-away",
         }
     }
 }
@@ -280,18 +285,40 @@ pub fn respond(
                 issued_at: now,
                 expires_at: now.saturating_add(settings.absolute_timeout_secs),
                 cluster,
+                owner_away_since: None,
             }),
         ),
         Affinity::Pinned { token, current, .. } => {
-            // Re-pinning and refreshing keep the session id and the absolute expiry.
-            let renewed = SessionToken { owner: served.by, issued_at: now, cluster, ..token.clone() };
-            if token.owner != served.by || token.cluster != renewed.cluster {
-                (Outcome::Repinned, Some(renewed))
-            } else if !current || idle_refresh_due(token, now, settings) {
-                (Outcome::Refreshed, Some(renewed))
-            } else {
-                (Outcome::Hit, None)
+            // Every token sent keeps the session id and the absolute expiry.
+            let resigned = |owner, cluster, owner_away_since| SessionToken {
+                owner,
+                issued_at: now,
+                cluster,
+                owner_away_since,
+                ..token.clone()
+            };
+            let resign_due = !current || idle_refresh_due(token, now, settings);
+            if token.owner == served.by && token.cluster == cluster {
+                return match (token.owner_away_since, resign_due) {
+                    (None, false) => (Outcome::Hit, None),
+                    // The owner is back: its absence ends (or the token was due anyway).
+                    _ => (Outcome::Refreshed, Some(resigned(token.owner, cluster, None))),
+                };
             }
+            // Another pod served. This Envoy may not know the owner yet (another replica
+            // minted the session on a pod this one has not heard of), or the owner is
+            // briefly unready or ejected: the session keeps its owner until the owner has
+            // been missed for `repinAfter` without serving in between, so replicas that
+            // disagree for a moment do not move it for good. Meanwhile the hash picks the
+            // same pod on every Envoy that knows the same pods.
+            let away_since = token.owner_away_since.unwrap_or(now);
+            if now.saturating_sub(away_since) >= settings.repin_after_secs {
+                return (Outcome::Repinned, Some(resigned(served.by, cluster, None)));
+            }
+            // The first miss is recorded in the token; later ones send nothing unless due.
+            let send = token.owner_away_since.is_none() || resign_due;
+            let kept = send.then(|| resigned(token.owner, token.cluster.clone(), Some(away_since)));
+            (Outcome::OwnerAway, kept)
         }
     }
 }
@@ -387,6 +414,7 @@ mod tests {
             issued_at: NOW - 5,
             expires_at: NOW + 600,
             cluster: String::new(),
+            owner_away_since: None,
         }
     }
 
@@ -601,10 +629,18 @@ mod tests {
             issued_at: NOW,
             expires_at: NOW + 3600,
             cluster: String::new(),
+            owner_away_since: None,
         };
         assert_eq!(minted, Some(want));
 
-        let (outcome, repinned) = respond(&pinned(token("10.0.0.2:8080"), true), &b, NOW, &s);
+        // Another pod served: the owner is kept (repinAfter, 10 s by default) and the token
+        // records since when it is missed; with repinAfter 0s the session moves at once.
+        let (outcome, kept) = respond(&pinned(token("10.0.0.2:8080"), true), &b, NOW, &s);
+        assert_eq!(outcome, Outcome::OwnerAway);
+        let away = SessionToken { issued_at: NOW, owner_away_since: Some(NOW), ..token("10.0.0.2:8080") };
+        assert_eq!(kept, Some(away));
+        let at_once = settings_with(&format!("k1={K1}"), r#","repinAfter":"0s""#);
+        let (outcome, repinned) = respond(&pinned(token("10.0.0.2:8080"), true), &b, NOW, &at_once);
         assert_eq!(outcome, Outcome::Repinned);
         assert_eq!(repinned, Some(SessionToken { owner: b.by, issued_at: NOW, ..token("10.0.0.2:8080") }));
 
@@ -691,9 +727,47 @@ mod tests {
         assert!(set_cookie("T", &minted, NOW + 70, &s).unwrap().contains("Max-Age=60;"));
     }
 
+    /// A session whose owner did not serve keeps it until the owner has been missed for
+    /// `repinAfter` with no response from it in between; the token carries since when.
+    #[test]
+    fn a_missed_owner_keeps_its_sessions_for_repin_after() {
+        let s = settings_with(&format!("k1={K1}"), r#","repinAfter":"10s""#);
+        let (owner, other) = (served("10.0.0.2:8080"), served("[fd00::3]:8080"));
+        let t = token("10.0.0.2:8080");
+        let away = SessionToken { issued_at: NOW, owner_away_since: Some(NOW), ..t.clone() };
+        // First miss: recorded, owner kept; the request still steers to the owner.
+        assert_eq!(
+            respond(&pinned(t.clone(), true), &other, NOW, &s),
+            (Outcome::OwnerAway, Some(away.clone()))
+        );
+        let held = pinned(away.clone(), true);
+        assert_eq!(steering(&held, &s).override_host, Some(override_host_value(&owner.by)));
+        // Later misses inside the window send nothing.
+        for later in [NOW + 1, NOW + 9] {
+            assert_eq!(respond(&held, &other, later, &s), (Outcome::OwnerAway, None), "at +{}", later - NOW);
+        }
+        // Missed for the whole window: re-pinned to the pod that served, the absence over.
+        let moved =
+            SessionToken { owner: other.by, issued_at: NOW + 10, owner_away_since: None, ..t.clone() };
+        assert_eq!(respond(&held, &other, NOW + 10, &s), (Outcome::Repinned, Some(moved)));
+        // The owner serves again inside the window: the session is its own again.
+        let back = SessionToken { issued_at: NOW + 9, owner_away_since: None, ..t.clone() };
+        assert_eq!(respond(&held, &owner, NOW + 9, &s), (Outcome::Refreshed, Some(back)));
+        // A token due for re-signing (older key) keeps the time of the first miss.
+        let resigned = SessionToken { issued_at: NOW + 5, ..away.clone() };
+        assert_eq!(respond(&pinned(away, false), &other, NOW + 5, &s), (Outcome::OwnerAway, Some(resigned)));
+        // The token records the miss; its text opens to the same claims.
+        let text = sealed(&SessionToken { issued_at: NOW, owner_away_since: Some(NOW - 3), ..t }, &s);
+        let opened = token::open(text.as_bytes(), &s.keyring, SCOPE, NOW, s.limits()).unwrap();
+        assert_eq!(opened.token.owner_away_since, Some(NOW - 3));
+    }
+
     #[test]
     fn cluster_pinning() {
-        let s = settings_with(&format!("k1={K1}"), r#","clusterHeader":"x-tether-cluster","scope":"app""#);
+        let s = settings_with(
+            &format!("k1={K1}"),
+            r#","clusterHeader":"x-tether-cluster","scope":"app","repinAfter":"0s""#,
+        );
         let on_stable = SessionToken { cluster: "stable".into(), ..token("10.0.0.2:8080") };
         let affinity = pinned(on_stable.clone(), true);
         assert_eq!(steering(&affinity, &s).cluster.as_deref(), Some("stable"));

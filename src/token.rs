@@ -4,11 +4,17 @@
 //! ```text
 //! claims  = issued_at(8, BE unix s) | expires_at(8) | session id(16)
 //!           | family(1: 4 or 6) | ip(4 or 16) | port(2) | cluster length(1) | cluster
+//!           [ | owner_away_since(8) ]      only when the version byte has OWNER_AWAY
 //! format 1 = 1 | key-id length(1) | key id | scope fingerprint(4) | claims | tag(16)
 //!            tag = HMAC-SHA256(key, label | scope | every byte before the tag), 128 bits
 //! format 2 = 2 | key-id length(1) | key id | nonce(24) | encrypted claims | tag(16)
 //!            XChaCha20-Poly1305, associated data = label | scope | version | key id
+//! version  = format, plus OWNER_AWAY (0x10) when the claims end with owner_away_since
 //! ```
+//!
+//! A token whose owner is served (the usual case) is byte for byte what earlier releases
+//! minted and read; only a session whose owner is being missed (`repinAfter`) carries the
+//! extra claim, which the version byte announces and the tag or AEAD covers.
 //!
 //! Format 1 lets anyone read the owner address but nobody forge it; format 2 also hides
 //! it. Both bind the scope (by default the upstream cluster) without storing it: a token
@@ -28,6 +34,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const SIGNED: u8 = 1;
 pub const ENCRYPTED: u8 = 2;
+/// Version flag: the claims end with `owner_away_since`.
+pub const OWNER_AWAY: u8 = 0x10;
 pub const TAG_LEN: usize = 16;
 pub const NONCE_LEN: usize = 24;
 pub const SESSION_ID_LEN: usize = 16;
@@ -36,10 +44,10 @@ pub const SESSION_ID_LEN: usize = 16;
 /// Kubernetes services (63-byte labels) stay under it.
 pub const MAX_CLUSTER_LEN: usize = 255;
 /// Longest token text worth decoding: anything longer is malformed without further work.
-/// The largest token, encrypted with a 32-byte key id, an IPv6 owner and a 255-byte
-/// cluster, is 381 bytes, 508 in base64.
-pub const MAX_TOKEN_TEXT: usize = 508;
-/// The most bytes `MAX_TOKEN_TEXT` base64 characters decode to (381): `open` decodes into a
+/// The largest token, encrypted with a 32-byte key id, an IPv6 owner, a 255-byte cluster
+/// and an away time, is 389 bytes, 519 in base64.
+pub const MAX_TOKEN_TEXT: usize = 519;
+/// The most bytes `MAX_TOKEN_TEXT` base64 characters decode to (389): `open` decodes into a
 /// stack buffer of this size instead of allocating.
 const MAX_TOKEN_BYTES: usize = MAX_TOKEN_TEXT.div_ceil(4) * 3;
 /// Tolerated clock difference between Envoys for a token's issue time.
@@ -85,6 +93,10 @@ pub struct SessionToken {
     pub expires_at: u64,
     /// The cluster that served, when cluster pinning is on (sticky canaries); else empty.
     pub cluster: String,
+    /// Unix seconds since which responses have come from another pod than `owner` (no
+    /// response from the owner in between): the session keeps its owner until this is
+    /// `repinAfter` old. `None` while the owner serves. Never later than `issued_at`.
+    pub owner_away_since: Option<u64>,
 }
 
 /// Why a token was not accepted. Every reason means the same to the user: no session.
@@ -172,10 +184,10 @@ fn associated_data(scope: &str, head: &[u8]) -> Vec<u8> {
     [AEAD_LABEL, &len, scope, head].concat()
 }
 
-fn head(version: u8, key: &Key) -> Vec<u8> {
+fn head(format: u8, token: &SessionToken, key: &Key) -> Vec<u8> {
     let id = key.id().as_bytes();
-    let mut bytes = Vec::with_capacity(96 + id.len());
-    bytes.push(version);
+    let mut bytes = Vec::with_capacity(104 + id.len());
+    bytes.push(if token.owner_away_since.is_some() { format | OWNER_AWAY } else { format });
     // Key ids are at most 32 bytes (checked when the keyring is built).
     bytes.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
     bytes.extend_from_slice(id);
@@ -201,9 +213,12 @@ fn encode_claims(token: &SessionToken, out: &mut Vec<u8>) {
     let cluster = if cluster.len() <= MAX_CLUSTER_LEN { cluster } else { &[] };
     out.push(u8::try_from(cluster.len()).unwrap_or(0));
     out.extend_from_slice(cluster);
+    if let Some(since) = token.owner_away_since {
+        out.extend_from_slice(&since.to_be_bytes());
+    }
 }
 
-fn decode_claims(reader: &mut Reader) -> Result<SessionToken, Rejection> {
+fn decode_claims(reader: &mut Reader, owner_away: bool) -> Result<SessionToken, Rejection> {
     let issued_at = reader.u64()?;
     let expires_at = reader.u64()?;
     let session = SessionId(reader.array::<SESSION_ID_LEN>()?);
@@ -218,18 +233,23 @@ fn decode_claims(reader: &mut Reader) -> Result<SessionToken, Rejection> {
         return Err(Rejection::Malformed);
     }
     let cluster = std::str::from_utf8(reader.take(cluster_len)?).map_err(|_| Rejection::Malformed)?;
+    let owner_away_since = if owner_away { Some(reader.u64()?) } else { None };
+    if owner_away_since.is_some_and(|since| since > issued_at) {
+        return Err(Rejection::Malformed);
+    }
     Ok(SessionToken {
         session,
         owner: SocketAddr::new(ip, port),
         issued_at,
         expires_at,
         cluster: cluster.to_string(),
+        owner_away_since,
     })
 }
 
 /// Signs `token` for `scope` with `key` (format 1) and returns the cookie-safe text.
 pub fn seal(token: &SessionToken, key: &Key, scope: &str) -> String {
-    let mut bytes = head(SIGNED, key);
+    let mut bytes = head(SIGNED, token, key);
     bytes.extend_from_slice(&scope_fingerprint(scope));
     encode_claims(token, &mut bytes);
     let full = tag(key, scope, &bytes).finalize().into_bytes();
@@ -245,7 +265,7 @@ pub fn seal_encrypted(
     scope: &str,
     nonce: [u8; NONCE_LEN],
 ) -> Option<String> {
-    let mut bytes = head(ENCRYPTED, key);
+    let mut bytes = head(ENCRYPTED, token, key);
     let aad = associated_data(scope, &bytes);
     bytes.extend_from_slice(&nonce);
     let start = bytes.len();
@@ -274,16 +294,17 @@ pub fn open(
     let bytes = buffer.get_mut(..len).ok_or(Rejection::Malformed)?;
     let mut reader = Reader { rest: bytes };
     let version = reader.byte()?;
-    if version != SIGNED && version != ENCRYPTED {
+    let (format, owner_away) = (version & !OWNER_AWAY, version & OWNER_AWAY != 0);
+    if format != SIGNED && format != ENCRYPTED {
         return Err(Rejection::UnknownVersion);
     }
     let id_len = usize::from(reader.byte()?);
     let key_id = reader.take(id_len)?;
     let head_len = 2 + id_len;
     let (key, is_current) = keyring.find(key_id).ok_or(Rejection::UnknownKey)?;
-    let (token, format) = if version == SIGNED {
+    let (token, format) = if format == SIGNED {
         let fingerprint = reader.array::<4>()?;
-        let token = decode_claims(&mut reader)?;
+        let token = decode_claims(&mut reader, owner_away)?;
         let signed_len = bytes.len() - reader.rest.len();
         let tag_bytes = reader.take(TAG_LEN)?;
         if !reader.rest.is_empty() {
@@ -309,7 +330,7 @@ pub fn open(
             .decrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body, &tag)
             .map_err(|_| Rejection::BadSignature)?;
         let mut claims = Reader { rest: body };
-        let token = decode_claims(&mut claims)?;
+        let token = decode_claims(&mut claims, owner_away)?;
         if !claims.rest.is_empty() {
             return Err(Rejection::Malformed);
         }
@@ -383,6 +404,7 @@ mod tests {
             issued_at: NOW - 10,
             expires_at: NOW + 3600,
             cluster: String::new(),
+            owner_away_since: None,
         }
     }
 
@@ -425,6 +447,35 @@ mod tests {
                 assert!(open_at(bad_text.as_bytes(), &keys, NOW).is_err(), "byte {i} ^ {flip:#x}");
             }
         }
+    }
+
+    /// A missed owner's time travels in the claims, announced by the version byte and
+    /// covered by the tag (or AEAD): removing, adding or editing it is refused.
+    #[test]
+    fn owner_away_tokens_round_trip_and_their_flag_is_signed() {
+        let keys = ring(&format!("k1={K1}"));
+        let away = SessionToken { owner_away_since: Some(NOW - 10), ..sample("10.1.2.3:80") };
+        for text in [
+            seal_with(&away, &keys),
+            seal_encrypted(&away, keys.signing_key().unwrap(), SCOPE, [9; NONCE_LEN]).unwrap(),
+        ] {
+            assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token, away);
+            let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
+            assert_eq!(raw[0] & OWNER_AWAY, OWNER_AWAY);
+            let mut unflagged = raw.clone();
+            unflagged[0] ^= OWNER_AWAY;
+            let without_claim = &raw[..raw.len() - TAG_LEN - 8];
+            let dropped = [without_claim, &raw[raw.len() - TAG_LEN..]].concat();
+            for bad in [unflagged, dropped] {
+                assert!(open_at(URL_SAFE_NO_PAD.encode(&bad).as_bytes(), &keys, NOW).is_err());
+            }
+        }
+        // Tokens whose owner serves carry no flag: byte for byte the earlier format.
+        let plain = URL_SAFE_NO_PAD.decode(seal_with(&sample("10.1.2.3:80"), &keys)).unwrap();
+        assert_eq!(plain[0], SIGNED);
+        // A miss is never later than the signing it was recorded by.
+        let later = SessionToken { owner_away_since: Some(NOW - 9), issued_at: NOW - 10, ..away };
+        assert_eq!(open_at(seal_with(&later, &keys).as_bytes(), &keys, NOW), Err(Rejection::Malformed));
     }
 
     #[test]
@@ -571,10 +622,14 @@ mod tests {
         let id = "k".repeat(crate::keyring::MAX_KEY_ID_LEN);
         let keys = ring(&format!("{id}={K1}"));
         let key = keys.signing_key().unwrap();
-        let token = SessionToken { cluster: "c".repeat(MAX_CLUSTER_LEN), ..sample("[2001:db8::7]:65535") };
+        let token = SessionToken {
+            cluster: "c".repeat(MAX_CLUSTER_LEN),
+            owner_away_since: Some(NOW - 20),
+            ..sample("[2001:db8::7]:65535")
+        };
         let signed = seal(&token, key, SCOPE);
         let hidden = seal_encrypted(&token, key, SCOPE, [5; NONCE_LEN]).unwrap();
-        assert_eq!((signed.len(), hidden.len()), (482, MAX_TOKEN_TEXT));
+        assert_eq!((signed.len(), hidden.len()), (492, MAX_TOKEN_TEXT));
         for text in [signed, hidden] {
             assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token, token);
         }

@@ -93,6 +93,7 @@ fn token_inspect_prints_claims_or_the_reason() {
         issued_at: 1_800_000_000,
         expires_at: 1_800_003_600,
         cluster: "canary".into(),
+        owner_away_since: None,
     };
     let good = token::seal(&t, ring.signing_key().unwrap(), "pods");
     let now = "1800000100";
@@ -182,6 +183,7 @@ fn keygen_keys_run_the_filter_and_token_inspect_agrees_with_it() {
             issued_at: common::now(),
             expires_at: common::now() + 60,
             cluster: String::new(),
+            owner_away_since: None,
         };
         token::seal(&t, ring.signing_key().unwrap(), "elsewhere")
     };

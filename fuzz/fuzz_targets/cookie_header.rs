@@ -3,14 +3,16 @@
 //! - a pinned session comes from a presented value that verifies (the first one that does,
 //!   header before cookies), and steers to that token's owner; a new session means no
 //!   presented value verifies, and names the last value's refusal;
-//! - the response outcome and token follow the rules (new / re-pinned / refreshed / hit,
-//!   session and absolute expiry kept), the sealed token opens to exactly that token, the
+//! - the response outcome and token follow the rules (new / re-pinned / refreshed / hit /
+//!   owner away until `repinAfter` has passed since the first miss, session and absolute
+//!   expiry kept), the sealed token opens to exactly that token, the
 //!   Set-Cookie line carries it with no CR, LF or NUL, the debug label names the refusal.
 //!
 //! Input: byte 0 picks the format and the serving pod; the rest is split at 0xff into the
-//! token header and Cookie headers. In them `@S`, `@E`, `@B`, `@X` become a valid signed
-//! token, a valid encrypted one, one sealed by the older key, and an expired one (so the
-//! fuzzer reaches the pinned paths without forging an HMAC).
+//! token header and Cookie headers. In them `@S`, `@E`, `@B`, `@X`, `@A` become a valid
+//! signed token, a valid encrypted one, one sealed by the older key, an expired one, and one
+//! whose owner has been missed since it was issued (so the fuzzer reaches the pinned paths
+//! without forging an HMAC).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,10 +28,11 @@ const KEYS: &str =
     "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
 const FRESH: SessionId = SessionId([1; 16]);
 const PODS: [&str; 2] = ["10.0.0.1:8080", "[fd00::2]:8443"];
+const REPIN_AFTER: u64 = 300;
 
 fn settings(format: &str) -> Settings {
     let json = format!(
-        r#"{{"keys":"{KEYS}","type":"CookieAndHeader","tokenFormat":"{format}","absoluteTimeout":"1h","idleTimeout":"30m"}}"#
+        r#"{{"keys":"{KEYS}","type":"CookieAndHeader","tokenFormat":"{format}","absoluteTimeout":"1h","idleTimeout":"30m","repinAfter":"5m"}}"#
     );
     config::load(json.as_bytes(), &|_| None).unwrap()
 }
@@ -41,6 +44,7 @@ fn claims(owner: &str, session: u8, issued_at: u64) -> SessionToken {
         issued_at,
         expires_at: issued_at + 3000,
         cluster: String::new(),
+        owner_away_since: None,
     }
 }
 
@@ -57,6 +61,10 @@ fn expand(part: &[u8], keys: &tether::keyring::Keyring) -> Vec<u8> {
             Some(b'E') => token::seal_encrypted(&claims(PODS[1], 3, NOW - 20), a, SCOPE, [7; 24]),
             Some(b'B') => Some(token::seal(&claims(PODS[0], 4, NOW - 30), b, SCOPE)),
             Some(b'X') => Some(token::seal(&claims(PODS[1], 5, NOW - 4000), a, SCOPE)),
+            Some(b'A') => {
+                let away = SessionToken { owner_away_since: Some(NOW - 40), ..claims(PODS[1], 6, NOW - 40) };
+                Some(token::seal(&away, a, SCOPE))
+            }
             _ => None,
         };
         match sealed {
@@ -147,16 +155,23 @@ fuzz_target!(|data: &[u8]| {
                 issued_at: now,
                 expires_at: now + 3600,
                 cluster: String::new(),
+                owner_away_since: None,
             }),
         ),
         Affinity::Pinned { token, current, .. } => {
-            let renewed = SessionToken { owner: by, issued_at: now, ..token.clone() };
-            if token.owner != by {
-                (Outcome::Repinned, Some(renewed))
-            } else if !current || now.saturating_sub(token.issued_at) >= 900 {
-                (Outcome::Refreshed, Some(renewed))
+            let due = !current || now.saturating_sub(token.issued_at) >= 900;
+            let signed = |owner, away| SessionToken { owner, issued_at: now, owner_away_since: away, ..token.clone() };
+            let since = token.owner_away_since.unwrap_or(now);
+            if token.owner == by {
+                match token.owner_away_since.is_some() || due {
+                    true => (Outcome::Refreshed, Some(signed(by, None))),
+                    false => (Outcome::Hit, None),
+                }
+            } else if now - since >= REPIN_AFTER {
+                (Outcome::Repinned, Some(signed(by, None)))
             } else {
-                (Outcome::Hit, None)
+                let send = token.owner_away_since.is_none() || due;
+                (Outcome::OwnerAway, send.then(|| signed(token.owner, Some(since))))
             }
         }
     };

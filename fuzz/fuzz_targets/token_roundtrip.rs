@@ -1,6 +1,7 @@
 //! Arbitrary claims sealed in both formats, with either key, for any scope, checked at any
 //! time: opening what was sealed gives back exactly those claims, or exactly the refusal
-//! the claims call for (expired, issued in the future, lifetime too long); the same token
+//! the claims call for (a missed owner's time later than the issue time, expired, issued in
+//! the future, lifetime too long); the same token
 //! never opens in another scope, nor without its key.
 #![no_main]
 
@@ -63,7 +64,9 @@ fuzz_target!(|data: &[u8]| {
         max_lifetime: input.u64() % 1_000_000 + 1,
         idle_timeout: (flags & 4 != 0).then(|| input.u64() % 100_000 + 2),
     };
-    let claims = SessionToken { session, owner, issued_at, expires_at, cluster };
+    // Read last, so the committed corpus keeps its meaning for the fields above.
+    let owner_away_since = (flags & 32 != 0).then(|| near(input.u64()));
+    let claims = SessionToken { session, owner, issued_at, expires_at, cluster, owner_away_since };
 
     let keys = Keyring::parse(KEYS, None).unwrap();
     let only_a = Keyring::parse(ONLY_A, None).unwrap();
@@ -84,7 +87,9 @@ fuzz_target!(|data: &[u8]| {
     if expected_claims.cluster.len() > token::MAX_CLUSTER_LEN {
         expected_claims.cluster.clear();
     }
-    let expected = if now >= expires_at
+    let expected = if owner_away_since.is_some_and(|since| since > issued_at) {
+        Err(Rejection::Malformed)
+    } else if now >= expires_at
         || limits.idle_timeout.is_some_and(|idle| now >= issued_at.saturating_add(idle))
     {
         Err(Rejection::Expired)

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod istio;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -104,8 +105,14 @@ pub fn sealed_token(
     session: [u8; 16],
 ) -> String {
     let ring = Keyring::parse(keys, None).unwrap();
-    let t =
-        SessionToken { session: SessionId(session), owner, issued_at, expires_at, cluster: String::new() };
+    let t = SessionToken {
+        session: SessionId(session),
+        owner,
+        issued_at,
+        expires_at,
+        cluster: String::new(),
+        owner_away_since: None,
+    };
     token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
 
@@ -118,6 +125,7 @@ pub fn forged_token(owner: SocketAddr, scope: &str) -> String {
         issued_at: now(),
         expires_at: now() + 600,
         cluster: String::new(),
+        owner_away_since: None,
     };
     token::seal(&t, other.signing_key().unwrap(), scope)
 }
@@ -129,6 +137,7 @@ pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: 
         issued_at: now(),
         expires_at: now() + 3600,
         cluster: cluster.to_string(),
+        owner_away_since: None,
     };
     token::seal(&t, demo_keyring().signing_key().unwrap(), scope)
 }
