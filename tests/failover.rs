@@ -239,7 +239,8 @@ fn ask_each(envoy: &Envoy, cookies: &[&str], threads: usize) -> Vec<(u16, String
                 })
             })
             .collect();
-        let mut all: Vec<(usize, (u16, String))> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<(usize, (u16, String))> =
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
         all.sort_by_key(|(i, _)| *i);
         all.into_iter().map(|(_, a)| a).collect()
     })
