@@ -203,6 +203,95 @@ fn an_ejected_owner_is_never_tried_again_even_right_after_another_health_change(
     assert_eq!(retried, 0, "requests of an ejected owner's sessions were still sent to it first");
 }
 
+/// The shipped configuration with nothing that marks a dead pod down: no health check, no
+/// outlier detection. Envoy then keeps a dead pod in its Maglev table and keeps honouring it
+/// as an owner, as it does at any time before an ejection reaches the workers, in panic mode
+/// (more than half the pods unhealthy: at start-up before the first health checks pass, or
+/// two of three pods down), or when `max_ejection_percent` forbids another ejection.
+fn nothing_marks_a_dead_pod_down(pods: &[Pod]) -> EnvoyConfig {
+    let mut config = EnvoyConfig::shipped().endpoints(&addrs(pods));
+    let start = config.yaml.find("    health_checks:\n").expect("health_checks block");
+    let end = config.yaml.find("    circuit_breakers:\n").expect("circuit_breakers block");
+    let cut = &config.yaml[start..end];
+    assert!(cut.contains("    outlier_detection:\n"), "health_checks and outlier_detection must be adjacent");
+    config.yaml.replace_range(start..end, "");
+    config
+}
+
+/// One request for each cookie, on `threads` keep-alive connections: (status, pod) each.
+fn ask_each(envoy: &Envoy, cookies: &[&str], threads: usize) -> Vec<(u16, String)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut conn = envoy.keep_alive();
+                s.spawn(move || {
+                    (t..cookies.len())
+                        .step_by(threads)
+                        .map(|i| {
+                            let header = format!("{COOKIE}={}", cookies[i]);
+                            let answer = match conn.request("GET", "/", &[("cookie", &header)]) {
+                                Ok(r) => (r.status, r.header("x-pod").unwrap_or("(none)").to_string()),
+                                Err(e) => (0, e.to_string()),
+                            };
+                            (i, answer)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, (u16, String))> =
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, a)| a).collect()
+    })
+}
+
+/// A retry never goes back to a pod that already failed the request, even while Envoy still
+/// routes to that pod. A retry asks Maglev again for the same session id, varying the pick by
+/// attempt number, until `previous_hosts` accepts a host; those picks fall close together in
+/// the table. With `host_selection_retry_max_attempts: 5` every pick was the dead pod for
+/// 2-3 % of its sessions: all four attempts failed there and Envoy answered 503 (the demo's
+/// rare 503 after SIGTERM: its first health checks had failed, so Envoy was in panic mode
+/// and the ejection left the dead pod in the table). Here nothing marks the dead pods down:
+/// one pod of three dies, and every request of its sessions must be served by a live pod;
+/// then a second dies, and the test prints how many requests of both pods' sessions failed.
+#[test]
+fn every_retry_of_a_dead_owners_session_finds_a_live_pod_while_envoy_still_routes_to_it() {
+    let mut pods = Pod::start_many(3);
+    let envoy = Envoy::start(nothing_marks_a_dead_pod_down(&pods), &pods.iter().collect::<Vec<_>>());
+    let sessions = mint_sessions(&envoy, 600);
+    let (first, second) = (pods[0].name.clone(), pods[1].name.clone());
+    let of = |names: &[&str]| -> Vec<&str> {
+        sessions.iter().filter(|(_, p)| names.contains(&p.as_str())).map(|(c, _)| c.as_str()).collect()
+    };
+
+    let mut figures = Vec::new();
+    for dead in [vec![first.as_str()], vec![first.as_str(), second.as_str()]] {
+        pods.iter_mut().filter(|p| dead.contains(&p.name.as_str())).for_each(Pod::kill);
+        let orphans = of(&dead);
+        let retries_before = envoy.stat("cluster.pods.upstream_rq_retry");
+        let answers = ask_each(&envoy, &orphans, 8);
+        let retries = envoy.stat("cluster.pods.upstream_rq_retry") - retries_before;
+        let failed: Vec<&(u16, String)> =
+            answers.iter().filter(|(status, pod)| *status != 200 || dead.contains(&pod.as_str())).collect();
+        figures.push(format!(
+            "{} dead: {} of {} requests of their sessions failed, {retries} retries",
+            dead.join(" and "),
+            failed.len(),
+            orphans.len()
+        ));
+        assert!(orphans.len() >= 120 * dead.len(), "too few sessions on {dead:?}: {}", orphans.len());
+        // Every first attempt went to the dead owner: the retries are what is tested.
+        assert!(retries >= orphans.len() as u64, "{retries} retries for {} requests", orphans.len());
+        // With two of three pods dead and nothing marking them down, a retry needs a pick
+        // outside both: one run in ten still saw 6 of 423 requests fail (printed, not asserted).
+        if dead.len() == 1 {
+            assert!(failed.is_empty(), "{}: {failed:?}", figures.last().unwrap());
+        }
+    }
+    println!("retries while Envoy still routes to the dead pods: {}", figures.join("; "));
+}
+
 #[test]
 fn two_envoys_sharing_a_key_agree_on_every_session() {
     let mut pods = Pod::start_many(3);
