@@ -21,23 +21,12 @@ struct Answer {
     cookie: Option<String>,
 }
 
-/// One request on a keep-alive connection. If the connection's client had to send it a
-/// second time (its reused connection failed: a reset or close Envoy did not hide), that is
-/// an error, whatever the second answer was.
+/// One request on a keep-alive connection ([`get_once`]: a resend is an error).
 fn ask(conn: &mut Connection, headers: &[(&str, &str)]) -> Result<Answer, String> {
-    let resends = conn.resends();
-    let r = conn.request("GET", "/", headers).map_err(|e| e.to_string())?;
-    if conn.resends() != resends {
-        return Err(format!("{RESENT}: the reused connection failed (second answer: status {})", r.status));
-    }
-    let cookie = r.all("set-cookie").find_map(|v| {
-        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
-    });
+    let r = get_once(conn, headers)?;
     let pod = r.header("x-pod").map_or_else(|| no_pod_placeholder(r.status), str::to_string);
-    Ok(Answer { status: r.status, pod, cookie })
+    Ok(Answer { status: r.status, pod, cookie: tether_cookie(&r) })
 }
-
-const RESENT: &str = "resent";
 
 /// A request with the session's cookie (or none), which must succeed.
 fn ask_ok(conn: &mut Connection, cookie: Option<&str>) -> Answer {
@@ -227,8 +216,8 @@ fn scale_in_moves_only_the_lost_pods_sessions_evenly_and_two_envoys_agree() {
     pods[victim].kill();
     let survivors: Vec<SocketAddr> = pods.iter().filter(|p| p.addr != victim_addr).map(|p| p.addr).collect();
     eds.set(&announce(&survivors, &[]));
-    one.wait_flags(victim_addr, None);
-    two.wait_flags(victim_addr, None);
+    one.wait_removed(victim_addr);
+    two.wait_removed(victim_addr);
     two.settle();
 
     let a = visit(&one, &sessions);
@@ -279,7 +268,7 @@ fn draining_pod_keeps_its_sessions_and_websockets_and_gets_no_new_sessions() {
 
     let drained = &pods[0];
     eds.set(&announce(&addrs(&pods), &[drained.addr]));
-    envoy.wait_flags(drained.addr, Some("/eds_status_draining"));
+    envoy.wait_flags(drained.addr, "/eds_status_draining");
     envoy.settle();
 
     let after = visit(&envoy, &sessions);
@@ -488,13 +477,13 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     for (step, name) in ["pod-d", "pod-e", "pod-f"].iter().enumerate() {
         let old = pods[step].addr;
         eds.set(&announce(&live, &[old]));
-        envoy.wait_flags(old, Some("/eds_status_draining"));
+        envoy.wait_flags(old, "/eds_status_draining");
         envoy.settle();
         kills.push((Instant::now(), old));
         pods[step].kill();
         live.retain(|a| *a != old);
         eds.set(&announce(&live, &[]));
-        envoy.wait_flags(old, None);
+        envoy.wait_removed(old);
         let new = Pod::start(name);
         live.push(new.addr);
         eds.set(&announce(&live, &[]));

@@ -284,7 +284,7 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
 
     states[0] = format!("{drained_addr}=terminating");
     render(manifests, &states, &out, true);
-    envoy.wait_flags_in(CLUSTER, drained_addr, Some("/eds_status_draining"));
+    envoy.wait_flags_in(CLUSTER, drained_addr, "/eds_status_draining");
     envoy.settle();
     let after = visit_sessions(&envoy, &sessions);
     let (stayed, others_moved) = count(&sessions, &after, &drained);
@@ -304,7 +304,7 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
         pods[0].kill();
         states.remove(0);
         render(manifests, &states, &out, true);
-        envoy.wait_flags_in(CLUSTER, drained_addr, None);
+        envoy.wait_removed_in(CLUSTER, drained_addr);
         envoy.settle();
         let gone = visit_sessions(&envoy, &sessions);
         let moved = sessions

@@ -91,7 +91,7 @@ fn wasmplugin_edits_under_load_fail_nothing_and_move_no_session() {
             .map(|_| {
                 let r = conn.request("GET", "/", &[]).unwrap();
                 assert_eq!(r.status, 200);
-                let cookie = set_cookie_value(&r).expect("a new session sets the cookie");
+                let cookie = tether_cookie(&r).expect("a new session sets the cookie");
                 Mutex::new((cookie, r.header("x-pod").unwrap().to_string()))
             })
             .collect()
@@ -125,7 +125,7 @@ fn wasmplugin_edits_under_load_fail_nothing_and_move_no_session() {
                             }
                             if let Some(v) = r.all("set-cookie").find(|v| v.starts_with("tether=")) {
                                 set_cookies.lock().unwrap().push(v.to_string());
-                                session.lock().unwrap().0 = set_cookie_value(&r).unwrap();
+                                session.lock().unwrap().0 = tether_cookie(&r).unwrap();
                             }
                         }
                         Ok(r) => failed.lock().unwrap().push(format!("status {}", r.status)),
@@ -198,11 +198,6 @@ fn wasmplugin_edits_under_load_fail_nothing_and_move_no_session() {
         assert_eq!(resigned, 0, "Envoy {} applied an environment-only edit: update README", envoy_minor());
     }
     assert!(set_cookies.iter().all(|c| !c.starts_with("tether-owner=")));
-}
-
-fn set_cookie_value(r: &common::http::Response) -> Option<String> {
-    r.all("set-cookie")
-        .find_map(|v| v.strip_prefix("tether=").map(|v| v.split(';').next().unwrap_or("").to_string()))
 }
 
 /// The minor version of the Envoy under test (1.`N`.x).
