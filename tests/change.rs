@@ -21,23 +21,12 @@ struct Answer {
     cookie: Option<String>,
 }
 
-/// One request on a keep-alive connection. If the connection's client had to send it a
-/// second time (its reused connection failed: a reset or close Envoy did not hide), that is
-/// an error, whatever the second answer was.
+/// One request on a keep-alive connection ([`get_once`]: a resend is an error).
 fn ask(conn: &mut Connection, headers: &[(&str, &str)]) -> Result<Answer, String> {
-    let resends = conn.resends();
-    let r = conn.request("GET", "/", headers).map_err(|e| e.to_string())?;
-    if conn.resends() != resends {
-        return Err(format!("{RESENT}: the reused connection failed (second answer: status {})", r.status));
-    }
-    let cookie = r.all("set-cookie").find_map(|v| {
-        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
-    });
+    let r = get_once(conn, headers)?;
     let pod = r.header("x-pod").map_or_else(|| no_pod_placeholder(r.status), str::to_string);
-    Ok(Answer { status: r.status, pod, cookie })
+    Ok(Answer { status: r.status, pod, cookie: tether_cookie(&r) })
 }
-
-const RESENT: &str = "resent";
 
 /// A request with the session's cookie (or none), which must succeed.
 fn ask_ok(conn: &mut Connection, cookie: Option<&str>) -> Answer {
@@ -227,8 +216,8 @@ fn scale_in_moves_only_the_lost_pods_sessions_evenly_and_two_envoys_agree() {
     pods[victim].kill();
     let survivors: Vec<SocketAddr> = pods.iter().filter(|p| p.addr != victim_addr).map(|p| p.addr).collect();
     eds.set(&announce(&survivors, &[]));
-    one.wait_flags(victim_addr, None);
-    two.wait_flags(victim_addr, None);
+    one.wait_removed(victim_addr);
+    two.wait_removed(victim_addr);
     two.settle();
 
     let a = visit(&one, &sessions);
@@ -281,7 +270,7 @@ fn draining_pod_keeps_its_sessions_and_websockets_and_gets_no_new_sessions() {
 
     let drained = &pods[0];
     eds.set(&announce(&addrs(&pods), &[drained.addr]));
-    envoy.wait_flags(drained.addr, Some("/eds_status_draining"));
+    envoy.wait_flags(drained.addr, "/eds_status_draining");
     envoy.settle();
 
     let after = visit(&envoy, &sessions);
@@ -400,6 +389,12 @@ struct Record {
     ended: Instant,
     /// The pod the session's cookie named when the request was sent.
     owner: SocketAddr,
+    /// The pod the session is pinned to after the answer: the one a new cookie names, else
+    /// `owner`.
+    pinned: SocketAddr,
+    /// Who answered (`x-pod`, or a WebSocket's first frame); empty unless `ok`.
+    served: String,
+    /// Answered 200 (HTTP) or 101 and a first frame (WebSocket), from any pod.
     ok: bool,
     websocket: bool,
     /// The client had to send the request again after its reused connection failed.
@@ -422,16 +417,17 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     const WS_SESSIONS: usize = 40;
     const HTTP_THREADS: usize = 4;
 
-    // Records one answer: re-pins move the session (and are logged as moves).
-    let settle_answer =
+    // Records one answer: a re-pin moves the session (and is logged as a move). Returns the
+    // pod the session is pinned to after it.
+    let repin =
         |cookies: &[Mutex<String>], moves: &Mutex<Vec<_>>, i: usize, owner, new_cookie: Option<String>| {
-            if let Some(c) = new_cookie {
-                let to = open_demo(&c).owner;
-                if to != owner {
-                    moves.lock().unwrap().push((i, owner, to, Instant::now()));
-                }
-                *cookies[i].lock().unwrap() = c;
+            let Some(c) = new_cookie else { return owner };
+            let to = open_demo(&c).owner;
+            if to != owner {
+                moves.lock().unwrap().push((i, owner, to, Instant::now()));
             }
+            *cookies[i].lock().unwrap() = c;
+            to
         };
     let mut load = Vec::new();
     for t in 0..HTTP_THREADS {
@@ -448,19 +444,24 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
                 let owner = open_demo(&cookie).owner;
                 let started = Instant::now();
                 let answer = ask(&mut conn, &[("cookie", &format!("{COOKIE}={cookie}"))]);
+                let ended = Instant::now();
                 let ok = matches!(&answer, Ok(a) if a.status == 200);
                 let resent = matches!(&answer, Err(e) if e.starts_with(RESENT));
+                let (served, new_cookie) = match answer {
+                    Ok(a) if ok => (a.pod, a.cookie),
+                    _ => (String::new(), None),
+                };
+                let pinned = repin(&cookies, &moves, i, owner, new_cookie);
                 records.lock().unwrap().push(Record {
                     started,
-                    ended: Instant::now(),
+                    ended,
                     owner,
+                    pinned,
+                    served,
                     ok,
                     websocket: false,
                     resent,
                 });
-                if let (true, Ok(a)) = (ok, answer) {
-                    settle_answer(&cookies, &moves, i, owner, a.cookie);
-                }
             }
         }));
     }
@@ -477,18 +478,23 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
                 let owner = open_demo(&cookie).owner;
                 let started = Instant::now();
                 let result = try_websocket(addr, Some(&cookie));
+                let ended = Instant::now();
                 let ok = matches!(&result, Ok((r, text)) if r.status == 101 && !text.is_empty());
+                let (served, new_cookie) = match result {
+                    Ok((r, first_frame)) if ok => (first_frame, r.cookie_value()),
+                    _ => (String::new(), None),
+                };
+                let pinned = repin(&cookies, &moves, i, owner, new_cookie);
                 records.lock().unwrap().push(Record {
                     started,
-                    ended: Instant::now(),
+                    ended,
                     owner,
+                    pinned,
+                    served,
                     ok,
                     websocket: true,
                     resent: false,
                 });
-                if let (true, Ok((r, _))) = (ok, result) {
-                    settle_answer(&cookies, &moves, i, owner, r.cookie_value());
-                }
             }
         }));
     }
@@ -501,13 +507,13 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     for (step, name) in ["pod-d", "pod-e", "pod-f"].iter().enumerate() {
         let old = pods[step].addr;
         eds.set(&announce(&live, &[old]));
-        envoy.wait_flags(old, Some("/eds_status_draining"));
+        envoy.wait_flags(old, "/eds_status_draining");
         envoy.settle();
         kills.push((Instant::now(), old));
         pods[step].kill();
         live.retain(|a| *a != old);
         eds.set(&announce(&live, &[]));
-        envoy.wait_flags(old, None);
+        envoy.wait_removed(old);
         let new = Pod::start(name);
         live.push(new.addr);
         eds.set(&announce(&live, &[]));
@@ -542,6 +548,17 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let failed_ws: Vec<&Record> = records.iter().filter(|r| r.websocket && !r.ok && !at_kill(r)).collect();
     let excused_ws = records.iter().filter(|r| r.websocket && !r.ok && at_kill(r)).count();
     let resent = records.iter().filter(|r| r.resent && !at_kill(r)).count();
+    // An answer must come from the pod its session is pinned to after it: the owner its
+    // cookie named, or the pod a new cookie names (never excused, not even at a kill: a
+    // retried request re-pins to the pod that answered it).
+    let names: HashMap<SocketAddr, &str> = pods.iter().map(|p| (p.addr, p.name.as_str())).collect();
+    let misrouted = |websocket: bool| -> Vec<&Record> {
+        records
+            .iter()
+            .filter(|r| r.websocket == websocket && r.ok && names.get(&r.pinned) != Some(&r.served.as_str()))
+            .collect()
+    };
+    let (misrouted_http, misrouted_ws) = (misrouted(false), misrouted(true));
     let ws = records.iter().filter(|r| r.websocket).count();
     let moves = moves.lock().unwrap();
     // A session may move only away from a pod that had been killed by then.
@@ -562,7 +579,8 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
          in flight to a pod as it was killed: {http_in_flight} HTTP, {ws_in_flight} WebSocket; \
          failed outside the kill instants: {} HTTP ({resent} resent by the client after its connection \
          failed), {} WebSocket; failed in flight to a pod at its kill: {excused_http} HTTP, \
-         {excused_ws} WebSocket; \
+         {excused_ws} WebSocket; answered by another pod than their session's (with no new cookie naming it): \
+         {} HTTP, {} WebSocket; \
          {moved} of {} sessions moved (every old pod was replaced), {} moves in all, {twice} sessions moved twice \
          (re-pinned to an old pod replaced later); {} unjustified moves; {ended_live} sessions end pinned to a live pod; \
          Envoy retries {}",
@@ -570,6 +588,8 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
         records.len() - ws,
         failed_http.len(),
         failed_ws.len(),
+        misrouted_http.len(),
+        misrouted_ws.len(),
         sessions.len(),
         moves.len(),
         unjustified.len(),
@@ -595,11 +615,26 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
         "{} WebSockets failed that were not in flight to a killed pod",
         failed_ws.len()
     );
+    let show = |rs: &[&Record]| -> Vec<String> {
+        rs.iter()
+            .take(5)
+            .map(|r| format!("{} answered, {} named by the cookie", r.served, r.pinned))
+            .collect()
+    };
+    assert!(
+        misrouted_http.is_empty(),
+        "HTTP answers from another pod than the owner: {:?}",
+        show(&misrouted_http)
+    );
+    assert!(
+        misrouted_ws.is_empty(),
+        "WebSocket first frames from another pod than the owner: {:?}",
+        show(&misrouted_ws)
+    );
     assert!(unjustified.is_empty(), "sessions moved away from live pods: {unjustified:?}");
     assert_eq!(ended_live, sessions.len(), "sessions still pinned to a removed pod");
 
     // Every session is served by the pod its cookie names, and stays there.
-    let names: HashMap<SocketAddr, &str> = pods.iter().map(|p| (p.addr, p.name.as_str())).collect();
     let finals_now: Vec<Session> =
         cookies.iter().map(|c| Session { cookie: c.lock().unwrap().clone(), pod: String::new() }).collect();
     let answers = visit(&envoy, &finals_now);

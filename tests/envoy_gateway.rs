@@ -132,6 +132,12 @@ fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> Path
 const FILTER_ORDER: &str =
     "  filterOrder:\n  - name: envoy.filters.http.wasm\n    before: envoy.filters.http.stateful_session\n";
 
+/// Most of 30 requests that may reach the pod they aim at only by chance. Each is placed by
+/// the hash of a session id the client does not choose, and Maglev gives each of 3 equally
+/// weighted pods 1/3 of its table: the count is Binomial(30, 1/3), mean 10, above 20 with
+/// probability 4.4e-5. A filter that let the aim steer puts all 30 there.
+const BY_CHANCE_MAX: usize = 20;
+
 /// What the header session state reads: standard padded base64 of `ip:port`.
 fn host_header(addr: SocketAddr) -> String {
     tether::address::override_host_value(&addr)
@@ -193,14 +199,19 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
         assert_eq!(r.header("x-tether-host"), None);
     }
 
-    // A forged token aimed at another pod never steers.
-    let target = pods.iter().find(|p| p.addr != owner).unwrap().addr;
-    for _ in 0..5 {
-        let r = envoy.get_with_cookie(Some(&forged_token(target, CLUSTER)));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-seen-host"), Some("-"), "a forged token must not steer");
-        assert_ne!(open(&r.cookie_value().expect("a new session")).session, SessionId([7; 16]));
-    }
+    // A forged token aimed at another pod never steers: each is a new session, placed by
+    // the hash.
+    let target = pods.iter().find(|p| p.addr != owner).unwrap();
+    let forged_on_target = (0..30)
+        .filter(|i| {
+            let r = envoy.get_with_cookie(Some(&forged_token(target.addr, CLUSTER)));
+            assert_eq!(r.status, 200, "request {i}");
+            assert_eq!(r.header("x-seen-host"), Some("-"), "a forged token must not steer");
+            assert_ne!(open(&r.cookie_value().expect("a new session")).session, SessionId([7; 16]));
+            r.pod() == target.name
+        })
+        .count();
+    assert!(forged_on_target <= BY_CHANCE_MAX, "{forged_on_target} of 30 forged tokens reached their pod");
 
     // A client-sent x-tether-host never reaches stateful_session: tether runs first.
     let aimed = &pods[2];
@@ -212,7 +223,7 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
             r.pod() == aimed.name
         })
         .count();
-    assert!(on_aimed < 30, "every request reached the pod the client chose");
+    assert!(on_aimed <= BY_CHANCE_MAX, "{on_aimed} of 30 requests reached the pod the client chose");
 
     // Owner killed: outlier detection (2 refused connections) and the retries move the
     // session without a failed request; the answer re-pins it.
@@ -239,8 +250,9 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
     }
     let repinned = repinned.expect("the session was re-pinned to a live pod");
     println!(
-        "envoy gateway: client-aimed x-tether-host reached its pod {on_aimed} of 30 times (hash: ~10); \
-         owner {owner_name} killed, 10 of 10 requests answered, session re-pinned to {repinned}"
+        "envoy gateway: forged tokens reached the pod they name {forged_on_target} of 30 times, client-aimed \
+         x-tether-host {on_aimed} of 30 (hash: ~10); owner {owner_name} killed, 10 of 10 requests answered, \
+         session re-pinned to {repinned}"
     );
 }
 
@@ -284,7 +296,7 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
 
     states[0] = format!("{drained_addr}=terminating");
     render(manifests, &states, &out, true);
-    envoy.wait_flags_in(CLUSTER, drained_addr, Some("/eds_status_draining"));
+    envoy.wait_flags_in(CLUSTER, drained_addr, "/eds_status_draining");
     envoy.settle();
     let after = visit_sessions(&envoy, &sessions);
     let (stayed, others_moved) = count(&sessions, &after, &drained);
@@ -294,7 +306,7 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
         .filter(|(cookie, _)| {
             let (r, first_frame) = websocket(envoy.addr(), Some(cookie));
             assert_eq!(r.status, 101);
-            first_frame == drained
+            first_frame == drained && r.set_cookie().is_none()
         })
         .count();
     let fresh_on_drained = mint_sessions(&envoy, 150).iter().filter(|(_, pod)| *pod == drained).count();
@@ -304,7 +316,7 @@ fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
         pods[0].kill();
         states.remove(0);
         render(manifests, &states, &out, true);
-        envoy.wait_flags_in(CLUSTER, drained_addr, None);
+        envoy.wait_removed_in(CLUSTER, drained_addr);
         envoy.settle();
         let gone = visit_sessions(&envoy, &sessions);
         let moved = sessions
@@ -393,7 +405,7 @@ fn default_filter_order_does_not_steer_and_lets_clients_choose() {
         "envoy gateway default filter order: {reached} of 30 pinned requests reached their owner ({repinned} \
          re-pinned elsewhere); a client-sent x-tether-host chose the pod {on_aimed} of 30 times"
     );
-    assert!(reached < 30, "the owner was honoured although stateful_session ran first");
+    assert!(reached <= BY_CHANCE_MAX, "the owner was honoured although stateful_session ran first");
     assert_eq!(reached + repinned, 30, "every request that missed its owner was re-pinned");
     assert_eq!(on_aimed, 30, "stateful_session honours the client's own header when it runs first");
 }

@@ -1,7 +1,8 @@
 //! The harness's own traps, closed: a check built on Envoy's admin output fails when the
 //! admin port does not answer (instead of reading an empty page as "host gone" or
-//! "unhealthy"), a stat Envoy does not have fails instead of reading 0, and two responses
-//! that name no pod never count as "the same pod".
+//! "unhealthy"), a host or cluster Envoy does not have fails a health wait (instead of
+//! reading as "unhealthy" or "no flags"), a stat Envoy does not have fails instead of
+//! reading 0, and two responses that name no pod never count as "the same pod".
 
 mod common;
 
@@ -27,7 +28,35 @@ fn waiting_for_a_pod_to_be_unhealthy_fails_when_admin_is_unreachable() {
 #[should_panic(expected = "Envoy admin GET /clusters")]
 fn waiting_for_a_host_to_be_removed_fails_when_admin_is_unreachable() {
     let (pods, envoy) = unreachable_admin();
-    envoy.wait_flags(pods[0].addr, None);
+    envoy.wait_removed(pods[0].addr);
+}
+
+/// The message of the panic `f` must raise.
+fn panic_message(f: impl FnOnce()) -> String {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .expect_err("it returned instead of failing");
+    caught.downcast_ref::<String>().cloned().unwrap_or_default()
+}
+
+#[test]
+fn health_waits_on_a_host_or_cluster_envoy_does_not_have_fail() {
+    let pods = Pod::start_many(1);
+    let envoy = Envoy::start(EnvoyConfig::shipped().endpoints(&addrs(&pods)), &[&pods[0]]);
+    let absent: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let not_a_host = format!("{absent} is not a host of");
+    let unhealthy = panic_message(|| envoy.wait_health(absent, false));
+    assert!(unhealthy.contains(&not_a_host), "{unhealthy}");
+    let flags = panic_message(|| envoy.wait_flags(absent, "/eds_status_draining"));
+    assert!(flags.contains(&not_a_host), "{flags}");
+    let checked = panic_message(|| {
+        envoy.is_healthy(absent);
+    });
+    assert!(checked.contains(&not_a_host), "{checked}");
+    let no_cluster = panic_message(|| envoy.wait_removed_in("podz", pods[0].addr));
+    assert!(no_cluster.contains("Envoy has no cluster `podz`"), "{no_cluster}");
+    // The same waits on the host Envoy has pass.
+    envoy.wait_health(pods[0].addr, true);
+    envoy.wait_flags(pods[0].addr, "healthy");
 }
 
 #[test]

@@ -482,8 +482,11 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
     let mut states = ready.clone();
     states[0] = format!("{}=terminating", drained_addr);
     render_from(istio_dir, plugin, &states, &out, true);
-    let draining_flags = if istio_dir == "istio" { Some("/eds_status_draining") } else { None };
-    envoy.wait_flags_in(&cluster, drained_addr, draining_flags);
+    if istio_dir == "istio" {
+        envoy.wait_flags_in(&cluster, drained_addr, "/eds_status_draining");
+    } else {
+        envoy.wait_removed_in(&cluster, drained_addr);
+    }
     envoy.settle();
 
     let after = visit_sessions(&envoy, &sessions);
@@ -518,7 +521,7 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
     // The grace period ends: the pod stops serving (istiod drops it from EDS) and exits.
     states[0] = format!("{}=stopped", drained_addr);
     render_from(istio_dir, plugin, &states, &out, true);
-    envoy.wait_flags_in(&cluster, drained_addr, None);
+    envoy.wait_removed_in(&cluster, drained_addr);
     pods[0].kill();
     envoy.settle();
     let gone = visit_sessions(&envoy, &sessions);

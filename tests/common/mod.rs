@@ -214,6 +214,11 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// The failure of a health wait or check on a host Envoy does not have.
+fn no_host(pod: SocketAddr, cluster: &str) -> String {
+    format!("{pod} is not a host of {cluster} in Envoy's /clusters")
+}
+
 // ---------------------------------------------------------------- pods
 
 /// A demo pod process (`demo/pod.py`). Killed with SIGKILL on drop.
@@ -696,35 +701,65 @@ impl Envoy {
     }
 
     /// Whether Envoy currently sees `pod` healthy (health checks, outlier ejection), in
-    /// whichever cluster holds it.
+    /// whichever cluster holds it. A host no cluster has fails the test: a removed host is
+    /// not an unhealthy one.
     pub fn is_healthy(&self, pod: SocketAddr) -> bool {
+        self.health(pod).unwrap_or_else(|| panic!("{}", no_host(pod, "any cluster")))
+    }
+
+    /// Whether `pod` is healthy in whichever cluster holds it; None when no cluster has it.
+    fn health(&self, pod: SocketAddr) -> Option<bool> {
         let clusters = self.admin_get("/clusters");
         let key = format!("::{pod}::health_flags::");
-        clusters.lines().any(|l| l.split_once(&key).is_some_and(|(_, flags)| flags == "healthy"))
+        let flags: Vec<&str> = clusters.lines().filter_map(|l| Some(l.split_once(&key)?.1)).collect();
+        (!flags.is_empty()).then(|| flags.contains(&"healthy"))
     }
 
     /// The `health_flags` of `pod` in cluster `pods` (`healthy`, `/eds_status_draining`,
-    /// `/failed_active_hc`, ...), or None when Envoy does not have the host.
+    /// `/failed_active_hc`, ...), or None when the cluster does not have the host.
     pub fn health_flags(&self, pod: SocketAddr) -> Option<String> {
         self.health_flags_in("pods", pod)
     }
 
     /// The `health_flags` of `pod` in the cluster named `cluster` (rendered Istio and Envoy
-    /// Gateway configurations name theirs as istiod and Envoy Gateway do).
+    /// Gateway configurations name theirs as istiod and Envoy Gateway do), or None when the
+    /// cluster does not have the host. A cluster Envoy does not have fails the test (a
+    /// misspelt cluster name must not read as "host gone").
     pub fn health_flags_in(&self, cluster: &str, pod: SocketAddr) -> Option<String> {
         let clusters = self.admin_get("/clusters");
-        let key = format!("{cluster}::{pod}::health_flags::");
+        let prefix = format!("{cluster}::");
+        assert!(
+            clusters.lines().any(|l| l.starts_with(&prefix)),
+            "Envoy has no cluster `{cluster}`; /clusters:\n{clusters}"
+        );
+        let key = format!("{prefix}{pod}::health_flags::");
         clusters.lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
     }
 
-    /// Waits until Envoy reports `flags` for `pod` (None: until the host is gone).
-    pub fn wait_flags(&self, pod: SocketAddr, flags: Option<&str>) {
+    /// Waits until Envoy reports `flags` for `pod` in cluster `pods`. The host must be there
+    /// (waiting for a removal is [`Envoy::wait_removed`]).
+    pub fn wait_flags(&self, pod: SocketAddr, flags: &str) {
         self.wait_flags_in("pods", pod, flags)
     }
 
-    pub fn wait_flags_in(&self, cluster: &str, pod: SocketAddr, flags: Option<&str>) {
-        wait_until(&format!("{pod} health_flags {flags:?} in Envoy"), Duration::from_secs(20), || {
-            self.health_flags_in(cluster, pod).as_deref() == flags
+    pub fn wait_flags_in(&self, cluster: &str, pod: SocketAddr, flags: &str) {
+        wait_until(&format!("{pod} health_flags {flags} in Envoy"), Duration::from_secs(20), || {
+            match self.health_flags_in(cluster, pod) {
+                Some(now) => now == flags,
+                None => panic!("waiting for health_flags {flags}: {}", no_host(pod, cluster)),
+            }
+        });
+    }
+
+    /// Waits until cluster `pods` no longer has `pod` (an EDS update removed it).
+    pub fn wait_removed(&self, pod: SocketAddr) {
+        self.wait_removed_in("pods", pod)
+    }
+
+    /// Waits until cluster `cluster`, which must exist, no longer has `pod`.
+    pub fn wait_removed_in(&self, cluster: &str, pod: SocketAddr) {
+        wait_until(&format!("{pod} removed from cluster {cluster}"), Duration::from_secs(20), || {
+            self.health_flags_in(cluster, pod).is_none()
         });
     }
 
@@ -742,9 +777,17 @@ impl Envoy {
         http::Connection::new(self.addr(), "app.test", Duration::from_secs(15))
     }
 
+    /// Waits until Envoy sees `pod` healthy (`true`) or not (`false`). Waiting for `true`
+    /// also waits for the host to arrive (an EDS update is applied asynchronously); waiting
+    /// for `false` fails at once when no cluster has the host: a removed host is not an
+    /// unhealthy one (waiting for a removal is [`Envoy::wait_removed`]).
     pub fn wait_health(&self, pod: SocketAddr, healthy: bool) {
         wait_until(&format!("{pod} healthy={healthy} in Envoy"), Duration::from_secs(20), || {
-            self.is_healthy(pod) == healthy
+            match self.health(pod) {
+                Some(now) => now == healthy,
+                None if healthy => false,
+                None => panic!("waiting for it to be unhealthy: {}", no_host(pod, "any cluster")),
+            }
         });
     }
 
@@ -965,19 +1008,54 @@ pub fn addrs(pods: &[Pod]) -> Vec<SocketAddr> {
 
 // ---------------------------------------------------------------- sessions
 
+/// One GET of `/` on a keep-alive connection, as the load tests send it. An error if it
+/// could not be sent or answered, or if the client had to send it a second time (its reused
+/// connection failed: a reset or close Envoy did not hide), whatever the second answer was.
+pub fn get_once(conn: &mut http::Connection, headers: &[(&str, &str)]) -> Result<http::Response, String> {
+    let resends = conn.resends();
+    let r = conn.request("GET", "/", headers).map_err(|e| e.to_string())?;
+    if conn.resends() != resends {
+        return Err(format!("{RESENT}: the reused connection failed (second answer: status {})", r.status));
+    }
+    Ok(r)
+}
+
+/// How [`get_once`]'s error for a resent request begins.
+pub const RESENT: &str = "resent";
+
+/// The whole tether Set-Cookie header of a keep-alive response, if it set the cookie.
+pub fn tether_set_cookie(r: &http::Response) -> Option<&str> {
+    r.all("set-cookie").find(|v| v.strip_prefix(COOKIE).is_some_and(|rest| rest.starts_with('=')))
+}
+
+/// The cookie value in a tether Set-Cookie header.
+pub fn set_cookie_value(header: &str) -> &str {
+    let pair = header.split(';').next().unwrap_or("");
+    pair.strip_prefix(&format!("{COOKIE}=")).unwrap_or_else(|| panic!("not a {COOKIE} Set-Cookie: {header}"))
+}
+
+/// The tether cookie value a keep-alive response set, if any.
+pub fn tether_cookie(r: &http::Response) -> Option<String> {
+    tether_set_cookie(r).map(|header| set_cookie_value(header).to_string())
+}
+
 /// One GET on a keep-alive connection with the session's cookie (or none), which must be
-/// answered 200: (pod, the tether cookie value the response set). No response may carry
-/// the cookie session state's own `tether-owner` cookie (tether strips it: Istio mode).
-pub fn ask_session(conn: &mut http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
+/// answered 200 by a demo pod (`x-pod`) on the first send. No response may carry the cookie
+/// session state's own `tether-owner` cookie (tether strips it: Istio mode).
+pub fn session_response(conn: &mut http::Connection, cookie: Option<&str>) -> http::Response {
     let header = cookie.map(|c| format!("{COOKIE}={c}"));
     let headers: Vec<(&str, &str)> = header.iter().map(|h| ("cookie", h.as_str())).collect();
-    let r = conn.request("GET", "/", &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
+    let r = get_once(conn, &headers).unwrap_or_else(|e| panic!("request through Envoy: {e}"));
     assert_eq!(r.status, 200, "{:?}", r.headers);
     assert!(r.all("set-cookie").all(|v| !v.starts_with("tether-owner=")), "the owner cookie leaked");
-    let set = r.all("set-cookie").find_map(|v| {
-        v.strip_prefix(&format!("{COOKIE}=")).map(|v| v.split(';').next().unwrap_or("").to_string())
-    });
-    (r.header("x-pod").unwrap_or("(none)").to_string(), set)
+    assert!(r.header("x-pod").is_some(), "a 200 that names no pod (x-pod): {:?}", r.headers);
+    r
+}
+
+/// [`session_response`]: (pod, the tether cookie value the response set).
+pub fn ask_session(conn: &mut http::Connection, cookie: Option<&str>) -> (String, Option<String>) {
+    let r = session_response(conn, cookie);
+    (r.header("x-pod").unwrap_or_default().to_string(), tether_cookie(&r))
 }
 
 /// `n` new sessions, one after the other: (cookie value, pod).
