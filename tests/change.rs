@@ -549,15 +549,19 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let excused_ws = records.iter().filter(|r| r.websocket && !r.ok && at_kill(r)).count();
     let resent = records.iter().filter(|r| r.resent && !at_kill(r)).count();
     // An answer must come from the pod its session is pinned to after it: the owner its
-    // cookie named, or the pod a new cookie names (never excused, not even at a kill: a
-    // retried request re-pins to the pod that answered it).
+    // cookie named, or the pod a new cookie names — unless that owner had been killed before
+    // the request was sent: the session then keeps its owner for `repinAfter` while the
+    // hash places its requests (never excused otherwise, not even at a kill).
     let names: HashMap<SocketAddr, &str> = pods.iter().map(|p| (p.addr, p.name.as_str())).collect();
+    let owner_dead = |r: &Record| kills.iter().any(|(t, a)| *a == r.pinned && *t <= r.started);
     let misrouted = |websocket: bool| -> Vec<&Record> {
         records
             .iter()
             .filter(|r| r.websocket == websocket && r.ok && names.get(&r.pinned) != Some(&r.served.as_str()))
+            .filter(|r| !owner_dead(r))
             .collect()
     };
+    let while_owner_away = records.iter().filter(|r| r.ok && owner_dead(r)).count();
     let (misrouted_http, misrouted_ws) = (misrouted(false), misrouted(true));
     let ws = records.iter().filter(|r| r.websocket).count();
     let moves = moves.lock().unwrap();
@@ -580,8 +584,8 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
          failed outside the kill instants: {} HTTP ({resent} resent by the client after its connection \
          failed), {} WebSocket; failed in flight to a pod at its kill: {excused_http} HTTP, \
          {excused_ws} WebSocket; answered by another pod than their session's (with no new cookie naming it): \
-         {} HTTP, {} WebSocket; \
-         {moved} of {} sessions moved (every old pod was replaced), {} moves in all, {twice} sessions moved twice \
+         {} HTTP, {} WebSocket; {while_owner_away} answered while their session's owner was dead and kept \
+         (repinAfter); {moved} of {} sessions moved (every old pod was replaced), {} moves in all, {twice} sessions moved twice \
          (re-pinned to an old pod replaced later); {} unjustified moves; {ended_live} sessions end pinned to a live pod; \
          Envoy retries {}",
         records.len(),

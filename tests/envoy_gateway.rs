@@ -10,87 +10,16 @@
 
 mod common;
 
+use common::renderers::envoy_gateway::*;
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use tether::token::SessionId;
 
 /// The route's cluster (tokens are bound to it: tether's config sets no `scope`).
 const CLUSTER: &str = "httproute/demo/media/rule/0";
 const WASM_FILTER: &str = "envoy.filters.http.wasm/envoyextensionpolicy/demo/tether/wasm/0";
-
-fn renderer(args: &[&str]) -> Output {
-    Command::new("python3")
-        .current_dir(repo())
-        .arg("scripts/envoy-gateway-render.py")
-        .args(args)
-        .output()
-        .expect("python3 scripts/envoy-gateway-render.py")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// What `make envoy-gateway IMAGE=…` does, into a scratch directory: the OCI image layout
-/// of the built module (scripts/oci.py, as `make image`), then the manifests with the
-/// EnvoyExtensionPolicy pinned to its digest. Returns the ready-manifests directory.
-fn pinned(tag: &str) -> PathBuf {
-    let dir = scratch_dir(tag);
-    let layout = dir.join("oci");
-    let built = Command::new("python3")
-        .current_dir(repo())
-        .args(["scripts/oci.py", "build", "target/wasm32-wasip1/release/tether.wasm"])
-        .arg(&layout)
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let printed = String::from_utf8_lossy(&built.stdout).into_owned();
-    let digest = printed
-        .lines()
-        .find_map(|l| l.strip_prefix("image digest:"))
-        .expect("oci.py prints the image digest")
-        .trim()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let out = dir.join("manifests");
-    let result = renderer(&[
-        "--pin",
-        "registry.example.com:5000/tether/tether:0.1.0",
-        "--layout",
-        path(&layout),
-        "--out",
-        path(&out),
-    ]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-    let eep = std::fs::read_to_string(out.join("envoyextensionpolicy.yaml")).unwrap();
-    assert!(
-        eep.contains(&format!("url: registry.example.com:5000/tether/tether@sha256:{digest}\n"))
-            && eep.contains(&format!("sha256: {digest}\n")),
-        "the image is pinned to the digest `make image` printed:\n{eep}"
-    );
-    assert!(!out.join("helm-values.yaml").exists(), "only Kubernetes manifests are written");
-    out
-}
-
-/// Renders `manifests` with endpoints given as `ip:port[=ready|terminating|stopped]`;
-/// returns envoy.yaml (empty with `endpoints_only`).
-fn render(manifests: &Path, endpoints: &[String], out: &Path, endpoints_only: bool) -> String {
-    let mut args = vec!["--manifests", path(manifests), "--out", path(out)];
-    for e in endpoints {
-        args.extend(["--endpoint", e.as_str()]);
-    }
-    if endpoints_only {
-        args.push("--endpoints-only");
-    }
-    let result = renderer(&args);
-    assert!(result.status.success(), "render failed: {}", String::from_utf8_lossy(&result.stderr));
-    if endpoints_only {
-        return String::new();
-    }
-    std::fs::read_to_string(out.join("envoy.yaml")).unwrap()
-}
 
 fn ready(pods: &[Pod]) -> Vec<String> {
     pods.iter().map(|p| p.addr.to_string()).collect()
@@ -109,28 +38,6 @@ fn start(envoy_yaml: String, pods: &[Pod]) -> Envoy {
 fn position(yaml: &str, needle: &str) -> usize {
     yaml.find(needle).unwrap_or_else(|| panic!("`{needle}` not in the rendered configuration:\n{yaml}"))
 }
-
-/// A copy of the ready manifests.
-fn copy_of(manifests: &Path, tag: &str) -> PathBuf {
-    let dir = scratch_dir(tag);
-    for entry in std::fs::read_dir(manifests).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-/// A copy of the ready manifests with one text edit (which must occur exactly once).
-fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> PathBuf {
-    let dir = copy_of(manifests, tag);
-    let text = std::fs::read_to_string(dir.join(file)).unwrap();
-    assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
-    std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
-    dir
-}
-
-const FILTER_ORDER: &str =
-    "  filterOrder:\n  - name: envoy.filters.http.wasm\n    before: envoy.filters.http.stateful_session\n";
 
 /// Most of 30 requests that may reach the pod they aim at only by chance. Each is placed by
 /// the hash of a session id the client does not choose, and Maglev gives each of 3 equally

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::istio::{cluster_name, render_from};
+use common::renderers::istio::{cluster_name, render_from};
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 mod common;
 
 use common::http::Connection;
-use common::istio::render_from;
+use common::renderers::istio::{cluster_name, render_from};
 use common::*;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -159,7 +159,7 @@ fn late_replica(deployment: Deployment, lag: Duration) -> Late {
     let mut b = Replica::start(deployment, &old_refs, "10s");
     if deployment == Deployment::IstioCookie {
         let Feed::Rendered(out) = &a.feed else { unreachable!() };
-        SCOPE.with(|s| *s.borrow_mut() = common::istio::cluster_name(out));
+        SCOPE.with(|s| *s.borrow_mut() = cluster_name(out));
     }
     let all = addrs(&pods);
     a.learn(&all, Some(new.addr));
@@ -352,7 +352,7 @@ fn a_pod_one_replica_dropped_first_moves_its_sessions_once() {
     let leaving = pods[0].name.clone();
     let rest = addrs(&pods[1..]);
     a.feed.set(&rest);
-    a.envoy.wait_flags(pods[0].addr, None);
+    a.envoy.wait_removed(pods[0].addr);
     let mut owners: Vec<Vec<String>> = browsers.iter().map(|b| vec![b.owner(&pods)]).collect();
     let record = |owners: &mut [Vec<String>], i: usize, owner: String| {
         if owners[i].last() != Some(&owner) {
@@ -371,7 +371,7 @@ fn a_pod_one_replica_dropped_first_moves_its_sessions_once() {
     );
     let kept = owners.iter().filter(|o| o[0] == leaving && o.len() == 1).count();
     b.feed.set(&rest);
-    b.envoy.wait_flags(pods[0].addr, None);
+    b.envoy.wait_removed(pods[0].addr);
     let six = Duration::from_secs(6);
     alternate(
         &mut browsers,
@@ -440,8 +440,8 @@ fn a_pod_that_returns_within_repin_after_gets_its_sessions_back() {
         }
         a.feed.set(&rest);
         b.feed.set(&rest);
-        a.envoy.wait_flags(addr, None);
-        b.envoy.wait_flags(addr, None);
+        a.envoy.wait_removed(addr);
+        b.envoy.wait_removed(addr);
         alternate(
             &mut browsers,
             &a.envoy,

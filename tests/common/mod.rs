@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 pub mod http;
-pub mod istio;
+pub mod renderers;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -144,14 +144,18 @@ struct Names {
     host_header: String,
     host_cookie: Option<String>,
     key_header: String,
+    /// Who honours the owner: `stateful_session` (wasm) or the override host tether sets
+    /// itself (native).
+    via: OwnerVia,
 }
 
-impl From<&Settings> for Names {
-    fn from(s: &Settings) -> Names {
+impl Names {
+    fn new(s: &Settings, via: OwnerVia) -> Names {
         Names {
             host_header: s.host_header.clone(),
             host_cookie: s.host_cookie.clone(),
             key_header: s.key_header.clone(),
+            via,
         }
     }
 }
@@ -371,7 +375,7 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
         OwnerVia::SessionFilter => filters.iter().enumerate().find(|(_, f)| is_session_filter(f)),
         OwnerVia::OverrideHost => None,
     };
-    let names = Names::from(&settings);
+    let names = Names::new(&settings, via);
     match session {
         Some((j, _)) if j < index => {
             ctx.find(Severity::Error, "filter-order", place, "http_filters",
@@ -654,7 +658,6 @@ fn check_cluster(ctx: &mut Ctx, name: &str, names: &Names) {
         );
         return;
     };
-    let _ = names;
 
     // Consistent hash (lb_policy, or a load_balancing_policy extension as Envoy Gateway sets).
     let (policy, field, override_host) = match lb_extension(&c) {
@@ -719,7 +722,11 @@ fn check_cluster(ctx: &mut Ctx, name: &str, names: &Names) {
             "neither active health_checks nor outlier_detection that ejects on connection failures: a dead owner stays chosen, every request of its sessions fails (or waits for a retry) until the endpoint is removed".to_string(),
             "outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2 } and active health_checks".to_string())),
         (true, false) => Some((Severity::Warning, "outlier-detection",
-            "no outlier detection on connection failures: stateful_session keeps choosing a dead owner, even on retries, until the next failed health check".to_string(),
+            match names.via {
+                OwnerVia::SessionFilter => "no outlier detection on connection failures: stateful_session keeps choosing a dead owner, even on retries, until the next failed health check",
+                // Envoy applies the override host to the first attempt only (docs/native.md).
+                OwnerVia::OverrideHost => "no outlier detection on connection failures: the override host sends the first attempt of every request of a dead owner's sessions to it until the next failed health check, each then needing a retry",
+            }.to_string(),
             "outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, enforcing_consecutive_local_origin_failure: 100 }".to_string())),
         _ => None,
     };

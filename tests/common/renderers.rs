@@ -1,0 +1,148 @@
+//! The control-plane renderers the tests run instead of a control plane. Each is the
+//! project's own model of a translation, written from the control plane's source and
+//! checked only against it: `scripts/istio-render.py` models istiod's (Istio 1.30.3),
+//! `scripts/envoy-gateway-render.py` Envoy Gateway v1.9.0's. A test that runs their
+//! output shows what Envoy does with the configuration the model produces, not what
+//! istiod or Envoy Gateway produce.
+
+pub mod istio {
+    use crate::common::repo;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Runs scripts/istio-render.py with the manifests of `istio_dir` and endpoints given as
+    /// `ip:port[=ready|terminating|stopped]` (EndpointSlice conditions); `endpoints_only`
+    /// rewrites eds.yaml alone, as istiod pushes EDS when a pod's conditions change.
+    pub fn render_from(
+        istio_dir: &str,
+        plugin: &str,
+        endpoints: &[String],
+        out: &Path,
+        endpoints_only: bool,
+    ) -> (String, String) {
+        let mut cmd = Command::new("python3");
+        cmd.current_dir(repo()).arg("scripts/istio-render.py").args(["--plugin", plugin]);
+        cmd.args(["--istio-dir", istio_dir]);
+        for endpoint in endpoints {
+            cmd.args(["--endpoint", endpoint]);
+        }
+        if endpoints_only {
+            cmd.arg("--endpoints-only");
+        }
+        let result = cmd.arg("--out").arg(out).output().expect("python3 scripts/istio-render.py");
+        assert!(result.status.success(), "render failed: {}", String::from_utf8_lossy(&result.stderr));
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+        (read("envoy.yaml"), read("ecds.yaml"))
+    }
+
+    /// The rendered cluster's name (tokens are bound to it: no `scope` in pluginConfig).
+    pub fn cluster_name(out: &Path) -> String {
+        std::fs::read_to_string(out.join("eds.yaml"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_name: "))
+            .expect("the rendered cluster")
+            .trim_matches(['"', '\''])
+            .to_string()
+    }
+}
+
+pub mod envoy_gateway {
+    use crate::common::{repo, scratch_dir};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    pub fn renderer(args: &[&str]) -> Output {
+        Command::new("python3")
+            .current_dir(repo())
+            .arg("scripts/envoy-gateway-render.py")
+            .args(args)
+            .output()
+            .expect("python3 scripts/envoy-gateway-render.py")
+    }
+
+    pub fn path(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    /// What `make envoy-gateway IMAGE=…` does, into a scratch directory: the OCI image layout
+    /// of the built module (scripts/oci.py, as `make image`), then the manifests with the
+    /// EnvoyExtensionPolicy pinned to its digest. Returns the ready-manifests directory.
+    pub fn pinned(tag: &str) -> PathBuf {
+        let dir = scratch_dir(tag);
+        let layout = dir.join("oci");
+        let built = Command::new("python3")
+            .current_dir(repo())
+            .args(["scripts/oci.py", "build", "target/wasm32-wasip1/release/tether.wasm"])
+            .arg(&layout)
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        let printed = String::from_utf8_lossy(&built.stdout).into_owned();
+        let digest = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("image digest:"))
+            .expect("oci.py prints the image digest")
+            .trim()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let out = dir.join("manifests");
+        let result = renderer(&[
+            "--pin",
+            "registry.example.com:5000/tether/tether:0.1.0",
+            "--layout",
+            path(&layout),
+            "--out",
+            path(&out),
+        ]);
+        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+        let eep = std::fs::read_to_string(out.join("envoyextensionpolicy.yaml")).unwrap();
+        assert!(
+            eep.contains(&format!("url: registry.example.com:5000/tether/tether@sha256:{digest}\n"))
+                && eep.contains(&format!("sha256: {digest}\n")),
+            "the image is pinned to the digest `make image` printed:\n{eep}"
+        );
+        assert!(!out.join("helm-values.yaml").exists(), "only Kubernetes manifests are written");
+        out
+    }
+
+    /// Renders `manifests` with endpoints given as `ip:port[=ready|terminating|stopped]`;
+    /// returns envoy.yaml (empty with `endpoints_only`).
+    pub fn render(manifests: &Path, endpoints: &[String], out: &Path, endpoints_only: bool) -> String {
+        let mut args = vec!["--manifests", path(manifests), "--out", path(out)];
+        for e in endpoints {
+            args.extend(["--endpoint", e.as_str()]);
+        }
+        if endpoints_only {
+            args.push("--endpoints-only");
+        }
+        let result = renderer(&args);
+        assert!(result.status.success(), "render failed: {}", String::from_utf8_lossy(&result.stderr));
+        if endpoints_only {
+            return String::new();
+        }
+        std::fs::read_to_string(out.join("envoy.yaml")).unwrap()
+    }
+
+    /// A copy of the ready manifests.
+    pub fn copy_of(manifests: &Path, tag: &str) -> PathBuf {
+        let dir = scratch_dir(tag);
+        for entry in std::fs::read_dir(manifests).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        dir
+    }
+
+    /// A copy of the ready manifests with one text edit (which must occur exactly once).
+    pub fn edited(manifests: &Path, file: &str, from: &str, to: &str, tag: &str) -> PathBuf {
+        let dir = copy_of(manifests, tag);
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
+        std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+        dir
+    }
+
+    pub const FILTER_ORDER: &str =
+        "  filterOrder:\n  - name: envoy.filters.http.wasm\n    before: envoy.filters.http.stateful_session\n";
+}
