@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tether::token::SessionId;
+use tether::token::{self, SessionId, SessionToken};
 
 const OLD_KEY: &str = "old=b2xkLWtleS10aGF0LXN0aWxsLXZlcmlmaWVzLWZvci1yb3RhdGlvbg==";
 
@@ -24,7 +24,7 @@ fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
 }
 
 /// Every counter tether defines, by its `/stats` name under `wasmcustom.tether.`.
-const COUNTERS: [&str; 13] = [
+const COUNTERS: [&str; 14] = [
     "affinity_hits",
     "invalid_token.bad_signature",
     "invalid_token.expired",
@@ -34,6 +34,7 @@ const COUNTERS: [&str; 13] = [
     "invalid_token.unknown_key",
     "invalid_token.unknown_version",
     "invalid_token.wrong_scope",
+    "owner_away",
     "refreshed",
     "repinned",
     "sessions_minted",
@@ -94,7 +95,18 @@ fn counters_and_debug_header_match_known_traffic() {
         "invalid:lifetime_too_long",
         1,
     );
-    expect(Some(&demo_token(gone, [2; 16])), "repinned", 2);
+    // An owner outside the cluster: kept for `repinAfter` (10 s), then re-pinned.
+    expect(Some(&demo_token(gone, [2; 16])), "owner-away", 2);
+    let away = SessionToken {
+        session: SessionId([3; 16]),
+        owner: gone,
+        issued_at: now - 20,
+        expires_at: now + 60,
+        cluster: String::new(),
+        owner_away_since: Some(now - 30),
+    };
+    let away = token::seal(&away, demo_keyring().signing_key().unwrap(), DEMO_SCOPE);
+    expect(Some(&away), "repinned", 2);
     expect(Some(&sealed_token(OLD_KEY, owner, now, now + 60, [0x33; 16])), "refreshed", 3);
 
     // 5 new sessions plus one for each of the 8 refused tokens.
@@ -105,6 +117,7 @@ fn counters_and_debug_header_match_known_traffic() {
                 "sessions_minted" => 13,
                 "affinity_hits" => 10,
                 "repinned" => 2,
+                "owner_away" => 2,
                 "refreshed" => 3,
                 // No request here presents more candidates than the cap (review.rs floods).
                 "tokens_over_limit" => 0,
@@ -351,7 +364,8 @@ fn sticky_canaries_keep_sessions_on_their_cluster() {
 }
 
 /// The symptom README's troubleshooting describes for a wrong filter order: the owner in
-/// the token is ignored, every response re-pins, and sessions follow the hash instead.
+/// the token is ignored, every response misses it (`owner-away`, then re-pinned once
+/// `repinAfter` has passed), and sessions follow the hash instead.
 #[test]
 fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
     let pods = Pod::start_many(3);
@@ -366,7 +380,7 @@ fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
     // Each of 10 sessions is presented with a token naming each of the 3 pods in turn. With
     // the owner ignored, all three land on the one pod the hash of the session id picks:
     // exactly one token of each session names that pod (a hit), the other two move.
-    let mut repinned = 0;
+    let mut missed = 0;
     for j in 0..10u8 {
         let session = [0x50 + j; 16];
         let served: Vec<String> = pods
@@ -374,14 +388,14 @@ fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
             .map(|pod| {
                 let r = envoy.get_with_cookie(Some(&demo_token(pod.addr, session)));
                 assert_eq!(r.status, 200);
-                let label = if r.pod() == pod.name { "hit" } else { "repinned" };
+                let label = if r.pod() == pod.name { "hit" } else { "owner-away" };
                 assert_eq!(r.header("x-tether"), Some(label), "session {j}, token naming {}", pod.name);
-                repinned += usize::from(label == "repinned");
+                missed += usize::from(label == "owner-away");
                 r.pod().to_string()
             })
             .collect();
         assert!(served.iter().all(|p| *p == served[0]), "session {j}: the owner was honoured: {served:?}");
     }
-    println!("wrong filter order: {repinned} of 30 pinned requests left their owner");
-    assert_eq!(repinned, 20);
+    println!("wrong filter order: {missed} of 30 pinned requests left their owner");
+    assert_eq!(missed, 20);
 }

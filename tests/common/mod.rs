@@ -1058,6 +1058,40 @@ pub fn ask_session(conn: &mut http::Connection, cookie: Option<&str>) -> (String
     (r.header("x-pod").unwrap_or_default().to_string(), tether_cookie(&r))
 }
 
+/// `n` requests with a session's cookie right after its owner (`owner`, named `owner_name`)
+/// was killed, as a client would send them (keeping what the responses set). Each must be
+/// answered 200 by a live pod and pass `check`; the session keeps its owner for
+/// `repinAfter` (10 s as shipped): exactly one response, the first that misses the owner,
+/// carries a token, which names the owner and the time of the miss (`open` reads it in
+/// the deployment's scope). Returns the pods that answered.
+pub fn ask_while_owner_away(
+    envoy: &Envoy,
+    cookie: &str,
+    (owner, owner_name): (SocketAddr, &str),
+    n: usize,
+    open: impl Fn(&str) -> SessionToken,
+    check: impl Fn(&Response),
+) -> Vec<String> {
+    let mut cookie = cookie.to_string();
+    let mut tokens = 0;
+    let mut served = Vec::new();
+    for i in 0..n {
+        let r = envoy.get_with_cookie(Some(&cookie));
+        assert_eq!(r.status, 200, "request {i} after the owner died");
+        assert_ne!(r.pod(), owner_name, "request {i}: the dead owner answered");
+        check(&r);
+        if let Some(new) = r.cookie_value() {
+            let kept = open(&new);
+            assert_eq!((kept.owner, kept.owner_away_since.is_some()), (owner, true), "request {i}");
+            tokens += 1;
+            cookie = new;
+        }
+        served.push(r.pod().to_string());
+    }
+    assert_eq!(tokens, 1, "the first miss, and only it, sends a token");
+    served
+}
+
 /// `n` new sessions, one after the other: (cookie value, pod).
 pub fn mint_sessions(envoy: &Envoy, n: usize) -> Vec<(String, String)> {
     let mut conn = envoy.keep_alive();
