@@ -550,10 +550,10 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let resent = records.iter().filter(|r| r.resent && !at_kill(r)).count();
     // An answer must come from the pod its session is pinned to after it: the owner its
     // cookie named, or the pod a new cookie names — unless that owner had been killed before
-    // the request was sent: the session then keeps its owner for `repinAfter` while the
-    // hash places its requests (never excused otherwise, not even at a kill).
+    // the answer came (in flight at the kill, Envoy retried it elsewhere; or sent after):
+    // the session then keeps its owner for `repinAfter` while the hash places its requests.
     let names: HashMap<SocketAddr, &str> = pods.iter().map(|p| (p.addr, p.name.as_str())).collect();
-    let owner_dead = |r: &Record| kills.iter().any(|(t, a)| *a == r.pinned && *t <= r.started);
+    let owner_dead = |r: &Record| kills.iter().any(|(t, a)| *a == r.pinned && *t <= r.ended);
     let misrouted = |websocket: bool| -> Vec<&Record> {
         records
             .iter()

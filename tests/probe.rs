@@ -82,19 +82,23 @@ fn probe_reports_stickiness_and_the_sessions_a_dead_pod_loses() {
         "{out}"
     );
     assert!(line(&out, "pods:").contains("3 "), "{out}");
-    // pod-b's share of the distribution is exactly what the watch saw move, all from pod-b.
+    // pod-b's share of the distribution is exactly what the watch saw move, all from pod-b,
+    // each to a live pod. A session whose first request after the kill was retried on
+    // another pod than the one the hash picks once Envoy has ejected pod-b moves twice (it
+    // keeps pod-b as its owner for `repinAfter`, so it follows the hash): pod-b→X→Y.
     let on_b: usize = line(&out, "  pod-b").split_whitespace().nth(1).unwrap().parse().unwrap();
     let moved = line(&out, "moved:");
     assert!(
-        moved
-            .starts_with(&format!("moved:       {on_b} of 300 sessions moved at least once ({on_b} moves: ")),
+        moved.starts_with(&format!("moved:       {on_b} of 300 sessions moved at least once (")),
         "{out}"
     );
     let transitions = moved.split(" moves: ").nth(1).and_then(|t| t.split(')').next()).unwrap();
-    assert!(
-        transitions.split(", ").all(|t| t.starts_with("pod-b→pod-a") || t.starts_with("pod-b→pod-c")),
-        "{out}"
-    );
+    let count = |t: &str| t.rsplit(' ').next().and_then(|n| n.parse::<usize>().ok()).unwrap();
+    let from_b: usize = transitions.split(", ").filter(|t| t.starts_with("pod-b→")).map(count).sum();
+    let between_live: usize = transitions.split(", ").filter(|t| !t.starts_with("pod-b→")).map(count).sum();
+    assert_eq!(from_b, on_b, "{out}");
+    assert!(transitions.split(", ").all(|t| !t.contains("→pod-b")), "{out}");
+    assert!(between_live * 10 <= on_b, "more than a tenth of pod-b's sessions moved twice:\n{out}");
     assert!(line(&out, "moved:").ends_with("; 0 requests failed"), "{out}");
     assert!(line(&out, "now:").contains(&format!("{on_b} sessions away from their first pod")), "{out}");
 }

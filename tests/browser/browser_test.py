@@ -675,8 +675,11 @@ class BrowserTest(unittest.TestCase):
             self.browsers.remove(browser)
 
     def test_owner_killed_browser_moves_to_one_new_pod_and_replaces_its_cookie(self):
+        """The owner dies: every fetch is answered by one live pod; the first miss replaces the
+        cookie with one that keeps the owner (repinAfter, 2 s here), and once the window has
+        passed the next fetch re-pins the session there."""
         pods = self.start_pods()
-        envoy = self.start_envoy(self.plugin(), pods)
+        envoy = self.start_envoy(self.plugin(repinAfter="2s"), pods)
         browser = self.start_browser()
         page = browser.page()
         _, owner = self.load(browser, envoy.url(APP))
@@ -694,18 +697,24 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(len(served), 1, f"after the kill the session was served by {served}")
         new_owner = served.pop()
         self.assertNotEqual(new_owner, owner)
-        self.assertEqual([c["tether"] for c in calls], ["repinned"] + ["hit"] * 9)
+        self.assertEqual([c["tether"] for c in calls], ["owner-away"] * 10)
         set_cookies = [set_cookie_of(r) for r in browser.responses[before:]]
         self.assertEqual(sum("tether=" in s for s in set_cookies), 1, set_cookies)
         self.assertIn("tether=", set_cookies[0])
-        new = self.only_cookie(browser)["value"]
-        self.assertNotEqual(new, old)
+        kept = self.only_cookie(browser)["value"]
+        self.assertNotEqual(kept, old)
         # Requests 2..10 carried the replaced cookie.
-        self.assertTrue(all(f"tether={new}" in c["body"]["cookie"] for c in calls[1:]))
+        self.assertTrue(all(f"tether={kept}" in c["body"]["cookie"] for c in calls[1:]))
+        # The first miss came before `took`; whole seconds: re-pinned at most 3 s after it.
+        time.sleep(max(0.0, killed_at + took + 3.1 - time.monotonic()))
+        after = page.evaluate("() => demo.call('GET', '/api/after-window')")
+        self.assertEqual((after["status"], after["pod"], after["tether"]), (200, new_owner, "repinned"))
+        new = self.only_cookie(browser)["value"]
+        self.assertNotIn(new, (old, kept))
         resp, pod = self.load(browser, envoy.url(APP))
         self.assertEqual((pod, resp.headers.get("x-tether")), (new_owner, "hit"))
-        log(f"owner {owner} killed: 10 fetches in {took:.2f}s all 200 on {new_owner}; "
-            f"1 Set-Cookie (repinned) then 9 hits; the browser's cookie replaced")
+        log(f"owner {owner} killed: 10 fetches in {took:.2f}s all 200 on {new_owner}, the first "
+            f"replacing the cookie (owner kept); after repinAfter one fetch re-pinned it there, then a hit")
 
     def test_header_mode_from_a_page_script(self):
         """type: Header (no cookie) for a single-page app: the script keeps the token from the
