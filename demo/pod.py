@@ -5,7 +5,9 @@
 
 GET /healthz -> 200 "ok". Any other request -> 200 "<name>" with headers
 x-pod: <name>, and x-seen-host / x-seen-key / x-seen-cookie echoing the steering
-headers and the Cookie headers Envoy forwarded (so tests can see what tether set). A WebSocket upgrade is accepted:
+headers and the Cookie headers Envoy forwarded (so tests can see what tether set); a
+request header x-demo-cache-control comes back as the answer's Cache-Control (an app that
+sets its own). A WebSocket upgrade is accepted:
 the pod sends one text frame holding its name, then echoes text frames until close.
 
 For browsers (tests/browser/): GET /page.html -> a small HTML page naming the pod
@@ -47,6 +49,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = body_text.encode()
         self.send_response(200)
         self._common_headers()
+        cache_control = self.headers.get("x-demo-cache-control")
+        if cache_control:
+            self.send_header("cache-control", cache_control)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

@@ -18,6 +18,11 @@ pub const MAX_ABSOLUTE_TIMEOUT_SECS: u64 = 400 * 86_400;
 /// sessions of a pod that is really gone settle on their new owner soon.
 pub const DEFAULT_REPIN_AFTER_SECS: u64 = 10;
 pub const MAX_REPIN_AFTER_SECS: u64 = 3600;
+/// What a response carrying a new token says to caches when the app said nothing: a shared
+/// cache must not hand one session's token to other clients.
+pub const DEFAULT_CACHE_CONTROL: &str = "private";
+/// Longest `cacheControl` value accepted.
+pub const MAX_CACHE_CONTROL_LEN: usize = 256;
 
 /// The validated runtime configuration, built once per `on_configure`.
 #[derive(Clone, Debug)]
@@ -40,6 +45,12 @@ pub struct Settings {
     pub cluster_header: Option<String>,
     /// Response header explaining each decision (`hit`, `new`, ...), if enabled.
     pub debug_header: Option<String>,
+    /// `Cache-Control` value added to a response that carries a token when the app set no
+    /// `Cache-Control` of its own; `None`: never added.
+    pub cache_control: Option<String>,
+    /// Hand the decision and a short hash of the session id to Envoy's access log (filter
+    /// state), one host call each per response.
+    pub access_log: bool,
     pub keyring: Keyring,
     /// Request header read by stateful_session (base64 `ip:port` of the owner).
     pub host_header: String,
@@ -88,6 +99,8 @@ const TOP_FIELDS: &[&str] = &[
     "keyHeader",
     "clusterHeader",
     "debugHeader",
+    "cacheControl",
+    "accessLog",
 ];
 const HEADER_FIELDS: &[&str] = &["name"];
 const COOKIE_FIELDS: &[&str] = &["name", "path", "domain", "secure", "httpOnly", "sameSite", "lifetimeType"];
@@ -267,6 +280,24 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
     let key_header = header_name(&top, "keyHeader", "keyHeader", DEFAULT_KEY_HEADER)?;
     let cluster_header = optional_header_name(&top, "clusterHeader")?;
     let debug_header = optional_header_name(&top, "debugHeader")?;
+    let cache_control = match string(&top, "cacheControl", "cacheControl")? {
+        None => Some(DEFAULT_CACHE_CONTROL.to_string()),
+        Some("") => None,
+        Some(value) => {
+            // Visible ASCII and inner spaces: nothing that could end the header or start another.
+            let bytes = value.as_bytes();
+            let visible = bytes.iter().all(|b| *b == b' ' || (0x21..0x7f).contains(b));
+            let edges = [bytes.first(), bytes.last()].into_iter().flatten().all(|b| *b != b' ');
+            if bytes.len() > MAX_CACHE_CONTROL_LEN || !visible || !edges {
+                return fail(
+                    "cacheControl",
+                    "must be a header value: visible ASCII and inner spaces, at most 256 bytes (\"\": none)",
+                );
+            }
+            Some(value.to_string())
+        }
+    };
+    let access_log = boolean(&top, "accessLog", "accessLog")?.unwrap_or(false);
     let mut seen: Vec<(&str, &str)> = vec![("hostHeader", &host_header), ("keyHeader", &key_header)];
     if use_header {
         seen.push(("header.name", &token_header));
@@ -307,6 +338,8 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         scope,
         cluster_header,
         debug_header,
+        cache_control,
+        access_log,
         keyring,
         host_header,
         host_cookie: host_cookie.map(str::to_string),
@@ -452,7 +485,23 @@ mod tests {
         assert_eq!(s.host_header, "x-tether-host");
         assert_eq!(s.host_cookie, None);
         assert_eq!(s.key_header, "x-tether-key");
+        assert_eq!((s.cache_control.as_deref(), s.access_log), (Some("private"), false));
         assert!(s.inline_keys);
+    }
+
+    #[test]
+    fn cache_control_takes_a_header_value_or_nothing() {
+        let cases = [
+            (r#""private""#, Some("private")),
+            (r#""no-cache=\"Set-Cookie\"""#, Some("no-cache=\"Set-Cookie\"")),
+            (r#""private, max-age=0""#, Some("private, max-age=0")),
+            (r#""""#, None),
+            ("null", Some("private")),
+        ];
+        for (value, want) in cases {
+            let s = load_str(&format!(r#"{{"keysFromEnv":"TETHER_KEYS","cacheControl":{value}}}"#)).unwrap();
+            assert_eq!(s.cache_control.as_deref(), want, "{value}");
+        }
     }
 
     #[test]
@@ -472,7 +521,7 @@ mod tests {
                "absoluteTimeout":"1h30m","keysFromEnv":"TETHER_KEYS","signingKeyId":"k1",
                "hostHeader":"x-h","keyHeader":"x-k","type":"CookieAndHeader","header":{"name":"x-s"},
                "idleTimeout":"10m","scope":"checkout.shop","clusterHeader":"x-c","debugHeader":"x-d",
-               "tokenFormat":"Encrypted"}"#,
+               "tokenFormat":"Encrypted","cacheControl":"no-store","accessLog":true}"#,
         )
         .unwrap();
         assert_eq!(
@@ -484,6 +533,7 @@ mod tests {
         assert_eq!((s.idle_timeout_secs, s.scope.as_deref()), (Some(600), Some("checkout.shop")));
         assert_eq!((s.cluster_header.as_deref(), s.debug_header.as_deref()), (Some("x-c"), Some("x-d")));
         assert_eq!(s.absolute_timeout_secs, 5400);
+        assert_eq!((s.cache_control.as_deref(), s.access_log), (Some("no-store"), true));
         assert_eq!(s.keyring.signing_key().unwrap().id(), "k1");
         assert_eq!(s.keyring.key_ids(), ["k2", "k1"]);
         assert!(!s.inline_keys);
@@ -591,6 +641,14 @@ mod tests {
             ),
             (&format!(r#"{{{k},"cookie":{{"name":"__Secure-tether"}}}}"#), "cookie.secure"),
             (&format!(r#"{{{k},"cookie":{{"name":"__SECURE-tether","secure":false}}}}"#), "cookie.secure"),
+            (&format!(r#"{{{k},"cacheControl":"private\r\nSet-Cookie: x=1"}}"#), "cacheControl"),
+            (&format!(r#"{{{k},"cacheControl":"private\u0000"}}"#), "cacheControl"),
+            (&format!(r#"{{{k},"cacheControl":" private"}}"#), "cacheControl"),
+            (&format!(r#"{{{k},"cacheControl":"privé"}}"#), "cacheControl"),
+            (&format!(r#"{{{k},"cacheControl":"{}"}}"#, "p".repeat(257)), "cacheControl"),
+            (&format!(r#"{{{k},"cacheControl":false}}"#), "cacheControl"),
+            (&format!(r#"{{{k},"accessLog":"yes"}}"#), "accessLog"),
+            (&format!(r#"{{{k},"accesslog":true}}"#), "accesslog"),
         ];
         for (json, field) in cases {
             let err = load_str(json).unwrap_err();

@@ -116,6 +116,8 @@ pub trait Host {
     fn upstream_host(&mut self) -> Option<SocketAddr>;
     /// Envoy's response code details (`via_upstream` when the upstream answered).
     fn response_code_details(&mut self) -> Option<Vec<u8>>;
+    /// The first value of a response header.
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
     fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>>;
     fn remove_response_header(&mut self, name: &str);
     fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), String>;
@@ -126,7 +128,14 @@ pub trait Host {
     /// Answers the request locally; it is not forwarded.
     fn local_reply(&mut self, status: u32, body: &[u8]);
     fn count(&mut self, counter: Counter);
+    /// Records `value` under `key` in the stream's filter state, where Envoy's access log
+    /// reads it (`%FILTER_STATE(key:PLAIN)%`; proxy-wasm stores it as `wasm.<key>`).
+    fn set_log_field(&mut self, key: &str, value: &str) -> Result<(), String>;
 }
+
+/// The filter-state keys of `accessLog` (the wasm build's are prefixed `wasm.` by Envoy).
+pub const LOG_DECISION: &str = "tether.decision";
+pub const LOG_SESSION: &str = "tether.session";
 
 /// A loaded configuration, shared by every stream of a filter instance.
 pub struct Filter {
@@ -256,6 +265,15 @@ fn strip_set_cookie<H: Host>(host: &mut H, name: &str) {
     for value in set_cookies.iter().filter(|v| cookie::set_cookie_name(v) != name.as_bytes()) {
         let _ = host.add_response_header("set-cookie", value);
     }
+}
+
+/// Adds a response header; a refusal is logged. Whether it was added.
+fn add_response_header<H: Host>(host: &mut H, name: &str, value: &str) -> bool {
+    let done = host.add_response_header(name, value.as_bytes());
+    if let Err(error) = &done {
+        host.log(Level::Warn, &format!("cannot add {name} ({error})"));
+    }
+    done.is_ok()
 }
 
 /// Test-only (feature `crash-test`, `make build-crash-test`): panics when the request asks
@@ -420,20 +438,37 @@ impl Stream {
         let Some(affinity) = &self.affinity else {
             return;
         };
-        let label = self.respond(host, affinity, by, settings);
-        if let (Some(name), Some(label)) = (&settings.debug_header, label) {
+        let decision = self.respond(host, affinity, by, settings);
+        if settings.debug_header.is_none() && !settings.access_log {
+            return;
+        }
+        let label = decision.map(|decision| match decision {
+            Decision::LocalReply => "local-reply".to_string(),
+            Decision::Upstream(outcome) => session::debug_label(affinity, outcome),
+        });
+        if let (Some(name), Some(label)) = (&settings.debug_header, &label) {
             host.set_response_header(name, label.as_bytes());
+        }
+        if settings.access_log {
+            let session = affinity.session().log_name();
+            let decision = label.as_deref().map(|l| host.set_log_field(LOG_DECISION, l));
+            let done = host.set_log_field(LOG_SESSION, &session).and(decision.unwrap_or(Ok(())));
+            if let Err(error) = done {
+                host.log(Level::Warn, &format!("cannot record the access log fields ({error})"));
+            }
         }
     }
 
-    /// Sends the token the response needs, if any; returns the debug label.
+    /// Sends the token the response needs, if any, and asks caches to keep a response that
+    /// carries one private (`cacheControl`); returns what happened (`None`: no token could
+    /// be sealed).
     fn respond<H: Host>(
         &self,
         host: &mut H,
         affinity: &Affinity,
         by: Option<SocketAddr>,
         settings: &Settings,
-    ) -> Option<String> {
+    ) -> Option<Decision> {
         let cluster = match (settings.cluster_header.is_some(), by.is_some()) {
             (true, true) => host.cluster_name().unwrap_or_default(),
             _ => String::new(),
@@ -471,7 +506,7 @@ impl Stream {
         if outcome != Outcome::Hit || by.is_none() || H::CHEAP_DETAILS {
             let details = host.response_code_details();
             if by.is_none() || details.as_deref() != Some(b"via_upstream".as_slice()) {
-                return settings.debug_header.as_ref().map(|_| "local-reply".to_string());
+                return Some(Decision::LocalReply);
             }
         }
         host.count(match outcome {
@@ -485,19 +520,35 @@ impl Stream {
             let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
             let sealed = session::seal(&token, scope, settings, || random_nonce(host))?;
             let (by_cookie, by_header) = session::carriers(affinity, settings);
+            let mut sent = false;
             if by_cookie {
                 if let Some(cookie) = session::set_cookie(&sealed, &token, now, settings) {
-                    if let Err(error) = host.add_response_header("set-cookie", cookie.as_bytes()) {
-                        host.log(Level::Warn, &format!("cannot add set-cookie ({error})"));
-                    }
+                    sent = add_response_header(host, "set-cookie", &cookie);
                 }
             }
             if let (true, Some(name)) = (by_header, &settings.token_header) {
                 host.set_response_header(name, sealed.as_bytes());
+                sent = true;
+            }
+            // A shared cache must not hand this session's token to other clients. The app's
+            // own Cache-Control, if any, stands: it knows its content.
+            if let (true, Some(value)) = (sent, &settings.cache_control) {
+                if host.response_header("cache-control").is_none() {
+                    add_response_header(host, "cache-control", value);
+                }
             }
         }
-        settings.debug_header.as_ref().map(|_| session::debug_label(affinity, outcome))
+        Some(Decision::Upstream(outcome))
     }
+}
+
+/// What a response turned out to be, for the debug header and the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// Envoy answered (`local-reply`): no token, no counter.
+    LocalReply,
+    /// The upstream answered.
+    Upstream(Outcome),
 }
 
 #[cfg(test)]
@@ -519,6 +570,7 @@ mod tests {
         override_host: Option<SocketAddr>,
         replied: Option<u32>,
         counted: Vec<Counter>,
+        logged: Vec<(String, String)>,
     }
 
     impl<const DIRECT: bool> Host for Fake<DIRECT> {
@@ -557,6 +609,9 @@ mod tests {
         fn response_code_details(&mut self) -> Option<Vec<u8>> {
             Some(if self.via_upstream { b"via_upstream".to_vec() } else { b"upstream_reset".to_vec() })
         }
+        fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+            self.response.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        }
         fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
             self.response.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
         }
@@ -580,6 +635,10 @@ mod tests {
         }
         fn count(&mut self, counter: Counter) {
             self.counted.push(counter);
+        }
+        fn set_log_field(&mut self, key: &str, value: &str) -> Result<(), String> {
+            self.logged.push((key.into(), value.into()));
+            Ok(())
         }
     }
 
@@ -708,6 +767,106 @@ mod tests {
                 assert!(!host.response.iter().any(|(n, _)| n == "set-cookie"));
             }
         }
+    }
+
+    /// One exchange through a host of either kind: the request's headers, the pod that
+    /// served (and whether it answered), the app's response headers; the response after
+    /// tether and what it gave the access log.
+    fn exchange<const D: bool>(
+        f: &Filter,
+        request_headers: &[(&str, &str)],
+        served_by: &str,
+        via_upstream: bool,
+        app_headers: &[(&str, &str)],
+    ) -> Fake<D> {
+        let mut host: Fake<D> = request(request_headers);
+        let mut stream = Stream::default();
+        stream.on_request(&mut host, f);
+        host.served_by = Some(served_by.parse().unwrap());
+        host.via_upstream = via_upstream;
+        host.response = app_headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+        stream.on_response(&mut host, f);
+        host
+    }
+
+    fn response_values<const D: bool>(host: &Fake<D>, name: &str) -> Vec<String> {
+        host.response
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into())
+            .collect()
+    }
+
+    #[test]
+    fn a_response_carrying_a_token_is_private_unless_the_app_said_otherwise() {
+        let load = |extra: &str| {
+            let json = format!(r#"{{"keys":"{KEYS}"{extra}}}"#);
+            Filter::load(json.as_bytes(), &|_| None, OwnerVia::SessionFilter).unwrap()
+        };
+        let on = load("");
+        let cookie = format!("tether={}", token_for("10.0.0.2:8080", &on));
+        let pinned = [("cookie", cookie.as_str())];
+        let own = [("cache-control", "public, max-age=60")];
+        let header_mode = load(r#","type":"Header","cacheControl":"no-cache=\"Set-Cookie\"""#);
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        // (filter, request, served by, app's headers, Cache-Control wanted, token sent)
+        type Case<'a> = (&'a Filter, Headers<'a>, &'a str, Headers<'a>, &'a [&'a str], bool);
+        let cases: [Case; 7] = [
+            (&on, &[], "10.0.0.2:8080", &[], &["private"], true),
+            (&on, &[], "10.0.0.2:8080", &own, &["public, max-age=60"], true),
+            (&on, &pinned, "10.0.0.2:8080", &[], &[], false),
+            (&on, &pinned, "10.0.0.2:8080", &own, &["public, max-age=60"], false),
+            (&load(r#","repinAfter":"0s""#), &pinned, "10.0.0.3:8080", &[], &["private"], true),
+            (&load(r#","cacheControl":"""#), &[], "10.0.0.2:8080", &[], &[], true),
+            (&header_mode, &[], "10.0.0.2:8080", &[], &["no-cache=\"Set-Cookie\""], true),
+        ];
+        for (i, (f, req, by, app, want, token)) in cases.into_iter().enumerate() {
+            let host: Fake<false> = exchange(f, req, by, true, app);
+            assert_eq!(response_values(&host, "cache-control"), want, "case {i}: {:?}", host.response);
+            let sent = host.response.iter().any(|(n, _)| n == "set-cookie" || n == "x-tether-session");
+            assert_eq!(sent, token, "case {i}");
+        }
+        // Envoy's own reply carries no token, so nothing is added.
+        let host: Fake<true> = exchange(&on, &[], "10.0.0.2:8080", false, &[]);
+        assert!(response_values(&host, "cache-control").is_empty(), "{:?}", host.response);
+    }
+
+    #[test]
+    fn the_access_log_gets_the_debug_label_and_a_hash_of_the_session_only_when_asked() {
+        let json = format!(r#"{{"keys":"{KEYS}","accessLog":true}}"#);
+        let on = Filter::load(json.as_bytes(), &|_| None, OwnerVia::OverrideHost).unwrap();
+        let cookie = format!("tether={}", token_for("10.0.0.2:8080", &on));
+        let hit: Fake<true> = exchange(&on, &[("cookie", &cookie)], "10.0.0.2:8080", true, &[]);
+        let ours = SessionId([5; 16]).log_name();
+        let fields = |decision: &str, session: &str| {
+            vec![
+                (LOG_DECISION.to_string(), decision.to_string()),
+                (LOG_SESSION.to_string(), session.to_string()),
+            ]
+        };
+        assert_eq!(hit.logged, fields("hit", &ours));
+        // No debug header was asked for: the access log does not add one.
+        assert!(response_values(&hit, "x-tether").is_empty());
+        let away: Fake<true> = exchange(&on, &[("cookie", &cookie)], "10.0.0.3:8080", true, &[]);
+        assert_eq!(away.logged, fields("owner-away", &ours));
+        let local: Fake<true> = exchange(&on, &[("cookie", &cookie)], "10.0.0.2:8080", false, &[]);
+        assert_eq!(local.logged, fields("local-reply", &ours));
+        let new: Fake<true> = exchange(&on, &[], "10.0.0.2:8080", true, &[]);
+        let invalid: Fake<true> = exchange(&on, &[("cookie", "tether=garbage")], "10.0.0.2:8080", true, &[]);
+        for (host, label) in [(&new, "new"), (&invalid, "invalid:malformed")] {
+            let (decision, session) = (&host.logged[0], &host.logged[1]);
+            assert_eq!(decision, &(LOG_DECISION.to_string(), label.to_string()));
+            assert_eq!(session.0, LOG_SESSION);
+            assert!(
+                session.1.len() == 8 && session.1 != ours && session.1.bytes().all(|b| b.is_ascii_hexdigit())
+            );
+            // Never the session id (the hash key the request carried upstream) or the token.
+            let key = header(host, "x-tether-key").unwrap();
+            assert!(!key.starts_with(&session.1), "{key} {}", session.1);
+        }
+        let off: Fake<true> =
+            exchange(&filter(OwnerVia::OverrideHost), &[("cookie", &cookie)], "10.0.0.2:8080", true, &[]);
+        assert!(off.logged.is_empty(), "{:?}", off.logged);
     }
 
     #[test]

@@ -68,18 +68,30 @@ pub enum Format {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionId(pub [u8; SESSION_ID_LEN]);
 
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        for nibble in [byte >> 4, byte & 0x0f] {
+            // A nibble indexes the 16 digits.
+            out.push(char::from(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0')));
+        }
+    }
+    out
+}
+
 impl SessionId {
     /// The value of the hash-key header: 32 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(SESSION_ID_LEN * 2);
-        for byte in self.0 {
-            for nibble in [byte >> 4, byte & 0x0f] {
-                // A nibble indexes the 16 digits.
-                out.push(char::from(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0')));
-            }
-        }
-        out
+        hex(&self.0)
+    }
+
+    /// The name of the session in Envoy's access log (`accessLog`): the first 8 hex digits
+    /// of SHA-256 of the 16-byte id. It tells one session's lines apart from another's
+    /// without revealing the id (which is also the hash key) or the token.
+    pub fn log_name(&self) -> String {
+        hex(&sha256_prefix(&self.0))
     }
 }
 
@@ -157,7 +169,12 @@ pub struct Verified {
 
 /// The first 4 bytes of SHA-256(scope).
 pub fn scope_fingerprint(scope: &str) -> [u8; 4] {
-    let digest = Sha256::digest(scope.as_bytes());
+    sha256_prefix(scope.as_bytes())
+}
+
+/// The first 4 bytes of SHA-256(bytes).
+fn sha256_prefix(bytes: &[u8]) -> [u8; 4] {
+    let digest = Sha256::digest(bytes);
     let mut out = [0u8; 4];
     out.copy_from_slice(digest.get(..4).unwrap_or(&[0; 4]));
     out
@@ -392,6 +409,14 @@ mod tests {
 
     fn ring(spec: &str) -> Keyring {
         Keyring::parse(spec, None).unwrap()
+    }
+
+    #[test]
+    fn a_session_is_logged_by_a_short_hash_of_its_id() {
+        // `python3 -c 'import hashlib; print(hashlib.sha256(bytes(16)).hexdigest()[:8])'`
+        assert_eq!(SessionId([0; 16]).log_name(), "374708ff");
+        assert_eq!(SessionId([5; 16]).log_name(), "f98a594c");
+        assert_eq!(SessionId([0; 16]).to_hex(), "0".repeat(32));
     }
 
     const SCOPE: &str = "pods";

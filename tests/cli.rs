@@ -112,6 +112,7 @@ fn token_inspect_prints_claims_or_the_reason() {
     for want in [
         "token:    valid (signed, key k2, the signing key)",
         "session:  07070707070707070707070707070707",
+        "log name: d761d406 (accessLog's session field)",
         "owner:    10.1.2.3:8080",
         "cluster:  canary",
         "issued:   2027-01-15T08:00:00Z (1m40s ago)",

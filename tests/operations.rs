@@ -399,3 +399,124 @@ fn troubleshooting_stateful_session_before_tether_ignores_the_owner() {
     println!("wrong filter order: {missed} of 30 pinned requests left their owner");
     assert_eq!(missed, 20);
 }
+
+/// `cacheControl` (on by default): a response that carries a token is `Cache-Control:
+/// private` unless the app set its own, so a shared cache never hands one session's token
+/// to other clients; a hit carries no token and gets nothing; `""` turns it off.
+#[test]
+fn responses_carrying_a_token_are_private_unless_the_app_set_cache_control() {
+    let pod = Pod::start("pod-a");
+    let app_sets = [("x-demo-cache-control", "public, max-age=60")];
+    // The shipped configuration (no cacheControl field: the default).
+    let envoy = Envoy::start(EnvoyConfig::shipped().endpoints(&[pod.addr]), &[&pod]);
+    let new = envoy.get("/", &[]);
+    assert!(new.set_cookie().is_some(), "{:?}", new.headers);
+    assert_eq!(new.all("cache-control"), ["private"], "new session");
+    let cookie = format!("{COOKIE}={}", new.cookie_value().unwrap());
+    let hit = envoy.get("/", &[("cookie", &cookie)]);
+    assert_eq!((hit.set_cookie(), hit.all("cache-control")), (None, vec![]), "hit");
+    let own = envoy.get("/", &app_sets);
+    assert!(own.set_cookie().is_some());
+    assert_eq!(own.all("cache-control"), ["public, max-age=60"], "new session, the app's own");
+    let own_hit = envoy.get("/", &[app_sets[0], ("cookie", &cookie)]);
+    assert_eq!(own_hit.all("cache-control"), ["public, max-age=60"], "hit, the app's own");
+    let repinned = envoy.get_with_cookie(Some(&demo_token("127.0.0.1:1".parse().unwrap(), [0x61; 16])));
+    assert!(repinned.set_cookie().is_some(), "owner-away records the first miss");
+    assert_eq!(repinned.all("cache-control"), ["private"], "owner-away with a token");
+    drop(envoy);
+
+    // Header mode, another value.
+    let json = r#"{ "keysFromEnv": "TETHER_KEYS", "type": "Header", "cacheControl": "no-cache=\"x-tether-session\"" }"#;
+    let envoy = Envoy::start(EnvoyConfig::shipped().endpoints(&[pod.addr]).plugin_config(json), &[&pod]);
+    let new = envoy.get("/", &[]);
+    let token = new.header("x-tether-session").expect("token header").to_string();
+    assert_eq!(new.all("cache-control"), ["no-cache=\"x-tether-session\""], "header mode");
+    let hit = envoy.get("/", &[("x-tether-session", &token)]);
+    assert_eq!((hit.header("x-tether-session"), hit.all("cache-control")), (None, vec![]));
+    drop(envoy);
+
+    // Off.
+    let json = r#"{ "keysFromEnv": "TETHER_KEYS", "cacheControl": "" }"#;
+    let envoy = Envoy::start(EnvoyConfig::shipped().endpoints(&[pod.addr]).plugin_config(json), &[&pod]);
+    let new = envoy.get("/", &[]);
+    assert!(new.set_cookie().is_some());
+    assert_eq!(new.all("cache-control"), Vec::<&str>::new(), "cacheControl off");
+}
+
+/// The access log fields of `accessLog`: tether's filter-state keys (Envoy stores a
+/// proxy-wasm property under `wasm.<key>`).
+fn log_key(key: &str) -> String {
+    if native() {
+        key.to_string()
+    } else {
+        format!("wasm.{key}")
+    }
+}
+
+/// The shipped configuration with the access log fields of docs/operations.md added.
+fn with_decision_log(config: EnvoyConfig) -> EnvoyConfig {
+    let fields = format!(
+        " decision=%FILTER_STATE({}:PLAIN)% session=%FILTER_STATE({}:PLAIN)%",
+        log_key("tether.decision"),
+        log_key("tether.session")
+    );
+    let end = "attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT%\\n\"";
+    config.edit(end, &format!("attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT%{fields}\\n\""))
+}
+
+/// The `decision=` and `session=` fields of the access log line of `GET path`, waiting for
+/// Envoy to flush its access log.
+fn logged(envoy: &Envoy, path: &str) -> (String, String) {
+    let start = std::time::Instant::now();
+    loop {
+        let log = envoy.log();
+        let prefix = format!("access GET {path} ");
+        if let Some(line) = log.lines().find(|l| l.starts_with(&prefix)) {
+            let field = |name: &str| {
+                line.split(' ').find_map(|f| f.strip_prefix(name)).unwrap_or("(absent)").to_string()
+            };
+            return (field("decision="), field("session="));
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no access log line for {path}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `accessLog`: the access log shows tether's decision (the debug header's label) and the
+/// first 8 hex digits of SHA-256 of the session id, for a new session, a hit, a refused
+/// token and Envoy's own reply; off (the default), both fields are empty (`-`).
+#[test]
+fn access_log_shows_the_decision_and_a_hash_of_the_session() {
+    let pod = Pod::start("pod-a");
+    let json = r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether", "accessLog": true }"#;
+    let config = with_decision_log(EnvoyConfig::shipped().endpoints(&[pod.addr]).plugin_config(json));
+    let envoy = Envoy::start(config, &[&pod]);
+    let name_of = |cookie: &str| open_demo(cookie).session.log_name();
+    let new = envoy.get("/new", &[]);
+    let cookie = new.cookie_value().unwrap();
+    let hit = envoy.get("/hit", &[("cookie", &format!("{COOKIE}={cookie}"))]);
+    let invalid = envoy.get("/invalid", &[("cookie", &format!("{COOKIE}=garbage"))]);
+    // The pod drops the connection: Envoy answers 503 after its retries. The token names a
+    // gone owner, so the wasm build reads the response details too (a hit would not).
+    let away = demo_token("127.0.0.1:1".parse().unwrap(), [0x62; 16]);
+    let local = envoy.get("/reset", &[("cookie", &format!("{COOKIE}={away}"))]);
+    assert_eq!((new.status, hit.status, invalid.status, local.status), (200, 200, 200, 503));
+    let cases = [
+        ("/new", &new, "new", name_of(&cookie)),
+        ("/hit", &hit, "hit", name_of(&cookie)),
+        ("/invalid", &invalid, "invalid:malformed", name_of(&invalid.cookie_value().unwrap())),
+        ("/reset", &local, "local-reply", tether::token::SessionId([0x62; 16]).log_name()),
+    ];
+    for (path, response, label, session) in cases {
+        assert_eq!(response.header("x-tether"), Some(label), "{path}: the debug header");
+        assert_eq!(logged(&envoy, path), (label.to_string(), session.clone()), "{path}");
+        println!("{path}: decision={label} session={session}");
+    }
+    assert_ne!(name_of(&cookie), name_of(&invalid.cookie_value().unwrap()));
+    drop(envoy);
+
+    let config = with_decision_log(EnvoyConfig::shipped().endpoints(&[pod.addr]));
+    let envoy = Envoy::start(config, &[&pod]);
+    envoy.get("/off", &[]);
+    assert_eq!(logged(&envoy, "/off"), ("-".to_string(), "-".to_string()), "accessLog off");
+}

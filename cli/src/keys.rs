@@ -83,6 +83,7 @@ pub fn inspect(o: &Inspect, input: &str, out: &mut dyn Write, err: &mut dyn Writ
                 }
             );
             let _ = writeln!(out, "session:  {}", t.session.to_hex());
+            let _ = writeln!(out, "log name: {} (accessLog's session field)", t.session.log_name());
             let _ = writeln!(out, "owner:    {}", t.owner);
             let _ = writeln!(out, "cluster:  {}", if t.cluster.is_empty() { "(none)" } else { &t.cluster });
             let _ = writeln!(out, "scope:    {} (fingerprint {fingerprint})", o.scope);

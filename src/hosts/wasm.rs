@@ -76,6 +76,10 @@ impl Host for Wasm<'_> {
         property(&["response", "code_details"])
     }
 
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+
     fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
         let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
         headers.into_iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
@@ -121,6 +125,23 @@ impl Host for Wasm<'_> {
             let _ = hostcalls::increment_metric(*id, 1);
         }
     }
+
+    fn set_log_field(&mut self, key: &str, value: &str) -> Result<(), String> {
+        // Not `hostcalls::set_property`: it panics on any status but Ok. A one-part
+        // property path is the part itself; Envoy keeps it in filter state as `wasm.<key>`.
+        // SAFETY: both pointers point into live slices for the duration of the call.
+        let status = unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+        match status {
+            0 => Ok(()),
+            other => Err(format!("status {other}")),
+        }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// proxy-wasm ABI 0.2.1 `proxy_set_property`; returns a `proxy_status_t` (0: Ok).
+    fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, value_len: usize) -> u32;
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {

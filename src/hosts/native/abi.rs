@@ -138,6 +138,14 @@ extern "C" {
         strict: bool,
     ) -> bool;
 
+    /// Sets a read-only string object (`Router::StringAccessor`) in the stream's filter
+    /// state under `key`, which `%FILTER_STATE(key:PLAIN)%` prints in the access log.
+    pub fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: FilterEnvoyPtr,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+
     pub fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoyPtr,
         status: u32,

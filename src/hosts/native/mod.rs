@@ -159,6 +159,10 @@ impl Host for Native<'_> {
         self.attribute(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS)
     }
 
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.header_value(abi::RESPONSE_HEADERS, name, 0).0
+    }
+
     fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
         self.header_values(abi::RESPONSE_HEADERS, name)
     }
@@ -216,6 +220,19 @@ impl Host for Native<'_> {
                 );
             }
         }
+    }
+
+    fn set_log_field(&mut self, key: &str, value: &str) -> Result<(), String> {
+        // SAFETY: both buffers point into live slices for the duration of the call; Envoy
+        // copies the value into a string filter-state object.
+        let done = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.envoy,
+                Buffer::of(key.as_bytes()),
+                Buffer::of(value.as_bytes()),
+            )
+        };
+        done.then_some(()).ok_or_else(|| "Envoy has no filter state for this stream".to_string())
     }
 }
 
