@@ -21,6 +21,14 @@ fn shipped_pods() -> Option<Vec<Pod>> {
     Some(addrs.iter().enumerate().map(|(i, a)| Pod::start_at(*a, &format!("pod-{}", i + 1))).collect())
 }
 
+/// `envoy/native.yaml` for `pods`, keys from Envoy's environment, `x-tether` labelling
+/// each decision.
+fn native_with_debug_header(pods: &[Pod]) -> EnvoyConfig {
+    EnvoyConfig::shipped_native()
+        .endpoints(&addrs(pods))
+        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#)
+}
+
 #[test]
 fn native_yaml_runs_as_shipped() {
     let native = repo().join("target/native/libtether.so");
@@ -60,13 +68,10 @@ fn native_yaml_runs_as_shipped() {
 /// wasm build's steering header) is removed and steers nothing, with a token or without.
 #[test]
 fn the_override_host_sends_each_token_to_the_pod_it_names() {
-    use base64::Engine;
     let pods = Pod::start_many(3);
-    let config = EnvoyConfig::shipped_native()
-        .endpoints(&addrs(&pods))
-        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let config = native_with_debug_header(&pods);
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
-    let spoof = |pod: &Pod| base64::engine::general_purpose::STANDARD.encode(pod.addr.to_string());
+    let spoof = |pod: &Pod| tether::address::override_host_value(&pod.addr);
     for (i, owner) in pods.iter().enumerate() {
         let cookie = format!("tether={}", demo_token(owner.addr, [42; 16]));
         let other = &pods[(i + 1) % pods.len()];
@@ -102,9 +107,7 @@ fn the_override_host_sends_each_token_to_the_pod_it_names() {
 #[test]
 fn envoys_own_reply_after_trying_the_owner_is_not_a_hit() {
     let pods = Pod::start_many(1);
-    let config = EnvoyConfig::shipped_native()
-        .endpoints(&addrs(&pods))
-        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#);
+    let config = native_with_debug_header(&pods);
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
     let first = envoy.get_with_cookie(None);
     let cookie = first.cookie_value().expect("a new session sets the cookie");
@@ -136,9 +139,7 @@ fn crash_module_dir() -> std::path::PathBuf {
 #[test]
 fn a_panic_in_the_module_refuses_that_request_and_nothing_else() {
     let pods = Pod::start_many(3);
-    let config = EnvoyConfig::shipped_native()
-        .endpoints(&addrs(&pods))
-        .plugin_config(r#"{ "keysFromEnv": "TETHER_KEYS", "debugHeader": "x-tether" }"#)
+    let config = native_with_debug_header(&pods)
         .process_env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", crash_module_dir().to_str().unwrap());
     let mut envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
     let first = envoy.get_with_cookie(None);
