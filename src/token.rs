@@ -251,9 +251,6 @@ fn decode_claims(reader: &mut Reader, owner_away: bool) -> Result<SessionToken, 
     }
     let cluster = std::str::from_utf8(reader.take(cluster_len)?).map_err(|_| Rejection::Malformed)?;
     let owner_away_since = if owner_away { Some(reader.u64()?) } else { None };
-    if owner_away_since.is_some_and(|since| since > issued_at) {
-        return Err(Rejection::Malformed);
-    }
     Ok(SessionToken {
         session,
         owner: SocketAddr::new(ip, port),
@@ -353,6 +350,11 @@ pub fn open(
         }
         (token, Format::Encrypted)
     };
+    // Claims are judged only once the tag (or AEAD) has verified them. A miss is recorded
+    // by the signing it happens at, so it is never later than the issue time.
+    if token.owner_away_since.is_some_and(|since| since > token.issued_at) {
+        return Err(Rejection::Malformed);
+    }
     if now >= token.expires_at {
         return Err(Rejection::Expired);
     }
@@ -568,6 +570,7 @@ mod tests {
             SessionToken { issued_at: NOW - 7200, expires_at: NOW - 1, ..sample("10.0.0.1:80") },
             SessionToken { issued_at: NOW + 3600, expires_at: NOW + 7200, ..sample("10.0.0.1:80") },
             SessionToken { expires_at: NOW + 30 * DAY, ..sample("10.0.0.1:80") },
+            SessionToken { owner_away_since: Some(NOW), ..sample("10.0.0.1:80") },
         ] {
             let text = seal(&claims, key, SCOPE);
             assert!(open_at(text.as_bytes(), &keys, NOW).is_err());
