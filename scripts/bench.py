@@ -50,6 +50,7 @@ DIAG_EMPTY = {
 }
 CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
            "native_empty", "native_hit", "native_mint", "diag_native_callbacks", "tether_hit_encrypted", "tether_hit_cookie_mode", "diag_tether_no_session_filter",
+           "tether_hit_access_log", "native_hit_access_log",
            "diag_tether_token_x10"] + list(DIAG_EMPTY)
 DESCRIPTIONS = {
     "no_affinity": "same listener and cluster, no affinity filter",
@@ -63,6 +64,8 @@ DESCRIPTIONS = {
     "native_hit": "tether's native build (dynamic module, envoy/native.yaml) with a valid cookie on every request",
     "native_mint": "tether's native build with no cookie (mints each time)",
     "tether_hit_encrypted": "tether, tokenFormat Encrypted, valid cookie on every request",
+    "tether_hit_access_log": "tether_hit with accessLog on (the decision and session hash written to filter state)",
+    "native_hit_access_log": "native_hit with accessLog on",
     "diag_tether_no_session_filter": "diagnostic, not a working setup: tether_hit without stateful_session",
     "diag_wasm_sets_two_headers": "diagnostic: the empty filter setting two request headers, nothing else",
     "diag_wasm_reads_two_properties": "diagnostic: the empty filter reading xds.cluster_name and upstream.address",
@@ -77,7 +80,7 @@ DESCRIPTIONS = {
     "diag_metric_x10": "diagnostic: the empty filter incrementing a counter 10 times",
 }
 EMPTY_LIKE = ("wasm_empty",) + tuple(DIAG_EMPTY)
-NATIVE_LIKE = ("native_empty", "native_hit", "native_mint", "diag_native_callbacks")
+NATIVE_LIKE = ("native_empty", "native_hit", "native_mint", "diag_native_callbacks", "native_hit_access_log")
 
 
 def block(text, start, end):
@@ -150,6 +153,9 @@ def envoy_config(name):
                      "                typed_config:\n"
                      "                  \"@type\": type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState\n"
                      "                  cookie: { name: tether-owner, path: / }\n") + y[b:]
+    if name in ("tether_hit_access_log", "native_hit_access_log"):
+        assert y.count('"absoluteTimeout": "24h",') == 1, "the plugin configuration's absoluteTimeout line"
+        y = y.replace('"absoluteTimeout": "24h",', '"absoluteTimeout": "24h", "accessLog": true,')
     if name == "tether_hit_encrypted":
         y = y.replace('"keysFromEnv": "TETHER_KEYS",', '"keysFromEnv": "TETHER_KEYS", "tokenFormat": "Encrypted",')
     return y

@@ -235,8 +235,10 @@ fn a_pod_one_replica_has_not_heard_of_keeps_its_sessions() {
 
 #[test]
 fn istio_cookie_mode_a_pod_one_replica_has_not_heard_of_keeps_its_sessions() {
-    let late = late_replica(Deployment::IstioCookie, Duration::from_secs(5));
-    assert_eq!(late.moved, 0, "{late:?}");
+    for lag in [Duration::from_millis(200), Duration::from_secs(5)] {
+        let late = late_replica(Deployment::IstioCookie, lag);
+        assert_eq!(late.moved, 0, "{late:?}");
+    }
 }
 
 /// The control: re-pinning at once (every release before `repinAfter`) moves every session
