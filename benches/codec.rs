@@ -70,7 +70,7 @@ fn main() {
     let fake = |i: u32, sealed: &dyn Fn(&SessionToken) -> String| {
         let mut f = t.clone();
         f.session = SessionId([(i % 251) as u8; 16]);
-        f.owner = std::net::SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 80));
+        f.owner = std::net::SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 80)).into();
         format!("tether={}", sealed(&f))
     };
     let fakes_signed: Vec<String> =

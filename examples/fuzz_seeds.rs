@@ -33,6 +33,21 @@ fn main() {
             .unwrap();
     }
     std::fs::write(dir.join("cookie_header").join("away-marker"), b"\x00@A\xfftether=@A; tether=@S").unwrap();
+    let ambient = SessionToken {
+        session: SessionId([9; 16]),
+        owner: "envoy://connect_originate/10.0.0.5:8080".parse().unwrap(),
+        issued_at: now - 10,
+        expires_at: now + 3600,
+        cluster: String::new(),
+        owner_away_since: None,
+    };
+    std::fs::write(dir.join("token_open").join("internal-listener"), token::seal(&ambient, key, "pods"))
+        .unwrap();
+    // An owner behind Istio ambient's internal listener, served in both forms.
+    for (name, control) in [("internal-marker", 0u8), ("internal-marker-served-internal", 4)] {
+        std::fs::write(dir.join("cookie_header").join(name), [&[control][..], b"@I\xfftether=@I"].concat())
+            .unwrap();
+    }
     std::fs::create_dir_all(dir.join("config_load")).unwrap();
     let configs = [
         r#"{"keys":"k=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE="}"#,

@@ -3,11 +3,11 @@
 //! [`Host`] — moving bytes in and out of Envoy — and nothing else, so the two builds
 //! cannot drift apart.
 
+use crate::address::Owner;
 use crate::config::{self, ConfigError, Settings};
 use crate::cookie::{self, CookieRewrite};
 use crate::session::{self, Affinity, HeaderPlan, Outcome, Served};
 use crate::token::{Rejection, SessionId, NONCE_LEN};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How a host hands a session's owner to Envoy.
@@ -39,11 +39,14 @@ pub enum Counter {
     OwnerAway,
     /// Requests carrying more distinct candidate tokens than tether verifies.
     OverLimit,
+    /// Responses from an upstream host named in a form tether cannot pin (see
+    /// [`Host::INTERNAL_OWNERS`] and [`Owner::parse`]): no session is pinned to it.
+    UnusableHost,
     Invalid(Rejection),
 }
 
 impl Counter {
-    pub const COUNT: usize = 6 + Rejection::ALL.len();
+    pub const COUNT: usize = 7 + Rejection::ALL.len();
 
     /// Every counter, in [`Counter::index`] order.
     pub fn all() -> impl Iterator<Item = Counter> {
@@ -54,6 +57,7 @@ impl Counter {
             Counter::Refreshed,
             Counter::OverLimit,
             Counter::OwnerAway,
+            Counter::UnusableHost,
         ]
         .into_iter()
         .chain(Rejection::ALL.into_iter().map(Counter::Invalid))
@@ -68,7 +72,8 @@ impl Counter {
             Counter::Refreshed => 3,
             Counter::OverLimit => 4,
             Counter::OwnerAway => 5,
-            Counter::Invalid(r) => 6 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Counter::UnusableHost => 6,
+            Counter::Invalid(r) => 7 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
@@ -81,6 +86,7 @@ impl Counter {
             Counter::Refreshed => "tether.refreshed".into(),
             Counter::OverLimit => "tether.tokens_over_limit".into(),
             Counter::OwnerAway => "tether.owner_away".into(),
+            Counter::UnusableHost => "tether.unusable_host".into(),
             Counter::Invalid(r) => format!("tether.invalid_token.{}", r.as_str()),
         }
     }
@@ -96,6 +102,10 @@ pub trait Host {
     /// tenth of the hit path, and a hit sends nothing either way: there an Envoy reply
     /// after trying the owner last is labelled and counted as a hit.
     const CHEAP_DETAILS: bool;
+    /// Whether this host can steer to a pod behind an Envoy internal listener
+    /// (`envoy://<listener>/<ip:port>`, Istio ambient). The session filter can (it matches
+    /// the host's name); Envoy's dynamic-module override host accepts IP addresses only.
+    const INTERNAL_OWNERS: bool;
 
     /// The first value of a request header (binary-safe).
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
@@ -109,11 +119,12 @@ pub trait Host {
     fn reroute(&mut self);
     /// Sends the request to `owner` when the cluster has it in an allowed health state,
     /// else lets the load balancer choose ([`OwnerVia::OverrideHost`] hosts only).
-    fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String>;
+    fn set_override_host(&mut self, owner: &Owner) -> Result<(), String>;
     /// The upstream cluster the route chose.
     fn cluster_name(&mut self) -> Option<String>;
-    /// The upstream host that served (or, on a local reply, was tried last), if any.
-    fn upstream_host(&mut self) -> Option<SocketAddr>;
+    /// Envoy's name of the upstream host that served (or, on a local reply, was tried
+    /// last), if any: `upstream.address`, e.g. `10.0.0.5:8080`.
+    fn upstream_address(&mut self) -> Option<Vec<u8>>;
     /// Envoy's response code details (`via_upstream` when the upstream answered).
     fn response_code_details(&mut self) -> Option<Vec<u8>>;
     /// The first value of a response header.
@@ -212,6 +223,8 @@ pub enum Verdict {
 
 /// Whether this process has already warned about a cluster name too long to pin.
 static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
+/// Whether this process has already warned about an upstream host it cannot pin.
+static UNUSABLE_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// One request/response exchange.
 #[derive(Default)]
@@ -230,7 +243,10 @@ fn fresh_session_id<H: Host>(host: &mut H) -> Option<SessionId> {
         Err(e) => {
             host.log(
                 Level::Error,
-                &format!("no randomness for a session id ({e}); request passes without affinity"),
+                &format!(
+                    "no randomness for a session id (getrandom error {}); request passes without affinity",
+                    e.code()
+                ),
             );
             None
         }
@@ -242,7 +258,10 @@ fn random_nonce<H: Host>(host: &mut H) -> Option<[u8; NONCE_LEN]> {
     match getrandom::getrandom(&mut nonce) {
         Ok(()) => Some(nonce),
         Err(e) => {
-            host.log(Level::Error, &format!("no randomness for a token nonce ({e}); no token sent"));
+            host.log(
+                Level::Error,
+                &format!("no randomness for a token nonce (getrandom error {}); no token sent", e.code()),
+            );
             None
         }
     }
@@ -265,6 +284,35 @@ fn strip_set_cookie<H: Host>(host: &mut H, name: &str) {
     for value in set_cookies.iter().filter(|v| cookie::set_cookie_name(v) != name.as_bytes()) {
         let _ = host.add_response_header("set-cookie", value);
     }
+}
+
+/// The served host as an owner this host can steer to. A host in any other form is
+/// counted, and logged once per process: its sessions are not pinned, never silently.
+fn served_owner<H: Host>(host: &mut H, raw: &[u8]) -> Option<Owner> {
+    let owner = Owner::parse(raw).filter(|o| o.listener.is_none() || H::INTERNAL_OWNERS);
+    if owner.is_none() {
+        host.count(Counter::UnusableHost);
+        if !UNUSABLE_WARNED.swap(true, Ordering::Relaxed) {
+            // Shown as visible ASCII only: the name is not ours to trust.
+            let shown: String = raw
+                .iter()
+                .take(160)
+                .map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '?' })
+                .collect();
+            let forms = if H::INTERNAL_OWNERS {
+                "ip:port or envoy://<internal listener>/<ip:port>"
+            } else {
+                "ip:port; Envoy's dynamic-module override host takes no internal address"
+            };
+            host.log(
+                Level::Warn,
+                &format!(
+                    "upstream host `{shown}` is not in a form tether can steer to ({forms}): sessions it serves are not pinned (counter tether.unusable_host)"
+                ),
+            );
+        }
+    }
+    owner
 }
 
 /// Adds a response header; a refusal is logged. Whether it was added.
@@ -360,7 +408,7 @@ impl Stream {
         let by_header = H::OWNER_VIA == OwnerVia::SessionFilter;
         let steering = affinity.as_ref().map(|a| session::steering_by(a, settings, by_header));
         let owner = match &affinity {
-            Some(Affinity::Pinned { token, .. }) if !by_header => Some(token.owner),
+            Some(Affinity::Pinned { token, .. }) if !by_header => Some(&token.owner),
             _ => None,
         };
         let HeaderPlan::Edit(internal) = session::header_plan(Some(settings), steering.as_ref()) else {
@@ -412,9 +460,11 @@ impl Stream {
     /// The response headers: which host served, and the token the client needs, if any.
     pub fn on_response<H: Host>(&mut self, host: &mut H, filter: &Filter) {
         let settings = &filter.settings;
-        let by = host.upstream_host();
+        let address = host.upstream_address();
+        let by = address.as_deref().and_then(|raw| served_owner(host, raw));
+        let unusable = address.is_some() && by.is_none();
         let presented = match &self.affinity {
-            Some(Affinity::Pinned { token, .. }) => Some(token.owner),
+            Some(Affinity::Pinned { token, .. }) => Some(&token.owner),
             _ => None,
         };
         match (H::OWNER_VIA, &settings.host_cookie) {
@@ -423,14 +473,15 @@ impl Stream {
             // one tether presented; clients need not see it. When the presented owner served,
             // it added nothing, so there is nothing to remove (one host call saved per hit).
             (OwnerVia::SessionFilter, None) => {
-                if by.is_none() || by != presented {
+                if by.is_none() || by.as_ref() != presented {
                     host.remove_response_header(&settings.host_header);
                 }
             }
             // The cookie session state sets its cookie when the host it used is not the one
-            // tether presented (a new session, a re-pin, a retry, a local reply).
+            // tether presented (a new session, a re-pin, a retry, a local reply, a host
+            // tether cannot pin): its unsigned owner cookie never reaches the client.
             (OwnerVia::SessionFilter, Some(name)) => {
-                if by.is_some() && by != presented {
+                if address.is_some() && (unusable || by.as_ref() != presented) {
                     strip_set_cookie(host, name);
                 }
             }
@@ -438,12 +489,14 @@ impl Stream {
         let Some(affinity) = &self.affinity else {
             return;
         };
-        let decision = self.respond(host, affinity, by, settings);
+        let decision =
+            if unusable { Some(Decision::UnusableHost) } else { self.respond(host, affinity, by, settings) };
         if settings.debug_header.is_none() && !settings.access_log {
             return;
         }
         let label = decision.map(|decision| match decision {
             Decision::LocalReply => "local-reply".to_string(),
+            Decision::UnusableHost => "unusable-host".to_string(),
             Decision::Upstream(outcome) => session::debug_label(affinity, outcome),
         });
         if let (Some(name), Some(label)) = (&settings.debug_header, &label) {
@@ -466,10 +519,11 @@ impl Stream {
         &self,
         host: &mut H,
         affinity: &Affinity,
-        by: Option<SocketAddr>,
+        by: Option<Owner>,
         settings: &Settings,
     ) -> Option<Decision> {
-        let cluster = match (settings.cluster_header.is_some(), by.is_some()) {
+        let served_any = by.is_some();
+        let cluster = match (settings.cluster_header.is_some(), served_any) {
             (true, true) => host.cluster_name().unwrap_or_default(),
             _ => String::new(),
         };
@@ -503,9 +557,9 @@ impl Stream {
         // A hit sends nothing, so whether the answer came from the upstream matters only
         // otherwise (and for the label and counter): on a local reply (e.g. 503 after
         // retries) the upstream host is the last failed one, and no token may name it.
-        if outcome != Outcome::Hit || by.is_none() || H::CHEAP_DETAILS {
+        if outcome != Outcome::Hit || !served_any || H::CHEAP_DETAILS {
             let details = host.response_code_details();
-            if by.is_none() || details.as_deref() != Some(b"via_upstream".as_slice()) {
+            if !served_any || details.as_deref() != Some(b"via_upstream".as_slice()) {
                 return Some(Decision::LocalReply);
             }
         }
@@ -547,6 +601,8 @@ impl Stream {
 enum Decision {
     /// Envoy answered (`local-reply`): no token, no counter.
     LocalReply,
+    /// An upstream host tether cannot pin served (`unusable-host`): no token; counted.
+    UnusableHost,
     /// The upstream answered.
     Upstream(Outcome),
 }
@@ -565,9 +621,10 @@ mod tests {
         request: Vec<(String, Vec<u8>)>,
         response: Vec<(String, Vec<u8>)>,
         refuse_edits: bool,
-        served_by: Option<SocketAddr>,
+        /// `upstream.address` as Envoy prints it.
+        served_by: Option<String>,
         via_upstream: bool,
-        override_host: Option<SocketAddr>,
+        override_host: Option<Owner>,
         replied: Option<u32>,
         counted: Vec<Counter>,
         logged: Vec<(String, String)>,
@@ -576,6 +633,7 @@ mod tests {
     impl<const DIRECT: bool> Host for Fake<DIRECT> {
         const OWNER_VIA: OwnerVia = if DIRECT { OwnerVia::OverrideHost } else { OwnerVia::SessionFilter };
         const CHEAP_DETAILS: bool = DIRECT;
+        const INTERNAL_OWNERS: bool = !DIRECT;
 
         fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
             self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
@@ -596,15 +654,15 @@ mod tests {
             Ok(())
         }
         fn reroute(&mut self) {}
-        fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String> {
-            self.override_host = Some(owner);
+        fn set_override_host(&mut self, owner: &Owner) -> Result<(), String> {
+            self.override_host = Some(owner.clone());
             Ok(())
         }
         fn cluster_name(&mut self) -> Option<String> {
             Some("pods".into())
         }
-        fn upstream_host(&mut self) -> Option<SocketAddr> {
-            self.served_by
+        fn upstream_address(&mut self) -> Option<Vec<u8>> {
+            self.served_by.clone().map(String::into_bytes)
         }
         fn response_code_details(&mut self) -> Option<Vec<u8>> {
             Some(if self.via_upstream { b"via_upstream".to_vec() } else { b"upstream_reset".to_vec() })
@@ -681,11 +739,11 @@ mod tests {
             let (host_header, override_host, key) = if direct {
                 let mut host: Fake<true> = request(&headers);
                 assert_eq!(Stream::default().on_request(&mut host, &f), Verdict::Continue);
-                (header(&host, "x-tether-host"), host.override_host, header(&host, "x-tether-key"))
+                (header(&host, "x-tether-host"), host.override_host.clone(), header(&host, "x-tether-key"))
             } else {
                 let mut host: Fake<false> = request(&headers);
                 assert_eq!(Stream::default().on_request(&mut host, &f), Verdict::Continue);
-                (header(&host, "x-tether-host"), host.override_host, header(&host, "x-tether-key"))
+                (header(&host, "x-tether-host"), host.override_host.clone(), header(&host, "x-tether-key"))
             };
             assert_eq!(key.as_deref(), Some("05".repeat(16).as_str()), "direct {direct}");
             if direct {
@@ -706,7 +764,7 @@ mod tests {
             request(&[("cookie", &format!("tether={forged}")), ("x-tether-host", "x")]);
         let mut stream = Stream::default();
         assert_eq!(stream.on_request(&mut host, &f), Verdict::Continue);
-        assert_eq!((host.override_host, header(&host, "x-tether-host")), (None, None));
+        assert_eq!((host.override_host.clone(), header(&host, "x-tether-host")), (None, None));
         host.served_by = Some("10.0.0.3:8080".parse().unwrap());
         stream.on_response(&mut host, &f);
         let label = host.response.iter().find(|(n, _)| n == "x-tether").map(|(_, v)| v.clone());
@@ -795,6 +853,73 @@ mod tests {
             .filter(|(n, _)| n == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into())
             .collect()
+    }
+
+    /// Istio ambient: a pod behind the internal listener `connect_originate`. The token
+    /// records the listener, and the owner is presented as Envoy names the host.
+    #[test]
+    fn an_owner_behind_an_internal_listener_is_presented_as_envoy_names_it() {
+        const AMBIENT: &str = "envoy://connect_originate/10.0.0.5:8080";
+        let header_mode = filter(OwnerVia::SessionFilter);
+        let json = format!(r#"{{"keys":"{KEYS}","debugHeader":"x-tether","hostCookie":"owner"}}"#);
+        let cookie_mode = Filter::load(json.as_bytes(), &|_| None, OwnerVia::SessionFilter).unwrap();
+        for f in [&header_mode, &cookie_mode] {
+            // The session filter's own unsigned cookie for the new host.
+            let minted: Fake<false> = exchange(f, &[], AMBIENT, true, &[("set-cookie", "owner=x; Path=/")]);
+            assert_eq!(response_values(&minted, "x-tether"), ["new"]);
+            let set = response_values(&minted, "set-cookie");
+            let ours: Vec<&String> = set.iter().filter(|v| v.starts_with("tether=")).collect();
+            assert_eq!(ours.len(), 1, "{set:?}");
+            // In cookie mode the session filter's unsigned owner cookie is stripped.
+            let stripped = set.iter().all(|v| !v.starts_with("owner="));
+            assert_eq!(stripped, f.settings.host_cookie.is_some(), "{set:?}");
+            let text = ours[0].trim_start_matches("tether=").split(';').next().unwrap().to_string();
+            let scope = "pods";
+            let keys = &f.settings.keyring;
+            let token = token::open(text.as_bytes(), keys, scope, NOW, f.settings.limits()).unwrap().token;
+            assert_eq!(token.owner, AMBIENT.parse::<Owner>().unwrap());
+            let cookie = format!("tether={text}");
+            let hit: Fake<false> = exchange(f, &[("cookie", &cookie)], AMBIENT, true, &[]);
+            assert_eq!(response_values(&hit, "x-tether"), ["hit"]);
+            let presented = match &f.settings.host_cookie {
+                None => header(&hit, "x-tether-host").unwrap(),
+                Some(_) => {
+                    let cookies = header(&hit, "cookie").unwrap();
+                    cookies.split("; ").find_map(|c| c.strip_prefix("owner=")).unwrap().to_string()
+                }
+            };
+            let want = &AMBIENT.parse::<Owner>().unwrap();
+            let expected = match &f.settings.host_cookie {
+                None => crate::address::override_host_value(want),
+                Some(_) => crate::address::override_cookie_value(want),
+            };
+            assert_eq!(presented, expected);
+            // The same pod reached as a plain ip:port (its namespace left ambient): same owner,
+            // the token re-signed with the form the cluster now uses.
+            let plain: Fake<false> = exchange(f, &[("cookie", &cookie)], "10.0.0.5:8080", true, &[]);
+            assert_eq!(response_values(&plain, "x-tether"), ["refreshed"]);
+        }
+    }
+
+    /// A served host tether cannot steer to is counted and labelled, no token names it,
+    /// and the session filter's own owner cookie is still stripped.
+    #[test]
+    fn a_host_in_a_form_tether_cannot_use_pins_nothing_and_leaks_nothing() {
+        let json = format!(r#"{{"keys":"{KEYS}","debugHeader":"x-tether","hostCookie":"owner"}}"#);
+        let cookie_mode = Filter::load(json.as_bytes(), &|_| None, OwnerVia::SessionFilter).unwrap();
+        let app = [("set-cookie", "owner=Cg8; Path=/"), ("set-cookie", "app=1")];
+        for by in ["envoy://connect_originate/not-an-address", "pipe:/run/app.sock"] {
+            let host: Fake<false> = exchange(&cookie_mode, &[], by, true, &app);
+            assert_eq!(response_values(&host, "x-tether"), ["unusable-host"], "{by}");
+            assert_eq!(response_values(&host, "set-cookie"), ["app=1"], "{by}");
+            assert_eq!(host.counted, vec![Counter::UnusableHost], "{by}");
+        }
+        // The native module cannot hand Envoy an internal address: such pods are unusable there.
+        let native = filter(OwnerVia::OverrideHost);
+        let host: Fake<true> = exchange(&native, &[], "envoy://connect_originate/10.0.0.5:8080", true, &[]);
+        assert_eq!(response_values(&host, "x-tether"), ["unusable-host"]);
+        assert!(response_values(&host, "set-cookie").is_empty());
+        assert_eq!(host.counted, vec![Counter::UnusableHost]);
     }
 
     #[test]

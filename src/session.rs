@@ -1,11 +1,10 @@
 //! The routing decision, free of any host call: which session a request belongs to,
 //! which headers steer it, and which token (if any) the response must carry.
 
-use crate::address::{override_cookie_value, override_host_value};
+use crate::address::{override_cookie_value, override_host_value, Owner};
 use crate::config::Settings;
 use crate::cookie;
 use crate::token::{self, Rejection, SessionId, SessionToken};
-use std::net::SocketAddr;
 
 /// How the client presented its token, and so how a new one goes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,7 +226,7 @@ pub fn header_plan<'a>(settings: Option<&'a Settings>, steering: Option<&'a Stee
 /// Where a response came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
-    pub by: SocketAddr,
+    pub by: Owner,
     /// The upstream cluster; only compared when cluster pinning is on.
     pub cluster: String,
 }
@@ -281,7 +280,7 @@ pub fn respond(
             Outcome::New,
             Some(SessionToken {
                 session: *session,
-                owner: served.by,
+                owner: served.by.clone(),
                 issued_at: now,
                 expires_at: now.saturating_add(settings.absolute_timeout_secs),
                 cluster,
@@ -298,11 +297,14 @@ pub fn respond(
                 ..token.clone()
             };
             let resign_due = !current || idle_refresh_due(token, now, settings);
-            if token.owner == served.by && token.cluster == cluster {
-                return match (token.owner_away_since, resign_due) {
+            if token.owner.same_pod(&served.by) && token.cluster == cluster {
+                // The same pod reached in another form (its namespace joined or left Istio
+                // ambient): the token names the form the cluster now keys it by.
+                let form_changed = token.owner.listener != served.by.listener;
+                return match (token.owner_away_since, resign_due || form_changed) {
                     (None, false) => (Outcome::Hit, None),
                     // The owner is back: its absence ends (or the token was due anyway).
-                    _ => (Outcome::Refreshed, Some(resigned(token.owner, cluster, None))),
+                    _ => (Outcome::Refreshed, Some(resigned(served.by.clone(), cluster, None))),
                 };
             }
             // Another pod served. This Envoy may not know the owner yet (another replica
@@ -313,11 +315,11 @@ pub fn respond(
             // same pod on every Envoy that knows the same pods.
             let away_since = token.owner_away_since.unwrap_or(now);
             if now.saturating_sub(away_since) >= settings.repin_after_secs {
-                return (Outcome::Repinned, Some(resigned(served.by, cluster, None)));
+                return (Outcome::Repinned, Some(resigned(served.by.clone(), cluster, None)));
             }
             // The first miss is recorded in the token; later ones send nothing unless due.
             let send = token.owner_away_since.is_none() || resign_due;
-            let kept = send.then(|| resigned(token.owner, token.cluster.clone(), Some(away_since)));
+            let kept = send.then(|| resigned(token.owner.clone(), token.cluster.clone(), Some(away_since)));
             (Outcome::OwnerAway, kept)
         }
     }
@@ -625,7 +627,7 @@ mod tests {
         assert_eq!(outcome, Outcome::New);
         let want = SessionToken {
             session: FRESH,
-            owner: a.by,
+            owner: a.by.clone(),
             issued_at: NOW,
             expires_at: NOW + 3600,
             cluster: String::new(),
@@ -642,7 +644,10 @@ mod tests {
         let at_once = settings_with(&format!("k1={K1}"), r#","repinAfter":"0s""#);
         let (outcome, repinned) = respond(&pinned(token("10.0.0.2:8080"), true), &b, NOW, &at_once);
         assert_eq!(outcome, Outcome::Repinned);
-        assert_eq!(repinned, Some(SessionToken { owner: b.by, issued_at: NOW, ..token("10.0.0.2:8080") }));
+        assert_eq!(
+            repinned,
+            Some(SessionToken { owner: b.by.clone(), issued_at: NOW, ..token("10.0.0.2:8080") })
+        );
 
         let (outcome, resigned) = respond(&pinned(token("10.0.0.2:8080"), false), &a, NOW, &s);
         assert_eq!(outcome, Outcome::Refreshed);
@@ -747,8 +752,12 @@ mod tests {
             assert_eq!(respond(&held, &other, later, &s), (Outcome::OwnerAway, None), "at +{}", later - NOW);
         }
         // Missed for the whole window: re-pinned to the pod that served, the absence over.
-        let moved =
-            SessionToken { owner: other.by, issued_at: NOW + 10, owner_away_since: None, ..t.clone() };
+        let moved = SessionToken {
+            owner: other.by.clone(),
+            issued_at: NOW + 10,
+            owner_away_since: None,
+            ..t.clone()
+        };
         assert_eq!(respond(&held, &other, NOW + 10, &s), (Outcome::Repinned, Some(moved)));
         // The owner serves again inside the window: the session is its own again.
         let back = SessionToken { issued_at: NOW + 9, owner_away_since: None, ..t.clone() };

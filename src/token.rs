@@ -4,17 +4,22 @@
 //! ```text
 //! claims  = issued_at(8, BE unix s) | expires_at(8) | session id(16)
 //!           | family(1: 4 or 6) | ip(4 or 16) | port(2) | cluster length(1) | cluster
-//!           [ | owner_away_since(8) ]      only when the version byte has OWNER_AWAY
+//!           [ | listener length(1) | listener ] only when the version byte has INTERNAL
+//!           [ | owner_away_since(8) ]           only when the version byte has OWNER_AWAY
 //! format 1 = 1 | key-id length(1) | key id | scope fingerprint(4) | claims | tag(16)
 //!            tag = HMAC-SHA256(key, label | scope | every byte before the tag), 128 bits
 //! format 2 = 2 | key-id length(1) | key id | nonce(24) | encrypted claims | tag(16)
 //!            XChaCha20-Poly1305, associated data = label | scope | version | key id
-//! version  = format, plus OWNER_AWAY (0x10) when the claims end with owner_away_since
+//! version  = format, plus OWNER_AWAY (0x10) when the claims end with owner_away_since,
+//!            plus INTERNAL (0x20) when the owner is reached through an Envoy internal
+//!            listener (Istio ambient: `envoy://connect_originate/<ip:port>`)
 //! ```
 //!
-//! A token whose owner is served (the usual case) is byte for byte what earlier releases
-//! minted and read; only a session whose owner is being missed (`repinAfter`) carries the
-//! extra claim, which the version byte announces and the tag or AEAD covers.
+//! A token whose owner is a plain `ip:port` host and is served (the usual case) is byte for
+//! byte what earlier releases minted and read; only a session whose owner is being missed
+//! (`repinAfter`), or whose owner sits behind an internal listener, carries an extra claim,
+//! which the version byte announces and the tag or AEAD covers. The pod is always signed
+//! as its `ip:port`; the listener only says how this cluster reaches it.
 //!
 //! Format 1 lets anyone read the owner address but nobody forge it; format 2 also hides
 //! it. Both bind the scope (by default the upstream cluster) without storing it: a token
@@ -23,6 +28,7 @@
 //! constant time. `issued_at` is when the token was last (re)signed, which the idle timeout
 //! counts from; `expires_at` is the absolute end of the session.
 
+use crate::address::{is_listener_name, Owner};
 use crate::keyring::{Key, Keyring};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -36,6 +42,8 @@ pub const SIGNED: u8 = 1;
 pub const ENCRYPTED: u8 = 2;
 /// Version flag: the claims end with `owner_away_since`.
 pub const OWNER_AWAY: u8 = 0x10;
+/// Version flag: the claims name the internal listener in front of the owner.
+pub const INTERNAL: u8 = 0x20;
 pub const TAG_LEN: usize = 16;
 pub const NONCE_LEN: usize = 24;
 pub const SESSION_ID_LEN: usize = 16;
@@ -44,10 +52,10 @@ pub const SESSION_ID_LEN: usize = 16;
 /// Kubernetes services (63-byte labels) stay under it.
 pub const MAX_CLUSTER_LEN: usize = 255;
 /// Longest token text worth decoding: anything longer is malformed without further work.
-/// The largest token, encrypted with a 32-byte key id, an IPv6 owner, a 255-byte cluster
-/// and an away time, is 389 bytes, 519 in base64.
-pub const MAX_TOKEN_TEXT: usize = 519;
-/// The most bytes `MAX_TOKEN_TEXT` base64 characters decode to (389): `open` decodes into a
+/// The largest token, encrypted with a 32-byte key id, an IPv6 owner behind a 63-byte
+/// internal listener, a 255-byte cluster and an away time, is 453 bytes, 604 in base64.
+pub const MAX_TOKEN_TEXT: usize = 604;
+/// The most bytes `MAX_TOKEN_TEXT` base64 characters decode to (453): `open` decodes into a
 /// stack buffer of this size instead of allocating.
 const MAX_TOKEN_BYTES: usize = MAX_TOKEN_TEXT.div_ceil(4) * 3;
 /// Tolerated clock difference between Envoys for a token's issue time.
@@ -98,7 +106,7 @@ impl SessionId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionToken {
     pub session: SessionId,
-    pub owner: SocketAddr,
+    pub owner: Owner,
     /// Unix seconds when this token was signed (a re-pin or refresh signs a new one).
     pub issued_at: u64,
     /// Unix seconds after which the session is over; kept across re-pins.
@@ -204,18 +212,31 @@ fn associated_data(scope: &str, head: &[u8]) -> Vec<u8> {
 fn head(format: u8, token: &SessionToken, key: &Key) -> Vec<u8> {
     let id = key.id().as_bytes();
     let mut bytes = Vec::with_capacity(104 + id.len());
-    bytes.push(if token.owner_away_since.is_some() { format | OWNER_AWAY } else { format });
+    let mut version = format;
+    if token.owner_away_since.is_some() {
+        version |= OWNER_AWAY;
+    }
+    if internal_listener(token).is_some() {
+        version |= INTERNAL;
+    }
+    bytes.push(version);
     // Key ids are at most 32 bytes (checked when the keyring is built).
     bytes.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
     bytes.extend_from_slice(id);
     bytes
 }
 
+/// The owner's internal listener, if it has one a token can carry (an owner parsed from
+/// Envoy always can; a name that cannot is left out, as `encode_claims` leaves it).
+fn internal_listener(token: &SessionToken) -> Option<&[u8]> {
+    token.owner.listener.as_deref().map(str::as_bytes).filter(|name| is_listener_name(name))
+}
+
 fn encode_claims(token: &SessionToken, out: &mut Vec<u8>) {
     out.extend_from_slice(&token.issued_at.to_be_bytes());
     out.extend_from_slice(&token.expires_at.to_be_bytes());
     out.extend_from_slice(&token.session.0);
-    match token.owner.ip() {
+    match token.owner.addr.ip() {
         IpAddr::V4(ip) => {
             out.push(4);
             out.extend_from_slice(&ip.octets());
@@ -225,17 +246,22 @@ fn encode_claims(token: &SessionToken, out: &mut Vec<u8>) {
             out.extend_from_slice(&ip.octets());
         }
     }
-    out.extend_from_slice(&token.owner.port().to_be_bytes());
+    out.extend_from_slice(&token.owner.addr.port().to_be_bytes());
     let cluster = token.cluster.as_bytes();
     let cluster = if cluster.len() <= MAX_CLUSTER_LEN { cluster } else { &[] };
     out.push(u8::try_from(cluster.len()).unwrap_or(0));
     out.extend_from_slice(cluster);
+    if let Some(listener) = internal_listener(token) {
+        // `is_listener_name`: at most MAX_LISTENER_LEN (63) bytes.
+        out.push(u8::try_from(listener.len()).unwrap_or(0));
+        out.extend_from_slice(listener);
+    }
     if let Some(since) = token.owner_away_since {
         out.extend_from_slice(&since.to_be_bytes());
     }
 }
 
-fn decode_claims(reader: &mut Reader, owner_away: bool) -> Result<SessionToken, Rejection> {
+fn decode_claims(reader: &mut Reader, owner_away: bool, internal: bool) -> Result<SessionToken, Rejection> {
     let issued_at = reader.u64()?;
     let expires_at = reader.u64()?;
     let session = SessionId(reader.array::<SESSION_ID_LEN>()?);
@@ -250,10 +276,20 @@ fn decode_claims(reader: &mut Reader, owner_away: bool) -> Result<SessionToken, 
         return Err(Rejection::Malformed);
     }
     let cluster = std::str::from_utf8(reader.take(cluster_len)?).map_err(|_| Rejection::Malformed)?;
+    let listener = if internal {
+        let len = usize::from(reader.byte()?);
+        let name = reader.take(len)?;
+        if !is_listener_name(name) {
+            return Err(Rejection::Malformed);
+        }
+        Some(std::str::from_utf8(name).map_err(|_| Rejection::Malformed)?.to_string())
+    } else {
+        None
+    };
     let owner_away_since = if owner_away { Some(reader.u64()?) } else { None };
     Ok(SessionToken {
         session,
-        owner: SocketAddr::new(ip, port),
+        owner: Owner { addr: SocketAddr::new(ip, port), listener },
         issued_at,
         expires_at,
         cluster: cluster.to_string(),
@@ -308,7 +344,8 @@ pub fn open(
     let bytes = buffer.get_mut(..len).ok_or(Rejection::Malformed)?;
     let mut reader = Reader { rest: bytes };
     let version = reader.byte()?;
-    let (format, owner_away) = (version & !OWNER_AWAY, version & OWNER_AWAY != 0);
+    let format = version & !(OWNER_AWAY | INTERNAL);
+    let (owner_away, internal) = (version & OWNER_AWAY != 0, version & INTERNAL != 0);
     if format != SIGNED && format != ENCRYPTED {
         return Err(Rejection::UnknownVersion);
     }
@@ -318,7 +355,7 @@ pub fn open(
     let (key, is_current) = keyring.find(key_id).ok_or(Rejection::UnknownKey)?;
     let (token, format) = if format == SIGNED {
         let fingerprint = reader.array::<4>()?;
-        let token = decode_claims(&mut reader, owner_away)?;
+        let token = decode_claims(&mut reader, owner_away, internal)?;
         let signed_len = bytes.len() - reader.rest.len();
         let tag_bytes = reader.take(TAG_LEN)?;
         if !reader.rest.is_empty() {
@@ -344,7 +381,7 @@ pub fn open(
             .decrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body, &tag)
             .map_err(|_| Rejection::BadSignature)?;
         let mut claims = Reader { rest: body };
-        let token = decode_claims(&mut claims, owner_away)?;
+        let token = decode_claims(&mut claims, owner_away, internal)?;
         if !claims.rest.is_empty() {
             return Err(Rejection::Malformed);
         }
@@ -505,6 +542,34 @@ mod tests {
         assert_eq!(open_at(seal_with(&later, &keys).as_bytes(), &keys, NOW), Err(Rejection::Malformed));
     }
 
+    /// An owner behind an Envoy internal listener (Istio ambient) keeps its listener, which
+    /// the version byte announces and the tag (or AEAD) covers.
+    #[test]
+    fn internal_listener_owners_round_trip_and_their_flag_is_signed() {
+        let keys = ring(&format!("k1={K1}"));
+        let ambient = sample("envoy://connect_originate/10.1.2.3:8080");
+        let away = SessionToken { owner_away_since: Some(NOW - 10), ..ambient.clone() };
+        for token in [ambient.clone(), away] {
+            for text in [
+                seal_with(&token, &keys),
+                seal_encrypted(&token, keys.signing_key().unwrap(), SCOPE, [9; NONCE_LEN]).unwrap(),
+            ] {
+                assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token, token);
+                let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
+                assert_eq!(raw[0] & INTERNAL, INTERNAL);
+                let mut unflagged = raw.clone();
+                unflagged[0] ^= INTERNAL;
+                assert!(open_at(URL_SAFE_NO_PAD.encode(&unflagged).as_bytes(), &keys, NOW).is_err());
+            }
+        }
+        // The pod is signed as its ip:port, as the sidecar world sees it.
+        let plain = seal_with(&sample("10.1.2.3:8080"), &keys);
+        let raw_plain = URL_SAFE_NO_PAD.decode(&plain).unwrap();
+        let raw_ambient = URL_SAFE_NO_PAD.decode(seal_with(&ambient, &keys)).unwrap();
+        let claims = |raw: &[u8]| raw[2 + 2 + 4..2 + 2 + 4 + 8 + 8 + 16 + 1 + 4 + 2].to_vec();
+        assert_eq!(claims(&raw_plain), claims(&raw_ambient));
+    }
+
     #[test]
     fn rejection_reasons() {
         let keys = ring(&format!("k1={K1}"));
@@ -653,11 +718,11 @@ mod tests {
         let token = SessionToken {
             cluster: "c".repeat(MAX_CLUSTER_LEN),
             owner_away_since: Some(NOW - 20),
-            ..sample("[2001:db8::7]:65535")
+            ..sample(&format!("envoy://{}/[2001:db8::7]:65535", "l".repeat(crate::address::MAX_LISTENER_LEN)))
         };
         let signed = seal(&token, key, SCOPE);
         let hidden = seal_encrypted(&token, key, SCOPE, [5; NONCE_LEN]).unwrap();
-        assert_eq!((signed.len(), hidden.len()), (492, MAX_TOKEN_TEXT));
+        assert_eq!((signed.len(), hidden.len()), (578, MAX_TOKEN_TEXT));
         for text in [signed, hidden] {
             assert_eq!(open_at(text.as_bytes(), &keys, NOW).unwrap().token, token);
         }
@@ -702,7 +767,7 @@ mod tests {
             let text = seal_encrypted(&token, key, SCOPE, [7; NONCE_LEN]).unwrap();
             assert!(text.len() <= MAX_TOKEN_TEXT);
             let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
-            let ip = match token.owner.ip() {
+            let ip = match token.owner.addr.ip() {
                 IpAddr::V4(ip) => ip.octets().to_vec(),
                 IpAddr::V6(ip) => ip.octets().to_vec(),
             };

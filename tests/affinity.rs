@@ -55,7 +55,7 @@ fn new_session_is_minted_and_then_sticks() {
         assert_eq!(r.status, 200);
         assert_eq!(r.pod(), first.pod(), "request {i} left its pod");
         assert_eq!(r.set_cookie(), None, "request {i}: no Set-Cookie while the owner serves");
-        assert_eq!(r.header("x-seen-host"), Some(seen_host(token.owner).as_str()));
+        assert_eq!(r.header("x-seen-host"), Some(seen_host(token.owner.addr).as_str()));
         assert_eq!(r.header("x-seen-key"), Some(token.session.to_hex().as_str()));
         assert!(r.header("x-tether-host").is_none());
     }
@@ -262,7 +262,7 @@ fn ipv6_pods_are_pinned() {
     let first = envoy.get_with_cookie(None);
     let value = first.cookie_value().expect("cookie");
     let token = open_demo(&value);
-    assert!(token.owner.is_ipv6(), "{}", token.owner);
+    assert!(token.owner.addr.is_ipv6(), "{}", token.owner);
     assert_eq!(token.owner, pod_by_name(&pods, first.pod()).addr);
     for _ in 0..20 {
         let r = envoy.get_with_cookie(Some(&value));

@@ -231,7 +231,7 @@ fn scale_in_moves_only_the_lost_pods_sessions_evenly_and_two_envoys_agree() {
             // The first miss is recorded: the session keeps its owner for `repinAfter`
             // (then re-pins where it is served: tests/replicas.rs).
             let kept = open_demo(a[i].cookie.as_deref().expect("the first miss sends a token"));
-            assert_eq!((kept.owner, kept.owner_away_since.is_some()), (victim_addr, true));
+            assert_eq!((kept.owner.addr, kept.owner_away_since.is_some()), (victim_addr, true));
         } else {
             assert_eq!(
                 (a[i].pod.as_str(), &a[i].cookie),
@@ -408,7 +408,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let mut eds = Eds::healthy(&live);
     let envoy = Envoy::start(EnvoyConfig::shipped().eds(&eds), &pods.iter().collect::<Vec<_>>());
     let sessions = mint(&envoy, 1000);
-    let initial: Vec<SocketAddr> = sessions.iter().map(|s| open_demo(&s.cookie).owner).collect();
+    let initial: Vec<SocketAddr> = sessions.iter().map(|s| open_demo(&s.cookie).owner.addr).collect();
     let cookies: Arc<Vec<Mutex<String>>> =
         Arc::new(sessions.iter().map(|s| Mutex::new(s.cookie.clone())).collect());
     let records: Arc<Mutex<Vec<Record>>> = Arc::new(Mutex::new(Vec::new()));
@@ -422,7 +422,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
     let repin =
         |cookies: &[Mutex<String>], moves: &Mutex<Vec<_>>, i: usize, owner, new_cookie: Option<String>| {
             let Some(c) = new_cookie else { return owner };
-            let to = open_demo(&c).owner;
+            let to = open_demo(&c).owner.addr;
             if to != owner {
                 moves.lock().unwrap().push((i, owner, to, Instant::now()));
             }
@@ -441,7 +441,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
                 }
                 let i = mine[n % mine.len()];
                 let cookie = cookies[i].lock().unwrap().clone();
-                let owner = open_demo(&cookie).owner;
+                let owner = open_demo(&cookie).owner.addr;
                 let started = Instant::now();
                 let answer = ask(&mut conn, &[("cookie", &format!("{COOKIE}={cookie}"))]);
                 let ended = Instant::now();
@@ -475,7 +475,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
                 }
                 let i = n % WS_SESSIONS;
                 let cookie = cookies[i].lock().unwrap().clone();
-                let owner = open_demo(&cookie).owner;
+                let owner = open_demo(&cookie).owner.addr;
                 let started = Instant::now();
                 let result = try_websocket(addr, Some(&cookie));
                 let ended = Instant::now();
@@ -575,7 +575,7 @@ fn rolling_update_under_http_and_websocket_load_fails_nothing_and_repins_every_s
         *per_session.entry(*i).or_default() += 1;
     }
     let twice = per_session.values().filter(|n| **n > 1).count();
-    let finals: Vec<SocketAddr> = cookies.iter().map(|c| open_demo(&c.lock().unwrap()).owner).collect();
+    let finals: Vec<SocketAddr> = cookies.iter().map(|c| open_demo(&c.lock().unwrap()).owner.addr).collect();
     let ended_live = finals.iter().filter(|o| live.contains(o)).count();
     let moved = finals.iter().zip(&initial).filter(|(f, i)| f != i).count();
     println!(

@@ -89,7 +89,7 @@ fn token_inspect_prints_claims_or_the_reason() {
     let owner: SocketAddr = "10.1.2.3:8080".parse().unwrap();
     let t = SessionToken {
         session: SessionId([7; 16]),
-        owner,
+        owner: owner.into(),
         issued_at: 1_800_000_000,
         expires_at: 1_800_003_600,
         cluster: "canary".into(),
@@ -180,7 +180,7 @@ fn keygen_keys_run_the_filter_and_token_inspect_agrees_with_it() {
         let ring = Keyring::parse(&entry, None).unwrap();
         let t = SessionToken {
             session: SessionId([3; 16]),
-            owner,
+            owner: owner.into(),
             issued_at: common::now(),
             expires_at: common::now() + 60,
             cluster: String::new(),

@@ -47,7 +47,7 @@ const BY_CHANCE_MAX: usize = 20;
 
 /// What the header session state reads: standard padded base64 of `ip:port`.
 fn host_header(addr: SocketAddr) -> String {
-    tether::address::override_host_value(&addr)
+    tether::address::override_host_value(&addr.into())
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
     let set_cookie = first.set_cookie().expect("a new session sets the cookie").to_string();
     assert!(set_cookie.contains("; Secure") && set_cookie.contains("; HttpOnly"), "{set_cookie}");
     let value = first.cookie_value().unwrap();
-    let owner = open(&value).owner;
+    let owner = open(&value).owner.addr;
     assert_eq!(owner, pod_by_name(&pods, first.pod()).addr);
 
     // Sticky: the pod sees tether's header, the client never gets stateful_session's.

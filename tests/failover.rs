@@ -76,7 +76,7 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
                             Err(_) => (0, String::new(), None),
                         };
                     let set_cookie = new_cookie.is_some();
-                    let new_owner = new_cookie.as_deref().map(|c| open_demo(c).owner);
+                    let new_owner = new_cookie.as_deref().map(|c| open_demo(c).owner.addr);
                     if let Some(c) = new_cookie {
                         *cookies[session].lock().unwrap() = c;
                     }
@@ -150,7 +150,7 @@ fn owner_killed_under_load_loses_no_requests_and_sessions_repin() {
     let live: HashSet<SocketAddr> = pods.iter().filter(|p| p.name != victim_name).map(|p| p.addr).collect();
     for &i in &victim_sessions {
         let cookie = cookies[i].lock().unwrap().clone();
-        let owner = open_demo(&cookie).owner;
+        let owner = open_demo(&cookie).owner.addr;
         assert!(live.contains(&owner), "session {i} still pinned to {owner}");
         for _ in 0..3 {
             let r = envoy.get_with_cookie(Some(&cookie));
@@ -357,7 +357,7 @@ fn two_envoys_sharing_a_key_agree_on_every_session() {
             // The first miss keeps the owner for `repinAfter`, recorded in the token.
             let kept = open_demo(&r.cookie_value().expect("the first miss sends a token"));
             assert_eq!(kept.session, session, "the token keeps the session id");
-            assert_eq!((kept.owner, kept.owner_away_since.is_some()), (victim_addr, true));
+            assert_eq!((kept.owner.addr, kept.owner_away_since.is_some()), (victim_addr, true));
         }
         // The hash owner is stable: asking again gives the same pod.
         assert_eq!(one.get_with_cookie(Some(cookie)).pod(), a.pod());

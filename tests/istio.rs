@@ -73,7 +73,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     let set_cookie = first.set_cookie().expect("a new session sets the cookie").to_string();
     assert_eq!(set_cookie.contains("; Secure"), expect_secure, "{set_cookie}");
     let value = first.cookie_value().unwrap();
-    let owner = open_demo(&value).owner;
+    let owner = open_demo(&value).owner.addr;
     assert_eq!(owner, pod_by_name(&pods, first.pod()).addr);
     assert_no_owner_cookie_for_client(&first, host_cookie);
 
@@ -112,7 +112,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
 
 /// What Envoy's cookie session state reads: base64 of `envoy.Cookie { address }`.
 fn owner_cookie_value(owner: SocketAddr) -> String {
-    tether::address::override_cookie_value(&owner)
+    tether::address::override_cookie_value(&owner.into())
 }
 
 /// The session filter's own Set-Cookie (naming the pod) never reaches the client.

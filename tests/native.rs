@@ -71,7 +71,7 @@ fn the_override_host_sends_each_token_to_the_pod_it_names() {
     let pods = Pod::start_many(3);
     let config = native_with_debug_header(&pods);
     let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
-    let spoof = |pod: &Pod| tether::address::override_host_value(&pod.addr);
+    let spoof = |pod: &Pod| tether::address::override_host_value(&pod.addr.into());
     for (i, owner) in pods.iter().enumerate() {
         let cookie = format!("tether={}", demo_token(owner.addr, [42; 16]));
         let other = &pods[(i + 1) % pods.len()];

@@ -99,7 +99,7 @@ fn counters_and_debug_header_match_known_traffic() {
     expect(Some(&demo_token(gone, [2; 16])), "owner-away", 2);
     let away = SessionToken {
         session: SessionId([3; 16]),
-        owner: gone,
+        owner: gone.into(),
         issued_at: now - 20,
         expires_at: now + 60,
         cluster: String::new(),
@@ -211,7 +211,10 @@ fn header_mode_over_http1_and_h2c() {
         assert_eq!((r.pod(), r.header("x-tether-session"), r.set_cookie()), (first.pod(), None, None));
     }
     // A re-pin answers in the carrier the token came in.
-    let r = both.get("/", &[("x-tether-session", &demo_token("127.0.0.1:1".parse().unwrap(), [5; 16]))]);
+    let r = both.get(
+        "/",
+        &[("x-tether-session", &demo_token("127.0.0.1:1".parse::<SocketAddr>().unwrap(), [5; 16]))],
+    );
     let repinned = open_demo(r.header("x-tether-session").expect("re-pinned token in the header"));
     assert_eq!((repinned.session, r.set_cookie()), (SessionId([5; 16]), None));
 
@@ -420,7 +423,8 @@ fn responses_carrying_a_token_are_private_unless_the_app_set_cache_control() {
     assert_eq!(own.all("cache-control"), ["public, max-age=60"], "new session, the app's own");
     let own_hit = envoy.get("/", &[app_sets[0], ("cookie", &cookie)]);
     assert_eq!(own_hit.all("cache-control"), ["public, max-age=60"], "hit, the app's own");
-    let repinned = envoy.get_with_cookie(Some(&demo_token("127.0.0.1:1".parse().unwrap(), [0x61; 16])));
+    let repinned =
+        envoy.get_with_cookie(Some(&demo_token("127.0.0.1:1".parse::<SocketAddr>().unwrap(), [0x61; 16])));
     assert!(repinned.set_cookie().is_some(), "owner-away records the first miss");
     assert_eq!(repinned.all("cache-control"), ["private"], "owner-away with a token");
     drop(envoy);
@@ -498,7 +502,7 @@ fn access_log_shows_the_decision_and_a_hash_of_the_session() {
     let invalid = envoy.get("/invalid", &[("cookie", &format!("{COOKIE}=garbage"))]);
     // The pod drops the connection: Envoy answers 503 after its retries. The token names a
     // gone owner, so the wasm build reads the response details too (a hit would not).
-    let away = demo_token("127.0.0.1:1".parse().unwrap(), [0x62; 16]);
+    let away = demo_token("127.0.0.1:1".parse::<SocketAddr>().unwrap(), [0x62; 16]);
     let local = envoy.get("/reset", &[("cookie", &format!("{COOKIE}={away}"))]);
     assert_eq!((new.status, hit.status, invalid.status, local.status), (200, 200, 200, 503));
     let cases = [

@@ -21,7 +21,7 @@ fn retries_after_owner_death(file: &str, n: u64) -> u64 {
     let first = envoy.get_with_cookie(None);
     assert_eq!(first.status, 200, "{file}");
     let cookie = first.cookie_value().expect("a new session sets the cookie");
-    let owner = open_demo(&cookie).owner;
+    let owner = open_demo(&cookie).owner.addr;
     assert_eq!(owner, pod_by_name(&pods, first.pod()).addr, "{file}");
     for i in 0..10 {
         let r = envoy.get_with_cookie(Some(&cookie));
@@ -38,7 +38,7 @@ fn retries_after_owner_death(file: &str, n: u64) -> u64 {
         assert_ne!(r.pod(), owner_name);
         // The old cookie's first miss: the owner is kept for `repinAfter`, the miss recorded.
         let kept = open_demo(&r.cookie_value().expect("the first miss sends a token"));
-        assert_eq!((kept.owner, kept.owner_away_since.is_some()), (owner, true));
+        assert_eq!((kept.owner.addr, kept.owner_away_since.is_some()), (owner, true));
     }
     envoy.stat("cluster.pods.upstream_rq_retry") - before
 }

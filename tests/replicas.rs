@@ -119,7 +119,7 @@ impl Browser {
 
     /// The pod the jar's token names (the session's owner as every replica reads it).
     fn owner(&self, pods: &[Pod]) -> String {
-        let owner = open_scoped(&self.cookie, &self.scope()).owner;
+        let owner = open_scoped(&self.cookie, &self.scope()).owner.addr;
         pods.iter().find(|p| p.addr == owner).map_or_else(|| owner.to_string(), |p| p.name.clone())
     }
 

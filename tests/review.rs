@@ -104,7 +104,7 @@ fn fake_tokens(max_bytes: usize, encrypted: bool) -> String {
     for i in 0u32.. {
         let t = SessionToken {
             session: SessionId([(i % 251) as u8; 16]),
-            owner: SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 8080)),
+            owner: SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 8080)).into(),
             issued_at: now(),
             expires_at: now() + 3600,
             cluster: String::new(),

@@ -9,14 +9,15 @@
 //!   Set-Cookie line carries it with no CR, LF or NUL, the debug label names the refusal.
 //!
 //! Input: byte 0 picks the format and the serving pod; the rest is split at 0xff into the
-//! token header and Cookie headers. In them `@S`, `@E`, `@B`, `@X`, `@A` become a valid
-//! signed token, a valid encrypted one, one sealed by the older key, an expired one, and one
-//! whose owner has been missed since it was issued (so the fuzzer reaches the pinned paths
-//! without forging an HMAC).
+//! token header and Cookie headers. In them `@S`, `@E`, `@B`, `@X`, `@A`, `@I` become a valid
+//! signed token, a valid encrypted one, one sealed by the older key, an expired one, one
+//! whose owner has been missed since it was issued, and one whose owner sits behind an Envoy
+//! internal listener (so the fuzzer reaches the pinned paths without forging an HMAC). The
+//! serving pod may be the first pod reached in the other form.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::net::SocketAddr;
+use tether::address::Owner;
 use tether::address::override_host_value;
 use tether::config::{self, Settings};
 use tether::session::{self, Affinity, Carrier, Outcome, Served};
@@ -27,7 +28,8 @@ const SCOPE: &str = "pods";
 const KEYS: &str =
     "a=dGV0aGVyLWZ1enota2V5LW9uZS0zMi1ieXRlcy1sb25nISE=,b=dGV0aGVyLWZ1enota2V5LXR3by0zMi1ieXRlcy1sb25nISE=";
 const FRESH: SessionId = SessionId([1; 16]);
-const PODS: [&str; 2] = ["10.0.0.1:8080", "[fd00::2]:8443"];
+/// The third is the first pod reached through an Envoy internal listener (Istio ambient).
+const PODS: [&str; 3] = ["10.0.0.1:8080", "[fd00::2]:8443", "envoy://connect_originate/10.0.0.1:8080"];
 const REPIN_AFTER: u64 = 300;
 
 fn settings(format: &str) -> Settings {
@@ -48,7 +50,7 @@ fn claims(owner: &str, session: u8, issued_at: u64) -> SessionToken {
     }
 }
 
-/// Replaces the `@S`/`@E`/`@B`/`@X` markers with real tokens.
+/// Replaces the `@S`/`@E`/`@B`/`@X`/`@A`/`@I` markers with real tokens.
 fn expand(part: &[u8], keys: &tether::keyring::Keyring) -> Vec<u8> {
     let a = keys.signing_key().unwrap();
     let b = keys.find(b"b").unwrap().0;
@@ -61,6 +63,7 @@ fn expand(part: &[u8], keys: &tether::keyring::Keyring) -> Vec<u8> {
             Some(b'E') => token::seal_encrypted(&claims(PODS[1], 3, NOW - 20), a, SCOPE, [7; 24]),
             Some(b'B') => Some(token::seal(&claims(PODS[0], 4, NOW - 30), b, SCOPE)),
             Some(b'X') => Some(token::seal(&claims(PODS[1], 5, NOW - 4000), a, SCOPE)),
+            Some(b'I') => Some(token::seal(&claims(PODS[2], 7, NOW - 50), a, SCOPE)),
             Some(b'A') => {
                 let away = SessionToken { owner_away_since: Some(NOW - 40), ..claims(PODS[1], 6, NOW - 40) };
                 Some(token::seal(&away, a, SCOPE))
@@ -143,15 +146,15 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The response (same second, as in the filter), served by one of the pods, maybe not the owner.
-    let by: SocketAddr = PODS[usize::from(control >> 1 & 1)].parse().unwrap();
-    let served = Served { by, cluster: "pods".into() };
+    let by: Owner = PODS[usize::from(control >> 1 & 3) % PODS.len()].parse().unwrap();
+    let served = Served { by: by.clone(), cluster: "pods".into() };
     let (outcome, minted) = session::respond(&affinity, &served, now, &settings);
     let want = match &affinity {
         Affinity::New { session, .. } => (
             Outcome::New,
             Some(SessionToken {
                 session: *session,
-                owner: by,
+                owner: by.clone(),
                 issued_at: now,
                 expires_at: now + 3600,
                 cluster: String::new(),
@@ -162,16 +165,17 @@ fuzz_target!(|data: &[u8]| {
             let due = !current || now.saturating_sub(token.issued_at) >= 900;
             let signed = |owner, away| SessionToken { owner, issued_at: now, owner_away_since: away, ..token.clone() };
             let since = token.owner_away_since.unwrap_or(now);
-            if token.owner == by {
-                match token.owner_away_since.is_some() || due {
-                    true => (Outcome::Refreshed, Some(signed(by, None))),
+            if token.owner.addr == by.addr {
+                // The same pod in another form is re-signed with the form that served.
+                match token.owner_away_since.is_some() || due || token.owner != by {
+                    true => (Outcome::Refreshed, Some(signed(by.clone(), None))),
                     false => (Outcome::Hit, None),
                 }
             } else if now - since >= REPIN_AFTER {
-                (Outcome::Repinned, Some(signed(by, None)))
+                (Outcome::Repinned, Some(signed(by.clone(), None)))
             } else {
                 let send = token.owner_away_since.is_none() || due;
-                (Outcome::OwnerAway, send.then(|| signed(token.owner, Some(since))))
+                (Outcome::OwnerAway, send.then(|| signed(token.owner.clone(), Some(since))))
             }
         }
     };

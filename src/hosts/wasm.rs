@@ -2,13 +2,12 @@
 //! and leaves every decision to `filter` and `session`. Every host call goes through
 //! `proxy_wasm::hostcalls` and its `Result` is handled: a panic would kill the VM.
 
-use crate::address::parse_upstream_address;
+use crate::address::Owner;
 use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
 use crate::session;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
@@ -40,6 +39,8 @@ impl Host for Wasm<'_> {
     const OWNER_VIA: OwnerVia = OwnerVia::SessionFilter;
     // A property read with a value costs ~12 k instructions in Envoy's V8.
     const CHEAP_DETAILS: bool = false;
+    // stateful_session matches the host header's value against the cluster's host names.
+    const INTERNAL_OWNERS: bool = true;
 
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
@@ -60,7 +61,7 @@ impl Host for Wasm<'_> {
 
     fn reroute(&mut self) {}
 
-    fn set_override_host(&mut self, _: SocketAddr) -> Result<(), String> {
+    fn set_override_host(&mut self, _: &Owner) -> Result<(), String> {
         Err("proxy-wasm has no override-host call; the session filter reads the host header".into())
     }
 
@@ -68,8 +69,8 @@ impl Host for Wasm<'_> {
         property(&["xds", "cluster_name"]).and_then(|b| String::from_utf8(b).ok())
     }
 
-    fn upstream_host(&mut self) -> Option<SocketAddr> {
-        property(&["upstream", "address"]).and_then(|raw| parse_upstream_address(&raw))
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        property(&["upstream", "address"])
     }
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {

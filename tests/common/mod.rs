@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tether::address::Owner;
 use tether::keyring::Keyring;
 use tether::token::{self, Limits, SessionId, SessionToken};
 
@@ -91,7 +92,7 @@ pub fn open_scoped(value: &str, scope: &str) -> SessionToken {
 }
 
 /// A demo-key token for `owner`, valid for an hour in the shipped cluster's scope.
-pub fn demo_token(owner: SocketAddr, session: [u8; 16]) -> String {
+pub fn demo_token(owner: impl Into<Owner>, session: [u8; 16]) -> String {
     scoped_token(owner, session, DEMO_SCOPE, "")
 }
 
@@ -99,7 +100,7 @@ pub fn demo_token(owner: SocketAddr, session: [u8; 16]) -> String {
 /// (for forged, expired, future and over-long tokens).
 pub fn sealed_token(
     keys: &str,
-    owner: SocketAddr,
+    owner: impl Into<Owner>,
     issued_at: u64,
     expires_at: u64,
     session: [u8; 16],
@@ -107,7 +108,7 @@ pub fn sealed_token(
     let ring = Keyring::parse(keys, None).unwrap();
     let t = SessionToken {
         session: SessionId(session),
-        owner,
+        owner: owner.into(),
         issued_at,
         expires_at,
         cluster: String::new(),
@@ -117,11 +118,11 @@ pub fn sealed_token(
 }
 
 /// A well-formed token for `owner` in `scope`, signed with a key no test Envoy has.
-pub fn forged_token(owner: SocketAddr, scope: &str) -> String {
+pub fn forged_token(owner: impl Into<Owner>, scope: &str) -> String {
     let other = Keyring::parse("demo=b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMhISE=", None).unwrap();
     let t = SessionToken {
         session: SessionId([7; 16]),
-        owner,
+        owner: owner.into(),
         issued_at: now(),
         expires_at: now() + 600,
         cluster: String::new(),
@@ -130,10 +131,10 @@ pub fn forged_token(owner: SocketAddr, scope: &str) -> String {
     token::seal(&t, other.signing_key().unwrap(), scope)
 }
 
-pub fn scoped_token(owner: SocketAddr, session: [u8; 16], scope: &str, cluster: &str) -> String {
+pub fn scoped_token(owner: impl Into<Owner>, session: [u8; 16], scope: &str, cluster: &str) -> String {
     let t = SessionToken {
         session: SessionId(session),
-        owner,
+        owner: owner.into(),
         issued_at: now(),
         expires_at: now() + 3600,
         cluster: cluster.to_string(),
@@ -1082,7 +1083,7 @@ pub fn ask_while_owner_away(
         check(&r);
         if let Some(new) = r.cookie_value() {
             let kept = open(&new);
-            assert_eq!((kept.owner, kept.owner_away_since.is_some()), (owner, true), "request {i}");
+            assert_eq!((kept.owner.addr, kept.owner_away_since.is_some()), (owner, true), "request {i}");
             tokens += 1;
             cookie = new;
         }

@@ -62,6 +62,7 @@ pub const LOG_CRITICAL: u32 = 5;
 
 /// `envoy_dynamic_module_type_attribute_id` values (positions in Envoy 1.40's enum).
 pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: u32 = 16;
+pub const ATTRIBUTE_UPSTREAM_ADDRESS: u32 = 41;
 pub const ATTRIBUTE_XDS_CLUSTER_NAME: u32 = 57;
 
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status` (and the response one).
@@ -118,13 +119,14 @@ extern "C" {
         value: *mut Buffer,
     ) -> bool;
 
-    /// The upstream host's address (1.40 gives `ip:port` text and leaves `port` at 0). New in Envoy 1.40: binding it makes
-    /// older Envoys refuse the module at load ("undefined symbol") instead of running it
-    /// with attribute ids that mean something else there.
+    /// The upstream host's IP address. New in Envoy 1.40, and never called: the module
+    /// only takes its address (`on_program_init`), so that older Envoys refuse the module
+    /// at load ("undefined symbol") instead of running it with attribute ids that mean
+    /// something else there. tether reads the host's full name (`upstream.address`, which
+    /// also covers internal addresses) instead.
     pub fn envoy_dynamic_module_callback_http_get_upstream_remote_address(
         filter: FilterEnvoyPtr,
         address: *mut Buffer,
-        port: *mut u32,
     ) -> bool;
 
     /// Makes Envoy match the route again (after header edits the route depends on).

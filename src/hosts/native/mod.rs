@@ -7,11 +7,10 @@
 
 mod abi;
 
-use crate::address::{host_port, parse_upstream_address};
+use crate::address::Owner;
 use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
 use abi::{Buffer, ConfigEnvoyPtr, FilterEnvoyPtr, ModulePtr};
 use std::ffi::c_char;
-use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -97,6 +96,8 @@ impl Host for Native<'_> {
     const OWNER_VIA: OwnerVia = OwnerVia::OverrideHost;
     // An attribute read is ~100 instructions here.
     const CHEAP_DETAILS: bool = true;
+    // `set_upstream_override_host` refuses anything but an IP address.
+    const INTERNAL_OWNERS: bool = false;
 
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.header_value(abi::REQUEST_HEADERS, name, 0).0
@@ -119,8 +120,8 @@ impl Host for Native<'_> {
         unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.envoy) }
     }
 
-    fn set_override_host(&mut self, owner: SocketAddr) -> Result<(), String> {
-        let host = host_port(&owner);
+    fn set_override_host(&mut self, owner: &Owner) -> Result<(), String> {
+        let host = owner.host_key();
         // SAFETY: the buffer points into `host` for the duration of the call.
         let done = unsafe {
             abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
@@ -136,23 +137,9 @@ impl Host for Native<'_> {
         self.attribute(abi::ATTRIBUTE_XDS_CLUSTER_NAME).and_then(|b| String::from_utf8(b).ok())
     }
 
-    fn upstream_host(&mut self) -> Option<SocketAddr> {
-        let mut address = Buffer::NULL;
-        let mut port = 0u32;
-        // SAFETY: as in `header_values`.
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_get_upstream_remote_address(
-                self.envoy,
-                &mut address,
-                &mut port,
-            )
-        };
-        // Envoy 1.40 returns `ip:port` (and leaves the port out at 0); an `ip` alone takes it.
-        let text = found.then(|| unsafe { address.to_vec() }).flatten()?;
-        parse_upstream_address(&text).or_else(|| {
-            let ip: std::net::IpAddr = std::str::from_utf8(&text).ok()?.parse().ok()?;
-            Some(SocketAddr::new(ip, u16::try_from(port).ok().filter(|p| *p != 0)?))
-        })
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        // The host's name as Envoy prints it, in any form (`upstream.address`, as in wasm).
+        self.attribute(abi::ATTRIBUTE_UPSTREAM_ADDRESS)
     }
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {
@@ -264,6 +251,8 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
         let at = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
         log(abi::LOG_CRITICAL, &format!("tether panicked{at}: {message}; the callback failed safe"));
     }));
+    // The version gate (see abi.rs): importing a callback only Envoy 1.40 exports.
+    std::hint::black_box(abi::envoy_dynamic_module_callback_http_get_upstream_remote_address as *const ());
     abi::ABI_VERSION.as_ptr().cast()
 }
 
