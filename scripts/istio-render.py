@@ -49,10 +49,27 @@ istiod's own code (Istio 1.30.3, pilot/pkg/...; see docs/istio.md):
   used and VirtualServices are ignored; otherwise the reverse.
 - tether's pluginConfig must name what istiod configures: hostCookie = the cookie label's
   name, or hostHeader = the header label.
+- --ambient: the Service's pods are enrolled in ambient (namespace label
+  istio.io/dataplane-mode=ambient) and istiod runs with PILOT_ENABLE_AMBIENT=true. Then
+  (buildEnvoyLbEndpoint, pilot/pkg/xds/endpoints/endpoint_builder.go:666-806; supportTunnel
+  :808-835) each endpoint is `envoy_internal_address {server_listener_name:
+  connect_originate, endpoint_id: "<pod ip>:<port>"}` with filter metadata
+  envoy.filters.listener.original_dst {local: "<pod ip>:<port>"},
+  envoy.transport_socket_match {tunnel: http} and istio {workload}, health status as
+  without ambient (draining included); the cluster gets the hbone transport socket match,
+  internal_upstream passing that metadata through (applyHBONETransportSocketMatches,
+  cluster_tls.go:339-394); the proxy gets the `connect_originate` internal listener and
+  cluster (buildConnectForwarder, listener_waypoint.go:806-869; buildConnectOriginate,
+  cluster_waypoint.go:487-539) and the bootstrap's envoy.bootstrap.internal_listener
+  (tools/packaging/common/envoy_bootstrap.json:52-74). The stand-in: istiod's
+  connect_originate opens an HBONE tunnel (HTTP/2 CONNECT with mTLS to port 15008, where
+  ztunnel answers); here its tcp_proxy connects to the pod itself in plain TCP (no
+  tunneling_config, no TLS, no port override). The addresses Envoy's load balancer, the
+  session filter and tether see are the ones istiod's configuration gives.
 
 Usage: scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out DIR
          [--endpoint 127.0.0.1:8081[=STATE] ...] [--wasm target/.../tether.wasm]
-         [--endpoints-only]
+         [--endpoints-only] [--ambient]
 STATE is the pod's EndpointSlice conditions: ready (default), terminating (graceful
 shutdown: serving, terminating, not ready) or stopped (terminating, no longer serving).
 Writes DIR/envoy.yaml (listener 127.0.0.1:10000, admin 127.0.0.1:9901), DIR/ecds.yaml and
@@ -186,7 +203,28 @@ def check_plugin_agrees(plugin_config, kind, name, where):
             raise Refused(f"{where}.pluginConfig.hostHeader must be `{name}` (the {HEADER_LABEL} label)")
 
 
-def eds(svc, cluster_name, endpoints):
+CONNECT_ORIGINATE = "connect_originate"
+ORIGINAL_DST_KEY = "envoy.filters.listener.original_dst"
+
+
+def lb_address(ip, port, ambient, svc):
+    """An lb_endpoint's address and metadata (buildEnvoyLbEndpoint): a plain socket address,
+    or for an ambient pod the internal address of connect_originate with the pod in
+    endpoint_id and in the original_dst metadata."""
+    if not ambient:
+        return {"socket_address": {"address": ip, "port_value": port}}, None
+    target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    ns = svc["metadata"]["namespace"]
+    name = svc["metadata"]["name"]
+    metadata = {"filter_metadata": {
+        ORIGINAL_DST_KEY: {"local": target},                      # BuildTunnelMetadataStruct
+        "envoy.transport_socket_match": {"tunnel": "http"},       # replaces {tlsMode: istio}
+        "istio": {"workload": f"{name};{ns};{name};;Kubernetes"}}}  # AppendLbEndpointMetadata
+    return {"envoy_internal_address": {"server_listener_name": CONNECT_ORIGINATE,
+                                       "endpoint_id": target}}, metadata
+
+
+def eds(svc, cluster_name, endpoints, ambient=False):
     """The ClusterLoadAssignment istiod sends for pods in these EndpointSlice states."""
     labels = svc["metadata"].get("labels", {})
     supports_draining = bool(labels.get(COOKIE_LABEL) or labels.get(HEADER_LABEL))
@@ -203,8 +241,11 @@ def eds(svc, cluster_name, endpoints):
         # filterIstioEndpoint: Terminating never; Draining only with the cookie label.
         if status == "TERMINATING" or (status == "DRAINING" and not labels.get(COOKIE_LABEL)):
             continue
-        lb_endpoints.append({"endpoint": {"address": {"socket_address": {
-            "address": ip, "port_value": port}}}, "health_status": status})
+        address, metadata = lb_address(ip, port, ambient, svc)
+        lb_endpoint = {"endpoint": {"address": address}, "health_status": status}
+        if metadata:
+            lb_endpoint["metadata"] = metadata
+        lb_endpoints.append(lb_endpoint)
     return {"version_info": str(len(endpoints)) + "-" + ",".join(endpoints),
             "resources": [{"@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
                            "cluster_name": cluster_name,
@@ -504,7 +545,47 @@ def convert_http_route(hr, svc, port, route):
     return route_name
 
 
-def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only=False):
+def hbone_transport_socket_matches():
+    """applyHBONETransportSocketMatches (cluster_tls.go:339-394) for the auto-mTLS case:
+    the hbone match (internal_upstream passing the original_dst and istio metadata through
+    to connect_originate), then the plain-text default. The tlsMode-istio match between
+    them (Istio mTLS to sidecar pods, with certificates from istio-agent) is left out: no
+    endpoint here carries {tlsMode: istio}, so it would match nothing."""
+    raw = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
+    return [
+        {"name": "hbone", "match": {"tunnel": "http"}, "transport_socket": {
+            "name": "envoy.transport_sockets.internal_upstream",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3."
+                         "InternalUpstreamTransport",
+                "passthrough_metadata": [
+                    {"kind": {"host": {}}, "name": ORIGINAL_DST_KEY},
+                    {"kind": {"cluster": {}}, "name": "istio"},
+                    {"kind": {"host": {}}, "name": "istio"}],
+                "transport_socket": raw}}},
+        {"name": "tlsMode-disabled", "match": {}, "transport_socket": raw},
+    ]
+
+
+def connect_originate():
+    """The connect_originate internal listener and cluster every proxy gets when istiod
+    sends HBONE (buildConnectForwarder, buildConnectOriginate), as the stand-in described
+    in the module's docstring: the listener restores the pod address from the metadata
+    (original_dst listener filter) and its tcp_proxy connects to it in plain TCP."""
+    listener = {
+        "name": CONNECT_ORIGINATE, "use_original_dst": False, "internal_listener": {},
+        "listener_filters": [{"name": ORIGINAL_DST_KEY, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}],
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": CONNECT_ORIGINATE, "cluster": CONNECT_ORIGINATE}}]}]}
+    cluster = {"name": CONNECT_ORIGINATE, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+               "connect_timeout": "10s", "cleanup_interval": "60s"}
+    return listener, cluster
+
+
+def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only=False, ambient=False):
     plugin_doc = load_docs([plugin_path])
     plugins = [d for d in plugin_doc if d.get("kind") == "WasmPlugin"]
     if len(plugins) != 1:
@@ -525,7 +606,7 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
                         f"{plugin_path}: WasmPlugin {plugins[0]['metadata']['name']}.spec")
     header = (f"# Rendered by scripts/istio-render.py from {plugin_path} and {istio_dir}/:\n"
               "# the Envoy configuration istiod would produce (see docs/istio.md).\n")
-    write_atomically(eds_path, header + yaml.safe_dump(eds(svc, cluster["name"], endpoints),
+    write_atomically(eds_path, header + yaml.safe_dump(eds(svc, cluster["name"], endpoints, ambient),
                                                        sort_keys=False, width=120))
     if endpoints_only:
         return
@@ -579,6 +660,15 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": hcm}]}]}],
             "clusters": [cluster]}}
+    if ambient:
+        cluster["transport_socket_matches"] = hbone_transport_socket_matches()
+        listener, forwarder = connect_originate()
+        bootstrap["static_resources"]["listeners"].append(listener)
+        bootstrap["static_resources"]["clusters"].append(forwarder)
+        # envoy_bootstrap.json: in every proxy's bootstrap, ambient or not.
+        bootstrap["bootstrap_extensions"] = [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+            "buffer_size_kb": 64}}]
     with open(os.path.join(out_dir, "envoy.yaml"), "w") as f:
         f.write(header + yaml.safe_dump(bootstrap, sort_keys=False, width=120))
     with open(os.path.join(out_dir, "ecds.yaml"), "w") as f:
@@ -592,12 +682,14 @@ def main():
     ap.add_argument("--endpoint", action="append", default=[])
     ap.add_argument("--wasm", default="target/wasm32-wasip1/release/tether.wasm")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--ambient", action="store_true",
+                    help="the pods are ambient-enrolled (istiod with PILOT_ENABLE_AMBIENT=true)")
     ap.add_argument("--endpoints-only", action="store_true",
                     help="rewrite only DIR/eds.yaml (a pod's conditions changed)")
     args = ap.parse_args()
     endpoints = args.endpoint or ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]
     try:
-        render(args.plugin, args.istio_dir, endpoints, args.wasm, args.out, args.endpoints_only)
+        render(args.plugin, args.istio_dir, endpoints, args.wasm, args.out, args.endpoints_only, args.ambient)
     except Refused as e:
         sys.exit(f"istio-render: {e}")
     except (KeyError, TypeError, ValueError) as e:

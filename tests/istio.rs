@@ -7,16 +7,40 @@
 
 mod common;
 
-use common::renderers::istio::{cluster_name, render_from};
+use common::renderers::istio::{cluster_name, render_from, render_with};
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use tether::address::Owner;
 use tether::token::SessionId;
 
 /// Runs scripts/istio-render.py; returns (envoy.yaml, ecds.yaml) contents.
 fn render(plugin: &str, pods: &[SocketAddr], out: &Path) -> (String, String) {
-    render_from("istio", plugin, &pods.iter().map(|p| p.to_string()).collect::<Vec<_>>(), out, false)
+    render_as(plugin, pods, out, Mesh::Sidecar)
+}
+
+/// Where the Service's pods are: in the sidecar world (istiod sends `ip:port` endpoints),
+/// or enrolled in Istio ambient (internal addresses of `connect_originate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mesh {
+    Sidecar,
+    Ambient,
+}
+
+impl Mesh {
+    /// The owner as the gateway's cluster names the pod.
+    fn owner(self, pod: SocketAddr) -> Owner {
+        match self {
+            Mesh::Sidecar => pod.into(),
+            Mesh::Ambient => Owner { addr: pod, listener: Some("connect_originate".into()) },
+        }
+    }
+}
+
+fn render_as(plugin: &str, pods: &[SocketAddr], out: &Path, mesh: Mesh) -> (String, String) {
+    let endpoints: Vec<String> = pods.iter().map(|p| p.to_string()).collect();
+    render_with("istio", plugin, &endpoints, out, false, mesh == Mesh::Ambient)
 }
 
 /// The JSON plugin configuration inside the ECDS StringValue.
@@ -32,11 +56,11 @@ fn position(yaml: &str, needle: &str) -> usize {
 }
 
 /// mint, sticky, forged token, owner gone — through the Envoy istiod would configure.
-fn core_behaviour(plugin: &str, expect_secure: bool) {
+fn core_behaviour(plugin: &str, expect_secure: bool, mesh: Mesh) {
     let mut pods = Pod::start_many(3);
-    let out =
-        scratch_dir(&format!("istio-{}", plugin.trim_start_matches("istio/").trim_end_matches(".yaml")));
-    let (envoy_yaml, ecds) = render(plugin, &addrs(&pods), &out);
+    let name = plugin.trim_start_matches("istio/").trim_end_matches(".yaml");
+    let out = scratch_dir(&format!("istio-{name}-{mesh:?}"));
+    let (envoy_yaml, ecds) = render_as(plugin, &addrs(&pods), &out, mesh);
 
     // The filter order istiod produces: the WasmPlugin (by ECDS) before stateful_session,
     // router last; the per-route session state reads the cookie tether writes.
@@ -73,12 +97,14 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     let set_cookie = first.set_cookie().expect("a new session sets the cookie").to_string();
     assert_eq!(set_cookie.contains("; Secure"), expect_secure, "{set_cookie}");
     let value = first.cookie_value().unwrap();
-    let owner = open_demo(&value).owner.addr;
-    assert_eq!(owner, pod_by_name(&pods, first.pod()).addr);
+    let owner = open_demo(&value).owner;
+    // The token names the pod as the cluster keys it (ambient: its internal address).
+    assert_eq!(owner, mesh.owner(pod_by_name(&pods, first.pod()).addr));
+    let owner = owner.addr;
     assert_no_owner_cookie_for_client(&first, host_cookie);
 
     // Sticky; the pod receives exactly one owner cookie, tether's, first.
-    let presented = format!("{host_cookie}={}", owner_cookie_value(owner));
+    let presented = format!("{host_cookie}={}", owner_cookie_value(mesh.owner(owner)));
     for i in 0..20 {
         let r = envoy.get_with_cookie(Some(&value));
         assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None), "request {i}");
@@ -89,7 +115,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     // A forged token aimed at another pod never steers.
     let target = pods.iter().find(|p| p.addr != owner).unwrap().addr;
     for _ in 0..5 {
-        let r = envoy.get_with_cookie(Some(&forged(target)));
+        let r = envoy.get_with_cookie(Some(&forged(mesh.owner(target))));
         assert_eq!(r.status, 200);
         let seen = r.header("x-seen-cookie").unwrap();
         assert!(!seen.contains(host_cookie), "a forged token must not steer: the pod saw `{seen}`");
@@ -104,6 +130,19 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
     let owner_name = first.pod().to_string();
     let owner = pod_by_name(&pods, &owner_name).addr;
     pods.iter_mut().find(|p| p.name == owner_name).unwrap().kill();
+    // Through an internal address the gateway's connection to a dead pod is accepted and
+    // then closed: the router sees a reset, which an HTTPRoute's retry (connect-failure,
+    // refused-stream, unavailable, cancelled, status codes) does not retry. Until outlier
+    // detection ejects the pod (2 consecutive local-origin failures, istio/destinationrule.yaml)
+    // its sessions' requests fail: at most 2 (measured: 0 or 1).
+    let mut failed = 0;
+    if mesh == Mesh::Ambient && plugin.contains("gateway-api") {
+        while envoy.get_with_cookie(Some(&value)).status == 503 && failed < 10 {
+            failed += 1;
+        }
+        println!("{plugin} ({mesh:?}): {failed} requests failed (503) before the dead owner was ejected");
+        assert!(failed <= 2, "{failed} requests failed");
+    }
     let served = ask_while_owner_away(&envoy, &value, (owner, &owner_name), 10, open_demo, |r| {
         assert_no_owner_cookie_for_client(r, host_cookie)
     });
@@ -111,7 +150,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool) {
 }
 
 /// What Envoy's cookie session state reads: base64 of `envoy.Cookie { address }`.
-fn owner_cookie_value(owner: SocketAddr) -> String {
+fn owner_cookie_value(owner: impl Into<Owner>) -> String {
     tether::address::override_cookie_value(&owner.into())
 }
 
@@ -127,12 +166,12 @@ fn assert_no_owner_cookie_for_client(r: &Response, host_cookie: &str) {
 
 #[test]
 fn gateway_wasmplugin_as_istiod_renders_it() {
-    core_behaviour("istio/wasmplugin-gateway.yaml", true);
+    core_behaviour("istio/wasmplugin-gateway.yaml", true, Mesh::Sidecar);
 }
 
 #[test]
 fn sidecar_wasmplugin_as_istiod_renders_it() {
-    core_behaviour("istio/wasmplugin-sidecar.yaml", false);
+    core_behaviour("istio/wasmplugin-sidecar.yaml", false, Mesh::Sidecar);
 }
 
 /// The Gateway API variant: the WasmPlugin attached by targetRefs to a Gateway of class
@@ -163,7 +202,108 @@ fn gateway_api_wasmplugin_as_istiod_renders_it() {
         "the plugin reaches the Gateway's proxy"
     );
     assert!(envoy_yaml.contains("id: router~"), "a gateway proxy");
-    core_behaviour(plugin, true);
+    core_behaviour(plugin, true, Mesh::Sidecar);
+}
+
+// ---------------------------------------------------------------- Istio ambient
+
+/// An ingress gateway in front of ambient-enrolled pods (istiod sends them as internal
+/// addresses of `connect_originate`; here that listener connects to the pod in plain TCP
+/// instead of an HBONE tunnel, the addresses are istiod's): mint, sticky, forged, owner
+/// killed, with the token naming the pod as the gateway's cluster keys it.
+#[test]
+fn gateway_to_ambient_pods_as_istiod_renders_them() {
+    let out = scratch_dir("istio-ambient-config");
+    let (envoy_yaml, _) =
+        render_as("istio/wasmplugin-gateway.yaml", &["127.0.0.1:8081".parse().unwrap()], &out, Mesh::Ambient);
+    let eds = std::fs::read_to_string(out.join("eds.yaml")).unwrap();
+    for want in [
+        "server_listener_name: connect_originate\n",
+        "endpoint_id: 127.0.0.1:8081\n",
+        "local: 127.0.0.1:8081\n",
+        "tunnel: http\n",
+    ] {
+        assert!(eds.contains(want), "`{want}` not in the ambient EDS:\n{eds}");
+    }
+    for want in [
+        "internal_listener: {}",
+        "envoy.transport_sockets.internal_upstream",
+        "envoy.bootstrap.internal_listener",
+    ] {
+        assert!(envoy_yaml.contains(want), "`{want}` not in the ambient gateway:\n{envoy_yaml}");
+    }
+    core_behaviour("istio/wasmplugin-gateway.yaml", true, Mesh::Ambient);
+}
+
+/// The Gateway API gateway in front of ambient pods.
+#[test]
+fn gateway_api_to_ambient_pods_as_istiod_renders_them() {
+    core_behaviour("istio/wasmplugin-gateway-api.yaml", true, Mesh::Ambient);
+}
+
+/// Header mode (only the `istio.io/persistent-session-header` label) in front of ambient
+/// pods: tether's override-host header names the internal address, and a client's copy
+/// of it, aimed at another pod, never steers.
+#[test]
+fn header_mode_gateway_to_ambient_pods() {
+    let dir = header_label_copy("istio-ambient-header-manifests");
+    let mut pods = Pod::start_many(3);
+    let out = scratch_dir("istio-ambient-header");
+    let plugin = dir.join("wasmplugin-gateway.yaml");
+    let endpoints: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    let (envoy_yaml, _) =
+        render_with(dir.to_str().unwrap(), plugin.to_str().unwrap(), &endpoints, &out, false, true);
+    assert!(envoy_yaml.contains("header.v3.HeaderBasedSessionState"), "header session state");
+    let scope = cluster_name(&out);
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    let header = |owner: &Owner| tether::address::override_host_value(owner);
+    let spoof = |pod: &Pod| header(&Mesh::Ambient.owner(pod.addr));
+
+    // Mint, then sticky: the pod sees tether's header naming its internal address.
+    let first = envoy.get_with_cookie(None);
+    assert_eq!(first.status, 200);
+    let value = first.cookie_value().expect("a new session");
+    let token = open_scoped(&value, &scope);
+    let owner_pod = pod_by_name(&pods, first.pod()).addr;
+    assert_eq!(token.owner, Mesh::Ambient.owner(owner_pod));
+    let other = pods.iter().find(|p| p.addr != owner_pod).unwrap();
+    for i in 0..20 {
+        let r = http_to(
+            envoy.addr(),
+            "GET",
+            "/",
+            &[("cookie", &format!("{COOKIE}={value}")), ("x-tether-host", &spoof(other))],
+        )
+        .unwrap();
+        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None), "request {i}");
+        assert_eq!(r.header("x-seen-host"), Some(header(&token.owner).as_str()), "request {i}");
+        assert_eq!(r.header("x-tether-host"), None, "the session filter's header reached the client");
+    }
+    // No token: a client's header aimed at one pod does not place the session.
+    let aimed = (0..30)
+        .filter(|_| {
+            let r = http_to(envoy.addr(), "GET", "/", &[("x-tether-host", &spoof(other))]).unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-seen-host"), Some("-"), "a client's header reached the pod");
+            r.pod() == other.name
+        })
+        .count();
+    assert!(aimed < 30, "every request reached the pod the client chose");
+    // Owner killed: the session keeps its owner for repinAfter, served by one other pod.
+    let owner_name = first.pod().to_string();
+    pods.iter_mut().find(|p| p.name == owner_name).unwrap().kill();
+    let served = ask_while_owner_away(
+        &envoy,
+        &value,
+        (owner_pod, &owner_name),
+        10,
+        |v| open_scoped(v, &scope),
+        |_| {},
+    );
+    println!("ambient, header mode: {aimed} of 30 spoofed new sessions on the aimed pod (hash: ~10); owner killed, answered by {served:?}");
 }
 
 /// Without previous_hosts (istiod cannot set it for an HTTPRoute, and leaves it out with a
@@ -447,13 +587,14 @@ struct Drained {
 /// 600 sessions over 3 pods; one pod starts its graceful shutdown (EndpointSlice: serving,
 /// terminating, not ready) and istiod's EDS is rendered for it from `istio_dir`'s labels.
 /// Returns what its sessions and new sessions did, then (with `then_gone`) stops the pod.
-fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>) {
+fn drain_one_pod(istio_dir: &str, tag: &str, mesh: Mesh) -> (Drained, Option<(usize, usize)>) {
+    let ambient = mesh == Mesh::Ambient;
     let mut pods = Pod::start_many(3);
     let out = scratch_dir(tag);
     let plugin = format!("{istio_dir}/wasmplugin-gateway.yaml");
     let plugin = plugin.as_str();
     let ready: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
-    let (envoy_yaml, _) = render_from(istio_dir, plugin, &ready, &out, false);
+    let (envoy_yaml, _) = render_with(istio_dir, plugin, &ready, &out, false, ambient);
     let cluster = cluster_name(&out);
     let envoy = Envoy::start(
         EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
@@ -462,16 +603,17 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
     let sessions = mint_sessions(&envoy, 600);
     let drained = pods[0].name.clone();
     let drained_addr = pods[0].addr;
+    let drained_host = mesh.owner(drained_addr);
     let own: Vec<&(String, String)> = sessions.iter().filter(|(_, pod)| *pod == drained).collect();
     assert!(own.len() >= 120, "{} of 600 sessions on {drained}", own.len());
 
     let mut states = ready.clone();
     states[0] = format!("{}=terminating", drained_addr);
-    render_from(istio_dir, plugin, &states, &out, true);
+    render_with(istio_dir, plugin, &states, &out, true, ambient);
     if istio_dir == "istio" {
-        envoy.wait_flags_in(&cluster, drained_addr, "/eds_status_draining");
+        envoy.wait_flags_in(&cluster, &drained_host, "/eds_status_draining");
     } else {
-        envoy.wait_removed_in(&cluster, drained_addr);
+        envoy.wait_removed_in(&cluster, &drained_host);
     }
     envoy.settle();
 
@@ -506,8 +648,8 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
 
     // The grace period ends: the pod stops serving (istiod drops it from EDS) and exits.
     states[0] = format!("{}=stopped", drained_addr);
-    render_from(istio_dir, plugin, &states, &out, true);
-    envoy.wait_removed_in(&cluster, drained_addr);
+    render_with(istio_dir, plugin, &states, &out, true, ambient);
+    envoy.wait_removed_in(&cluster, &drained_host);
     pods[0].kill();
     envoy.settle();
     let gone = visit_sessions(&envoy, &sessions);
@@ -529,10 +671,21 @@ fn drain_one_pod(istio_dir: &str, tag: &str) -> (Drained, Option<(usize, usize)>
 /// session, and its sessions move only once it is gone.
 #[test]
 fn draining_pod_keeps_its_sessions_under_istio_with_the_cookie_label() {
-    let (d, gone) = drain_one_pod("istio", "istio-drain-cookie");
+    draining_keeps_sessions(Mesh::Sidecar);
+}
+
+/// The same with the pods in Istio ambient: the gateway's cluster keys them by internal
+/// address, and a draining one keeps its sessions all the same.
+#[test]
+fn draining_ambient_pod_keeps_its_sessions_behind_an_istio_gateway() {
+    draining_keeps_sessions(Mesh::Ambient);
+}
+
+fn draining_keeps_sessions(mesh: Mesh) {
+    let (d, gone) = drain_one_pod("istio", &format!("istio-drain-cookie-{mesh:?}"), mesh);
     let (own_moved, others_moved) = gone.unwrap();
     println!(
-        "istio cookie label, pod draining: {} of its {} sessions stayed (HTTP), {} of {} WebSocket reconnects \
+        "istio cookie label ({mesh:?}), pod draining: {} of its {} sessions stayed (HTTP), {} of {} WebSocket reconnects \
          stayed; new sessions on it: {} of {}, new WebSockets on it: {} of 30; once gone: {own_moved} of {} moved \
          and were re-pinned, {others_moved} other sessions moved",
         d.kept, d.own, d.ws_kept, d.own, d.fresh_on_drained, d.fresh, d.fresh_ws_on_drained, d.own
@@ -553,7 +706,20 @@ fn draining_pod_keeps_its_sessions_under_istio_with_the_cookie_label() {
 /// of its shutdown (while the pod still holds their state).
 #[test]
 fn header_label_loses_a_draining_pods_sessions_at_once() {
-    let dir = scratch_dir("istio-header-label");
+    let dir = header_label_copy("istio-header-label");
+    let (d, _) = drain_one_pod(dir.to_str().unwrap(), "istio-drain-header", Mesh::Sidecar);
+    println!(
+        "istio header label, pod terminating: {} of its {} sessions stayed, {} of {} WebSocket reconnects stayed",
+        d.kept, d.own, d.ws_kept, d.own
+    );
+    assert_eq!((d.kept, d.ws_kept), (0, 0), "istiod dropped the endpoint, so none can stay");
+    assert_eq!(d.fresh_on_drained, 0);
+}
+
+/// istio/ with only the header label on the Service, and the gateway plugin presenting
+/// the owner in the header the session filter then reads.
+fn header_label_copy(tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag);
     for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -563,18 +729,11 @@ fn header_label_loses_a_draining_pods_sessions_at_once() {
         );
         std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
     }
-    // The plugin must then present the owner in the header the session filter reads.
     let plugin = dir.join("wasmplugin-gateway.yaml");
     let text = std::fs::read_to_string(&plugin).unwrap();
     assert_eq!(text.matches("hostCookie: tether-owner").count(), 1);
     std::fs::write(&plugin, text.replace("hostCookie: tether-owner", "hostHeader: x-tether-host")).unwrap();
-    let (d, _) = drain_one_pod(dir.to_str().unwrap(), "istio-drain-header");
-    println!(
-        "istio header label, pod terminating: {} of its {} sessions stayed, {} of {} WebSocket reconnects stayed",
-        d.kept, d.own, d.ws_kept, d.own
-    );
-    assert_eq!((d.kept, d.ws_kept), (0, 0), "istiod dropped the endpoint, so none can stay");
-    assert_eq!(d.fresh_on_drained, 0);
+    dir
 }
 
 /// In cookie mode the client's own `tether-owner` cookies — first, in a second Cookie

@@ -216,7 +216,7 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 /// The failure of a health wait or check on a host Envoy does not have.
-fn no_host(pod: SocketAddr, cluster: &str) -> String {
+fn no_host(pod: impl std::fmt::Display, cluster: &str) -> String {
     format!("{pod} is not a host of {cluster} in Envoy's /clusters")
 }
 
@@ -709,10 +709,18 @@ impl Envoy {
     }
 
     /// Whether `pod` is healthy in whichever cluster holds it; None when no cluster has it.
+    /// Whether any cluster has `pod` healthy: as `ip:port`, or behind an internal listener
+    /// (`envoy://<listener>/<ip:port>`, Istio ambient).
     fn health(&self, pod: SocketAddr) -> Option<bool> {
         let clusters = self.admin_get("/clusters");
-        let key = format!("::{pod}::health_flags::");
-        let flags: Vec<&str> = clusters.lines().filter_map(|l| Some(l.split_once(&key)?.1)).collect();
+        let (plain, internal) = (format!("::{pod}::health_flags::"), format!("/{pod}::health_flags::"));
+        let flags: Vec<&str> = clusters
+            .lines()
+            .filter_map(|l| match l.split_once(&plain) {
+                Some((_, flags)) => Some(flags),
+                None => l.contains("::envoy://").then(|| Some(l.split_once(&internal)?.1)).flatten(),
+            })
+            .collect();
         (!flags.is_empty()).then(|| flags.contains(&"healthy"))
     }
 
@@ -726,7 +734,8 @@ impl Envoy {
     /// Gateway configurations name theirs as istiod and Envoy Gateway do), or None when the
     /// cluster does not have the host. A cluster Envoy does not have fails the test (a
     /// misspelt cluster name must not read as "host gone").
-    pub fn health_flags_in(&self, cluster: &str, pod: SocketAddr) -> Option<String> {
+    /// `pod` as Envoy names the host (`ip:port`, or an [`Owner`] behind an internal listener).
+    pub fn health_flags_in(&self, cluster: &str, pod: impl std::fmt::Display) -> Option<String> {
         let clusters = self.admin_get("/clusters");
         let prefix = format!("{cluster}::");
         assert!(
@@ -743,11 +752,12 @@ impl Envoy {
         self.wait_flags_in("pods", pod, flags)
     }
 
-    pub fn wait_flags_in(&self, cluster: &str, pod: SocketAddr, flags: &str) {
+    pub fn wait_flags_in(&self, cluster: &str, pod: impl std::fmt::Display, flags: &str) {
+        let pod = pod.to_string();
         wait_until(&format!("{pod} health_flags {flags} in Envoy"), Duration::from_secs(20), || {
-            match self.health_flags_in(cluster, pod) {
+            match self.health_flags_in(cluster, &pod) {
                 Some(now) => now == flags,
-                None => panic!("waiting for health_flags {flags}: {}", no_host(pod, cluster)),
+                None => panic!("waiting for health_flags {flags}: {}", no_host(&pod, cluster)),
             }
         });
     }
@@ -758,9 +768,10 @@ impl Envoy {
     }
 
     /// Waits until cluster `cluster`, which must exist, no longer has `pod`.
-    pub fn wait_removed_in(&self, cluster: &str, pod: SocketAddr) {
+    pub fn wait_removed_in(&self, cluster: &str, pod: impl std::fmt::Display) {
+        let pod = pod.to_string();
         wait_until(&format!("{pod} removed from cluster {cluster}"), Duration::from_secs(20), || {
-            self.health_flags_in(cluster, pod).is_none()
+            self.health_flags_in(cluster, &pod).is_none()
         });
     }
 

@@ -20,8 +20,24 @@ pub mod istio {
         out: &Path,
         endpoints_only: bool,
     ) -> (String, String) {
+        render_with(istio_dir, plugin, endpoints, out, endpoints_only, false)
+    }
+
+    /// [`render_from`], with the pods enrolled in Istio ambient when `ambient` (`--ambient`:
+    /// endpoints as internal addresses of `connect_originate`).
+    pub fn render_with(
+        istio_dir: &str,
+        plugin: &str,
+        endpoints: &[String],
+        out: &Path,
+        endpoints_only: bool,
+        ambient: bool,
+    ) -> (String, String) {
         let mut cmd = Command::new("python3");
         cmd.current_dir(repo()).arg("scripts/istio-render.py").args(["--plugin", plugin]);
+        if ambient {
+            cmd.arg("--ambient");
+        }
         cmd.args(["--istio-dir", istio_dir]);
         for endpoint in endpoints {
             cmd.args(["--endpoint", endpoint]);
