@@ -123,8 +123,8 @@ bench: build build-native
 	cargo bench --bench codec
 	python3 scripts/bench.py
 
-SIZE_LIMIT := 262144
-## size: the release .wasm (and its wasm-opt -Oz form, for reference); fails past 256 KB.
+SIZE_LIMIT := 276480
+## size: the release .wasm (and its wasm-opt -Oz form, for reference); fails past 270 KB.
 ## What users feel is memory, not module size: `make bench` reports Envoy's RSS on 2 workers.
 size: build
 	@command -v wasm-opt >/dev/null || (apt-get update -qq && apt-get install -y -qq binaryen)
@@ -132,7 +132,7 @@ size: build
 	  --enable-nontrapping-float-to-int $(WASM) -o target/tether.opt.wasm
 	@raw=$$(stat -c %s $(WASM)); opt=$$(stat -c %s target/tether.opt.wasm); \
 	  echo "tether.wasm: $$raw bytes (limit $(SIZE_LIMIT)); after wasm-opt -Oz: $$opt bytes"; \
-	  test $$raw -le $(SIZE_LIMIT) || { echo "tether.wasm is past the 256 KB limit"; exit 1; }
+	  test $$raw -le $(SIZE_LIMIT) || { echo "tether.wasm is past the 270 KB limit"; exit 1; }
 
 clean:
 	cargo clean

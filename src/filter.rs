@@ -223,7 +223,8 @@ pub enum Verdict {
 
 /// Whether this process has already warned about a cluster name too long to pin.
 static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
-/// Whether this process has already warned about an upstream host it cannot pin.
+/// Whether this process (wasm: this VM, one per Envoy worker) has already warned about an
+/// upstream host it cannot pin.
 static UNUSABLE_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// One request/response exchange.
@@ -287,7 +288,8 @@ fn strip_set_cookie<H: Host>(host: &mut H, name: &str) {
 }
 
 /// The served host as an owner this host can steer to. A host in any other form is
-/// counted, and logged once per process: its sessions are not pinned, never silently.
+/// counted, and logged once per process (wasm: per VM): its sessions are not pinned, never
+/// silently.
 fn served_owner<H: Host>(host: &mut H, raw: &[u8]) -> Option<Owner> {
     let owner = Owner::parse(raw).filter(|o| o.listener.is_none() || H::INTERNAL_OWNERS);
     if owner.is_none() {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::renderers::istio::render_from;
+use common::renderers::istio::{render_from, render_with};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -322,6 +322,72 @@ fn istio_renderings_give_exactly_their_findings() {
         assert_eq!(report.tether_filters, 1);
         assert!(text(&report).contains("tether (ECDS), hostCookie tether-owner"), "{}", text(&report));
     }
+}
+
+/// Istio ambient: a gateway whose cluster keys pods by internal address is clean; the same
+/// with the Service's waypoint as endpoints (`istio.io/ingress-use-waypoint`), with an
+/// endpoint id tether cannot read, without tether in the proxy, or with the native module
+/// is each reported.
+#[test]
+fn internal_address_clusters_are_understood() {
+    let cluster = "cluster outbound|80||media.demo.svc.cluster.local";
+    let out = scratch_dir("doctor-ambient");
+    render_with("istio", "istio/wasmplugin-gateway.yaml", &[], &out, false, true);
+    let eds = std::fs::read_to_string(out.join("eds.yaml")).unwrap();
+    let report = file(&out.join("envoy.yaml"));
+    assert_eq!(report.summary(), found(&[]), "ambient gateway:\n{}", text(&report));
+    let local = "            local: 127.0.0.1:8081\n";
+    for (name, eds_text, expect) in [
+        (
+            "waypoint",
+            eds.replacen(local, &format!("{local}            waypoint: 10.0.0.9:15008\n"), 1),
+            found(&[(Error, "ingress-use-waypoint", cluster)]),
+        ),
+        (
+            "endpoint id",
+            eds.replacen("endpoint_id: 127.0.0.1:8082", "endpoint_id: media-pod-2", 1),
+            found(&[(Error, "internal-endpoint", cluster)]),
+        ),
+    ] {
+        assert_ne!(eds_text, eds, "{name}: the edit applied");
+        std::fs::write(out.join("eds.yaml"), &eds_text).unwrap();
+        let report = file(&out.join("envoy.yaml"));
+        assert_eq!(report.summary(), expect, "{name}:\n{}", text(&report));
+    }
+
+    // A proxy that routes with the label's session state but runs no tether.
+    let plain = scratch_dir("doctor-no-tether");
+    let (envoy_yaml, _) = render_from("istio", "istio/wasmplugin-gateway.yaml", &[], &plain, false);
+    let without = cut(
+        &envoy_yaml,
+        "- name: extensions.istio.io/trafficextension/",
+        "- name: envoy.filters.http.grpc_stats",
+    );
+    let report = file(&write(&plain, "no-tether", &without));
+    let session = "listener 0.0.0.0_80 http_filters[3] envoy.filters.http.stateful_session";
+    assert_eq!(
+        report.summary(),
+        found(&[(Error, "no-tether", "(configuration)"), (Error, "session-state-without-tether", session)]),
+        "{}",
+        text(&report)
+    );
+
+    // The native module in front of internal addresses.
+    let native = std::fs::read_to_string(repo().join("envoy/native.yaml")).unwrap();
+    let mut internal = native.clone();
+    for port in [8081, 8082, 8083] {
+        internal = internal.replace(
+            &format!("{{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}"),
+            &format!("{{ envoy_internal_address: {{ server_listener_name: connect_originate, endpoint_id: \"127.0.0.1:{port}\" }} }}"),
+        );
+    }
+    assert_ne!(internal, native);
+    let dir = scratch_dir("doctor-native-internal");
+    let report = file(&write(&dir, "native-internal", &internal));
+    let mut expect = native_findings();
+    expect.extend(found(&[(Error, "internal-address-native", C)]));
+    expect.sort();
+    assert_eq!(report.summary(), expect, "{}", text(&report));
 }
 
 /// The Envoy Gateway manifests, pinned as `make envoy-gateway` does and rendered by

@@ -235,6 +235,37 @@ fn gateway_to_ambient_pods_as_istiod_renders_them() {
     core_behaviour("istio/wasmplugin-gateway.yaml", true, Mesh::Ambient);
 }
 
+/// A served host whose name tether cannot read (an internal address whose endpoint id is
+/// not `ip:port`) pins nothing and leaks nothing: each response is counted, the log says so
+/// once per VM, no token names it and the session filter's owner cookie never reaches the client.
+#[test]
+fn an_internal_endpoint_tether_cannot_read_is_counted_and_pins_nothing() {
+    let pod = Pod::start_many(1).remove(0);
+    let out = scratch_dir("istio-ambient-unusable");
+    let (envoy_yaml, _) = render_as("istio/wasmplugin-gateway.yaml", &[pod.addr], &out, Mesh::Ambient);
+    let eds_path = out.join("eds.yaml");
+    let eds = std::fs::read_to_string(&eds_path).unwrap();
+    let edited = eds.replacen(&format!("endpoint_id: {}", pod.addr), "endpoint_id: media-0", 1);
+    assert_ne!(edited, eds);
+    std::fs::write(&eds_path, edited).unwrap();
+    let cluster = cluster_name(&out);
+    let envoy = Envoy::start(EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS), &[]);
+    envoy.wait_flags_in(&cluster, "envoy://connect_originate/media-0", "healthy");
+    envoy.settle();
+    for i in 0..5 {
+        let r = envoy.get_with_cookie(None);
+        assert_eq!((r.status, r.pod()), (200, pod.name.as_str()), "request {i}");
+        assert_eq!(r.cookie_value(), None, "request {i}: a token named a host tether cannot steer to");
+        assert_no_owner_cookie_for_client(&r, "tether-owner");
+    }
+    assert_eq!(envoy.stat(&counter("unusable_host")), 5);
+    assert_eq!(envoy.stat(&counter("sessions_minted")), 0);
+    let warned =
+        envoy.log().matches("upstream host `envoy://connect_originate/media-0` is not in a form").count();
+    // Once per VM: each of Envoy's 2 workers runs its own (the native module: once).
+    assert!((1..=2).contains(&warned), "logged {warned} times");
+}
+
 /// The Gateway API gateway in front of ambient pods.
 #[test]
 fn gateway_api_to_ambient_pods_as_istiod_renders_them() {

@@ -24,7 +24,7 @@ fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
 }
 
 /// Every counter tether defines, by its `/stats` name under `wasmcustom.tether.`.
-const COUNTERS: [&str; 14] = [
+const COUNTERS: [&str; 15] = [
     "affinity_hits",
     "invalid_token.bad_signature",
     "invalid_token.expired",
@@ -39,6 +39,7 @@ const COUNTERS: [&str; 14] = [
     "repinned",
     "sessions_minted",
     "tokens_over_limit",
+    "unusable_host",
 ];
 
 #[test]
@@ -121,6 +122,8 @@ fn counters_and_debug_header_match_known_traffic() {
                 "refreshed" => 3,
                 // No request here presents more candidates than the cap (review.rs floods).
                 "tokens_over_limit" => 0,
+                // Every pod here is an ip:port host (internal addresses: istio.rs, doctor.rs).
+                "unusable_host" => 0,
                 _ => 1,
             };
             (*name, n)

@@ -5,6 +5,7 @@ use super::model::{at, list, number, str_at, type_of, Model};
 use super::{Finding, Report, Severity};
 use serde_json::Value;
 use std::collections::BTreeSet;
+use tether::address::Owner;
 use tether::config::Settings;
 use tether::filter::{Filter, OwnerVia};
 
@@ -228,6 +229,7 @@ pub fn run(model: &Model) -> Report {
 
 fn check_hcm(ctx: &mut Ctx, hcm: &ConnectionManager) {
     let filters = list(&hcm.config, &["http_filters"]);
+    let mut has_tether = false;
     for (i, f) in filters.iter().enumerate() {
         let fname = str_at(f, &["name"]).unwrap_or("(unnamed)");
         let place = format!("{} http_filters[{i}] {fname}", hcm.place);
@@ -238,6 +240,7 @@ fn check_hcm(ctx: &mut Ctx, hcm: &ConnectionManager) {
                 Some(tc) => plugin_of(tc, "ECDS"),
                 None => {
                     if fname.contains("tether") {
+                        has_tether = true;
                         ctx.report.tether_filters += 1;
                         ctx.find(
                             Severity::Warning,
@@ -256,8 +259,35 @@ fn check_hcm(ctx: &mut Ctx, hcm: &ConnectionManager) {
         };
         if let Some(plugin) = plugin {
             ctx.report.tether_filters += 1;
+            has_tether = true;
             check_tether(ctx, hcm, i, &place, &plugin);
         }
+    }
+    if !has_tether {
+        check_session_state_without_tether(ctx, hcm, filters);
+    }
+}
+
+/// A connection manager with a session state (cookie or header) and no tether honours an
+/// owner any client can write: Istio's `istio.io/persistent-session` label puts one on every
+/// route to the Service, in every sidecar and gateway, not only where tether runs.
+fn check_session_state_without_tether(ctx: &mut Ctx, hcm: &ConnectionManager, filters: &[Value]) {
+    let Some(index) =
+        filters.iter().position(|f| str_at(f, &["name"]) == Some("envoy.filters.http.stateful_session"))
+    else {
+        return;
+    };
+    let filter = filters.get(index).cloned().unwrap_or(Value::Null);
+    let on_filter = at(&filter, &["typed_config", "session_state"]).is_some();
+    let routes = route_config(ctx, hcm);
+    let per_route = routes.as_ref().is_some_and(|rc| {
+        rc.to_string().contains("StatefulSessionPerRoute") && rc.to_string().contains("session_state")
+    });
+    if on_filter || per_route {
+        ctx.find(Severity::Error, "session-state-without-tether",
+            &format!("{} http_filters[{index}] envoy.filters.http.stateful_session", hcm.place), "http_filters",
+            "a session state honours the owner cookie or header here, with no tether before it: any client can send a hand-made owner and pick its pod, a draining one included (Istio: the persistent-session label reaches every sidecar and gateway that routes to the Service)".into(),
+            "run tether in this proxy too (Istio: a WasmPlugin whose selector or targetRefs covers it; docs/istio.md, \"The label is mesh-wide\")".into());
     }
 }
 
@@ -642,6 +672,52 @@ fn consistent(name: &str) -> bool {
     n.contains("maglev") || n.contains("ring_hash")
 }
 
+/// Endpoints behind an Envoy internal listener (Istio ambient: `envoy://connect_originate/
+/// <pod ip:port>`): the session filter can steer to them when tether can read the pod in
+/// them; the native module cannot (Envoy's override host takes IP addresses only).
+fn check_internal_endpoints(ctx: &mut Ctx, name: &str, place: &str, names: &Names) {
+    let Some(internal) = ctx.model.internal_endpoints.get(name).cloned() else {
+        return;
+    };
+    let field = "endpoint.address.envoy_internal_address";
+    if names.via == OwnerVia::OverrideHost {
+        ctx.find(Severity::Error, "internal-address-native", place, field,
+            format!("{} endpoints are internal addresses (envoy://{}/...): the native module cannot steer to them (Envoy's dynamic-module override host takes IP addresses only), so their sessions are never pinned (counter tether.unusable_host)", internal.len(), internal[0].listener),
+            "run the wasm build with the stateful_session filter in front of these endpoints (envoy/envoy.yaml; Istio ambient: istio/)".into());
+        return;
+    }
+    let unusable: Vec<String> = internal
+        .iter()
+        .map(|e| format!("envoy://{}/{}", e.listener, e.endpoint_id))
+        .filter(|host| Owner::parse(host.as_bytes()).is_none())
+        .collect();
+    ctx.check((!unusable.is_empty()).then(|| {
+        (Severity::Error, "internal-endpoint", place, field,
+         format!("tether cannot pin {} of its internal-address endpoints ({}): the endpoint id must be the pod's ip:port and the listener name at most 63 visible characters", unusable.len(), unusable[0]),
+         "endpoint_id: \"<pod ip>:<port>\" (as istiod writes it for ambient pods)".to_string())
+    }));
+    let listeners: BTreeSet<&str> = ctx
+        .model
+        .listeners
+        .iter()
+        .filter(|l| l.get("internal_listener").is_some())
+        .filter_map(|l| str_at(l, &["name"]))
+        .collect();
+    let missing: BTreeSet<&str> =
+        internal.iter().map(|e| e.listener.as_str()).filter(|l| !listeners.contains(l)).collect();
+    if !missing.is_empty() && !ctx.model.listeners.is_empty() {
+        let missing = missing.into_iter().collect::<Vec<_>>().join(", ");
+        ctx.find(Severity::Error, "internal-listener", place, field,
+            format!("its endpoints go through the internal listener(s) {missing}, which this configuration does not have: every request to them fails"),
+            "an internal listener of that name (Istio adds connect_originate to every proxy that sends HBONE)".into());
+    }
+    if let Some(e) = internal.iter().find(|e| e.waypoint.is_some()) {
+        ctx.find(Severity::Error, "ingress-use-waypoint", place, "endpoint.metadata envoy.filters.listener.original_dst.waypoint",
+            format!("its endpoints are the Service's waypoint ({}), not its pods (Istio's istio.io/ingress-use-waypoint): tether pins sessions to a waypoint pod, and the waypoint balances them over the app's pods without affinity", e.waypoint.as_deref().unwrap_or("")),
+            "remove istio.io/ingress-use-waypoint from the Service (or its namespace) so the gateway reaches the pods themselves; docs/istio.md, Ambient".into());
+    }
+}
+
 fn check_cluster(ctx: &mut Ctx, name: &str, names: &Names) {
     if !ctx.clusters_done.insert(name.to_string()) {
         return;
@@ -740,6 +816,8 @@ fn check_cluster(ctx: &mut Ctx, name: &str, names: &Names) {
             x,
         )
     }));
+
+    check_internal_endpoints(ctx, name, &place, names);
 
     // Retries in flight.
     let thresholds = list(&c, &["circuit_breakers", "thresholds"]);

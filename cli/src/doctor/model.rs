@@ -19,8 +19,21 @@ pub struct Model {
     pub ecds: BTreeMap<String, Value>,
     /// Endpoints per cluster (static `load_assignment` or EDS), where known.
     pub endpoints: BTreeMap<String, usize>,
+    /// The endpoints behind an Envoy internal listener, per cluster (Istio ambient).
+    pub internal_endpoints: BTreeMap<String, Vec<InternalEndpoint>>,
     /// Pieces referenced but not readable (a gRPC xDS source in a file, say).
     pub unread: Vec<String>,
+}
+
+/// An endpoint addressed as `envoy_internal_address` (Envoy names it
+/// `envoy://<listener>/<endpoint id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalEndpoint {
+    pub listener: String,
+    pub endpoint_id: String,
+    /// Istio's `envoy.filters.listener.original_dst` metadata names a waypoint: the
+    /// endpoint is the Service's waypoint, not its pod (`istio.io/ingress-use-waypoint`).
+    pub waypoint: Option<String>,
 }
 
 /// The configuration could not be read at all (exit status 2).
@@ -287,8 +300,25 @@ impl Model {
 
     fn add_assignment(&mut self, cla: &Value) {
         if let Some(name) = str_at(cla, &["cluster_name"]) {
-            let n = list(cla, &["endpoints"]).iter().map(|e| list(e, &["lb_endpoints"]).len()).sum();
-            self.endpoints.insert(name.to_string(), n);
+            let lb_endpoints: Vec<&Value> =
+                list(cla, &["endpoints"]).iter().flat_map(|e| list(e, &["lb_endpoints"])).collect();
+            self.endpoints.insert(name.to_string(), lb_endpoints.len());
+            let internal: Vec<InternalEndpoint> = lb_endpoints
+                .iter()
+                .filter_map(|e| {
+                    let address = at(e, &["endpoint", "address", "envoy_internal_address"])?;
+                    let metadata =
+                        at(e, &["metadata", "filter_metadata", "envoy.filters.listener.original_dst"]);
+                    Some(InternalEndpoint {
+                        listener: str_at(address, &["server_listener_name"]).unwrap_or("").to_string(),
+                        endpoint_id: str_at(address, &["endpoint_id"]).unwrap_or("").to_string(),
+                        waypoint: metadata.and_then(|m| str_at(m, &["waypoint"])).map(str::to_string),
+                    })
+                })
+                .collect();
+            if !internal.is_empty() {
+                self.internal_endpoints.insert(name.to_string(), internal);
+            }
         }
     }
 
