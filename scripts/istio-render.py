@@ -34,6 +34,12 @@ istiod's own code (Istio 1.30.3, pilot/pkg/...; see docs/istio.md):
   outlierDetection, connectionPool.http.maxRetries as istiod maps them.
 - VirtualService retries -> retry_policy (previous_hosts only with
   retryIgnorePreviousHosts when a consistent hash is in use, as istiod does).
+- A VirtualService destination `subset` -> the subset's cluster `outbound|<port>|<subset>|
+  <host>` (buildSubsetCluster, cluster_builder.go:318-340): the DestinationRule's policy on
+  a fresh CommonLbConfig, so no override_host_status whatever the Service's label.
+- EnvoyFilter `applyTo: CLUSTER` with MERGE (cluster_patch.go), matched by workloadSelector,
+  context and cluster service / subset / portNumber; lists are appended to, as proto.Merge
+  does (istio/extras/envoyfilter-subset-draining.yaml). Other patches are refused.
 - Gateway API (a WasmPlugin with targetRefs to a Gateway of class istio): the plugin
   reaches the proxy istiod deploys for that Gateway (ShouldAttachPolicy,
   pilot/pkg/model/policyattachment.go); admission's rules (one of selector and targetRefs,
@@ -78,6 +84,7 @@ as istiod pushes EDS when a pod's conditions change.
 Anything in the manifests it does not know how to render is refused with its path.
 """
 import argparse
+import copy
 import re
 import json
 import os
@@ -207,7 +214,7 @@ CONNECT_ORIGINATE = "connect_originate"
 ORIGINAL_DST_KEY = "envoy.filters.listener.original_dst"
 
 
-def lb_address(ip, port, ambient, svc):
+def lb_address(ip, port, ambient, svc, tunnel_match=True):
     """An lb_endpoint's address and metadata (buildEnvoyLbEndpoint): a plain socket address,
     or for an ambient pod the internal address of connect_originate with the pod in
     endpoint_id and in the original_dst metadata."""
@@ -220,11 +227,14 @@ def lb_address(ip, port, ambient, svc):
         ORIGINAL_DST_KEY: {"local": target},                      # BuildTunnelMetadataStruct
         "envoy.transport_socket_match": {"tunnel": "http"},       # replaces {tlsMode: istio}
         "istio": {"workload": f"{name};{ns};{name};;Kubernetes"}}}  # AppendLbEndpointMetadata
+    if not tunnel_match:
+        # A waypoint's inbound-vip endpoints carry none (endpoint_builder.go:764).
+        del metadata["filter_metadata"]["envoy.transport_socket_match"]
     return {"envoy_internal_address": {"server_listener_name": CONNECT_ORIGINATE,
                                        "endpoint_id": target}}, metadata
 
 
-def eds(svc, cluster_name, endpoints, ambient=False):
+def eds(svc, cluster_name, endpoints, ambient=False, tunnel_match=True):
     """The ClusterLoadAssignment istiod sends for pods in these EndpointSlice states."""
     labels = svc["metadata"].get("labels", {})
     supports_draining = bool(labels.get(COOKIE_LABEL) or labels.get(HEADER_LABEL))
@@ -241,7 +251,7 @@ def eds(svc, cluster_name, endpoints, ambient=False):
         # filterIstioEndpoint: Terminating never; Draining only with the cookie label.
         if status == "TERMINATING" or (status == "DRAINING" and not labels.get(COOKIE_LABEL)):
             continue
-        address, metadata = lb_address(ip, port, ambient, svc)
+        address, metadata = lb_address(ip, port, ambient, svc, tunnel_match)
         lb_endpoint = {"endpoint": {"address": address}, "health_status": status}
         if metadata:
             lb_endpoint["metadata"] = metadata
@@ -252,9 +262,9 @@ def eds(svc, cluster_name, endpoints, ambient=False):
                            "endpoints": [{"lb_endpoints": lb_endpoints}]}]}
 
 
-def cluster_and_route(docs, eds_path, gateway_api=None):
+def cluster_and_route(docs, eds_path, gateway_api=None, waypoint=None):
     """gateway_api: the Gateway API Gateway the plugin targets (its HTTPRoute is rendered),
-    or None (the VirtualService is)."""
+    or None (the VirtualService is; for a `waypoint`, one that applies to the mesh)."""
     svc = only(docs, "Service", "the stateful service")
     dr = only(docs, "DestinationRule", "its traffic policy")
     if gateway_api is not None:
@@ -334,6 +344,14 @@ def cluster_and_route(docs, eds_path, gateway_api=None):
     http = vs["spec"]["http"]
     if len(http) != 1:
         raise Refused(f"{vs['__file']}: one http route expected")
+    if waypoint and "mesh" not in vs["spec"].get("gateways", ["mesh"]):
+        raise Refused(f"{vs['__file']}: VirtualService.spec.gateways must include `mesh` for the waypoint "
+                      "to use it; without a route Istio 1.30 puts no hash policy on a waypoint's default "
+                      "route (httproute.go), and sessions spread at random")
+    subset = ((http[0].get("route") or [{}])[0].get("destination") or {}).get("subset")
+    if subset:
+        cluster = subset_cluster(cluster, dr, subset, host, port)
+        route["cluster"] = cluster["name"]
     retries = http[0].get("retries")
     if retries and retries.get("attempts", 0) > 0:
         policy = {"num_retries": retries["attempts"],
@@ -351,9 +369,135 @@ def cluster_and_route(docs, eds_path, gateway_api=None):
     return cluster, route, session, None
 
 
+def subset_cluster(default, dr, subset, host, port):
+    """buildSubsetCluster (pilot/pkg/networking/core/cluster_builder.go:318-340, the fresh
+    CommonLbConfig at :484): the subset's own cluster `outbound|<port>|<subset>|<host>` with
+    the DestinationRule's traffic policy, on a CommonLbConfig that never gets the
+    override_host_status the Service label gives the default cluster (cluster.go:555-567).
+    Only the routed cluster is rendered (the default one istiod also sends carries no route
+    here), and every pod given carries the subset's labels."""
+    where = f"{dr['__file']}: DestinationRule.spec.subsets"
+    subsets = {s.get("name"): s for s in dr["spec"].get("subsets", [])}
+    if subset not in subsets:
+        raise Refused(f"{where}: the VirtualService routes to subset `{subset}`, which the DestinationRule "
+                      "does not define (istiod would route to a cluster that does not exist)")
+    check_keys(subsets[subset], {"name", "labels"}, f"{where}[{subset}]")
+    cluster = copy.deepcopy(default)
+    cluster["name"] = f"outbound|{port}|{subset}|{host}"
+    lb = {k: v for k, v in cluster.get("common_lb_config", {}).items() if k != "override_host_status"}
+    cluster["common_lb_config"] = lb
+    return cluster
+
+
+def waypoint_cluster(outbound, svc, waypoint):
+    """The waypoint's cluster for the Service (buildWaypointInboundVIPCluster,
+    cluster_waypoint.go:227-363): `inbound-vip|<port>|http|<host>` with the
+    DestinationRule's traffic policy on a fresh CommonLbConfig — no override_host_status,
+    whatever the Service's label (only buildOutboundClusters sets it, cluster.go:555-567) —
+    and the internal_upstream transport socket to connect_originate. The Service must use
+    the waypoint (`istio.io/use-waypoint`)."""
+    meta = svc["metadata"]
+    if meta.get("labels", {}).get("istio.io/use-waypoint") != waypoint["metadata"]["name"]:
+        raise Refused(f"{svc['__file']}: Service {meta['name']} has no label istio.io/use-waypoint: "
+                      f"{waypoint['metadata']['name']}, so its traffic does not pass the waypoint the plugin targets")
+    parts = outbound["name"].split("|")
+    if parts[2]:
+        raise Refused("a waypoint's subset clusters (inbound-vip|<port>|http/<subset>|<host>) are not rendered")
+    cluster = copy.deepcopy(outbound)
+    cluster["name"] = f"inbound-vip|{parts[1]}|http|{parts[3]}"
+    cluster["common_lb_config"] = {k: v for k, v in cluster.get("common_lb_config", {}).items()
+                                   if k != "override_host_status"}
+    raw = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
+    cluster["transport_socket"] = {"name": "envoy.transport_sockets.internal_upstream", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3."
+                 "InternalUpstreamTransport",
+        "passthrough_metadata": [{"kind": {"host": {}}, "name": ORIGINAL_DST_KEY},
+                                 {"kind": {"host": {}}, "name": "istio"}],
+        "transport_socket": raw}}
+    return cluster
+
+
+def proto_merge(into, value, where):
+    """An EnvoyFilter MERGE (proto.Merge): messages merge field by field, repeated fields
+    are appended to, scalars replaced."""
+    for key, v in value.items():
+        if isinstance(v, dict) and isinstance(into.get(key), dict):
+            proto_merge(into[key], v, f"{where}.{key}")
+        elif isinstance(v, list):
+            into[key] = list(into.get(key, [])) + v
+        else:
+            into[key] = copy.deepcopy(v)
+
+
+def attached_envoy_filters(docs, proxy):
+    """The EnvoyFilters istiod gives `proxy` (push_context.go EnvoyFilters, ShouldAttachPolicy):
+    a waypoint takes only those with targetRefs to its Gateway (a selector is ignored); another
+    proxy those with targetRefs to its Gateway API Gateway, or with a workloadSelector its
+    labels match, or with neither."""
+    out = []
+    for ef in (d for d in docs if d.get("kind") == "EnvoyFilter"):
+        spec = ef.get("spec", {})
+        where = f"{ef['__file']}: EnvoyFilter {ef['metadata']['name']}.spec"
+        check_keys(spec, {"workloadSelector", "targetRefs", "configPatches"}, where)
+        refs = [r for r in spec.get("targetRefs", [])
+                if (r.get("group"), r.get("kind")) == (GW_GROUP, "Gateway")]
+        if spec.get("targetRefs"):
+            attached = any(r.get("name") == proxy["gateway"] for r in refs)
+        elif proxy["waypoint"]:
+            attached = False
+        else:
+            selector = (spec.get("workloadSelector") or {}).get("labels") or {}
+            attached = all(proxy["labels"].get(k) == v for k, v in selector.items())
+        if attached:
+            out.extend((f"{where}.configPatches[{i}]", patch) for i, patch in enumerate(spec.get("configPatches", [])))
+    return out
+
+
+def apply_envoy_filters(patches, cluster, filters, proxy):
+    """EnvoyFilter patches (pilot/pkg/networking/core/envoyfilter/): CLUSTER with MERGE on the
+    rendered outbound cluster (cluster_patch.go; a waypoint's inbound-vip clusters are never
+    patched, cluster.go:363), and HTTP_FILTER with INSERT_BEFORE on the rendered listener's
+    HTTP filters (listener_patch.go). Anything else is refused."""
+    context = "SIDECAR_INBOUND" if proxy["waypoint"] else ("GATEWAY" if proxy["router"] else "SIDECAR_OUTBOUND")
+    parts = cluster["name"].split("|")  # outbound|<port>|<subset>|<host> or inbound-vip|<port>|http|<host>
+    for at, patch in patches:
+        check_keys(patch, {"applyTo", "match", "patch"}, at)
+        match = patch.get("match") or {}
+        check_keys(match, {"context", "cluster", "listener"}, f"{at}.match")
+        body = patch.get("patch") or {}
+        check_keys(body, {"operation", "value"}, f"{at}.patch")
+        if match.get("context", "ANY") not in ("ANY", context):
+            continue
+        if patch.get("applyTo") == "CLUSTER":
+            wanted = match.get("cluster") or {}
+            check_keys(wanted, {"service", "subset", "portNumber"}, f"{at}.match.cluster")
+            if body.get("operation") != "MERGE":
+                raise Refused(f"{at}.patch.operation: only MERGE is rendered for CLUSTER")
+            if parts[0] != "outbound" or (
+                    wanted.get("service", parts[3]) != parts[3] or wanted.get("subset", parts[2]) != parts[2]
+                    or wanted.get("portNumber", int(parts[1])) != int(parts[1])):
+                continue
+            proto_merge(cluster, body.get("value") or {}, f"{at}.patch.value")
+        elif patch.get("applyTo") == "HTTP_FILTER":
+            listener = match.get("listener") or {}
+            check_keys(listener, {"name", "filterChain"}, f"{at}.match.listener")
+            if listener.get("name", proxy["listener"]) != proxy["listener"]:
+                continue
+            sub = (((listener.get("filterChain") or {}).get("filter") or {}).get("subFilter") or {}).get("name")
+            if body.get("operation") != "INSERT_BEFORE" or not sub:
+                raise Refused(f"{at}: only INSERT_BEFORE a named subFilter is rendered for HTTP_FILTER")
+            names = [f["name"] for f in filters]
+            if sub in names:
+                filters.insert(names.index(sub), copy.deepcopy(body.get("value")))
+        else:
+            raise Refused(f"{at}.applyTo: only CLUSTER and HTTP_FILTER patches are rendered")
+
+
 # ---------------------------------------------------------------- Gateway API
 
 GW_GROUP = "gateway.networking.k8s.io"
+WAYPOINT_CLASS = "istio-waypoint"
 # validatePolicyTargetReference (pkg/config/validation/validation.go:1326-1358): admission
 # accepts these (group, kind) and no other.
 ADMITTED_TARGETS = {("", "Service"), ("networking.istio.io", "ServiceEntry"),
@@ -390,8 +534,8 @@ def gateway_api_target(plugin, docs):
                       f"accepts ({', '.join(sorted(k for _, k in ADMITTED_TARGETS))})")
     if (group, kind) != (GW_GROUP, "Gateway"):
         raise Refused(f"{where}.targetRefs: {kind} attaches only to waypoint proxies (ambient) "
-                      "(ShouldAttachPolicy, pilot/pkg/model/policyattachment.go); tether needs a "
-                      f"{GW_GROUP} Gateway")
+                      "(ShouldAttachPolicy, pilot/pkg/model/policyattachment.go); the renderer renders "
+                      f"a waypoint from a targetRef to its {GW_GROUP} Gateway (istio/waypoint/)")
     found = [d for d in docs if is_gateway_api(d) and d["metadata"]["name"] == name
              and d["metadata"].get("namespace") == meta["namespace"]]
     if not found:
@@ -399,9 +543,14 @@ def gateway_api_target(plugin, docs):
                       "manifests; istiod attaches a targetRef only to a Gateway in the plugin's "
                       "own namespace")
     gw = found[0]
-    if gw["spec"].get("gatewayClassName") != "istio":
-        raise Refused(f"{gw['__file']}: Gateway {name}.spec.gatewayClassName must be `istio` "
-                      "(istiod deploys and configures the proxy only for its own class)")
+    if gw["spec"].get("gatewayClassName") not in ("istio", WAYPOINT_CLASS):
+        raise Refused(f"{gw['__file']}: Gateway {name}.spec.gatewayClassName must be `istio` or "
+                      f"`{WAYPOINT_CLASS}` (istiod deploys and configures the proxy only for its own classes)")
+    if gw["spec"]["gatewayClassName"] == WAYPOINT_CLASS:
+        for m in spec.get("match", []):
+            if m.get("mode", "CLIENT_AND_SERVER") == "CLIENT" or m.get("ports"):
+                raise Refused(f"{where}.match: on a waypoint `mode: CLIENT` and `ports` never match "
+                              "(pilot/pkg/model/extensions.go): the plugin would run nowhere")
     check_gateway_env(gw, docs, [e["name"] for e in spec.get("vmConfig", {}).get("env", [])
                                  if e.get("valueFrom", "INLINE") == "HOST"])
     return gw
@@ -595,31 +744,44 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
     docs = load_docs(others)
     ext = wasm_filter(plugins[0], wasm_path)
     gateway_api = gateway_api_target(plugins[0], docs)
+    waypoint = gateway_api if gateway_api and gateway_api["spec"]["gatewayClassName"] == WAYPOINT_CLASS else None
+    if waypoint:
+        gateway_api = None
+        ambient = True  # a waypoint reaches the Service's (ambient) pods through connect_originate
     labels = (plugins[0]["spec"].get("selector") or {}).get("matchLabels", {})
     gateway = gateway_api is not None or "istio" in labels
     os.makedirs(out_dir, exist_ok=True)
     eds_path = os.path.join(out_dir, "eds.yaml")
-    cluster, route, session, route_name = cluster_and_route(docs, eds_path, gateway_api)
+    cluster, route, session, route_name = cluster_and_route(docs, eds_path, gateway_api, waypoint)
     svc = only(docs, "Service", "the stateful service")
+    if waypoint:
+        cluster = waypoint_cluster(cluster, svc, waypoint)
+        route["cluster"] = cluster["name"]
+    proxy = {"waypoint": waypoint is not None, "router": gateway,
+             "gateway": (waypoint or gateway_api or {}).get("metadata", {}).get("name"),
+             "labels": labels, "listener": "main_internal" if waypoint else "0.0.0.0_80"}
+    patches = attached_envoy_filters(docs, proxy)
     kind, name, _ = session_state(svc)
     check_plugin_agrees(ext["plugin_config"], kind, name,
                         f"{plugin_path}: WasmPlugin {plugins[0]['metadata']['name']}.spec")
     header = (f"# Rendered by scripts/istio-render.py from {plugin_path} and {istio_dir}/:\n"
               "# the Envoy configuration istiod would produce (see docs/istio.md).\n")
-    write_atomically(eds_path, header + yaml.safe_dump(eds(svc, cluster["name"], endpoints, ambient),
+    write_atomically(eds_path, header + yaml.safe_dump(eds(svc, cluster["name"], endpoints, ambient,
+                                                           tunnel_match=not waypoint),
                                                        sort_keys=False, width=120))
     if endpoints_only:
         return
 
     # listener_builder.go: plugins by phase (one plugin here), then Istio's own filters,
-    # router last.
-    filters = []
-    for phase in PHASES:
-        if ext["phase"] == phase:
-            filters.append({"name": ext["name"], "config_discovery": {
-                "config_source": {"path_config_source": {"path": os.path.abspath(
-                    os.path.join(out_dir, "ecds.yaml"))}, "resource_api_version": "V3"},
-                "type_urls": [WASM_TYPE, RBAC_TYPE]}})
+    # router last. A waypoint (buildWaypointInboundHTTPFilters, listener_waypoint.go:872-962)
+    # runs AUTHN and AUTHZ plugins before, STATS and unspecified ones after grpc_stats, fault
+    # and cors, and has no session filter of istiod's (listener_builder.go:442-445).
+    plugin_filter = {"name": ext["name"], "config_discovery": {
+        "config_source": {"path_config_source": {"path": os.path.abspath(
+            os.path.join(out_dir, "ecds.yaml"))}, "resource_api_version": "V3"},
+        "type_urls": [WASM_TYPE, RBAC_TYPE]}}
+    late = waypoint is not None and ext["phase"] in ("STATS", "UNSPECIFIED_PHASE")
+    filters = [] if late else [plugin_filter]
     filters += [
         {"name": "envoy.filters.http.grpc_stats", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
@@ -628,18 +790,24 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
             "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
         {"name": "envoy.filters.http.cors", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
-        # EmptySessionFilter: configured per route / virtual host below.
-        {"name": "envoy.filters.http.stateful_session", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession"}},
-        {"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
     ]
+    if late:
+        filters.append(plugin_filter)
+    if not waypoint:
+        # EmptySessionFilter: configured per route / virtual host below.
+        filters.append({"name": "envoy.filters.http.stateful_session", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession"}})
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    apply_envoy_filters(patches, cluster, filters, proxy)
     rt = {"match": {"prefix": "/"}, "route": route}
     if route_name:
         rt = {"name": route_name, **rt}
     vhost = {"name": "media", "domains": ["*"], "routes": [rt]}
-    if gateway:
-        rt["typed_per_filter_config"] = session        # gateway.go: per route
+    if gateway or waypoint:
+        # gateway.go per route; a waypoint's routes come from TranslateRoute (route.go), which
+        # sets the label's session state per route whether or not a session filter reads it.
+        rt["typed_per_filter_config"] = session
     else:
         vhost["typed_per_filter_config"] = session     # httproute.go: per virtual host
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -648,20 +816,25 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
            "upgrade_configs": [{"upgrade_type": "websocket"}],
            "route_config": {"name": "http.80", "virtual_hosts": [vhost]},
            "http_filters": filters}
-    kind = "router" if gateway else "sidecar"
+    if waypoint:
+        hcm["stat_prefix"] = cluster["name"]
+    kind = "router" if gateway or waypoint else "sidecar"
     workload = plugins[0]["metadata"]["namespace"]
     bootstrap = {
         "node": {"id": f"{kind}~127.0.0.1~tether-test.{workload}~{workload}.svc.cluster.local",
                  "cluster": f"tether-test.{workload}"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}},
         "static_resources": {
-            "listeners": [{"name": "0.0.0.0_80", "address": {"socket_address": {
+            # A waypoint's HTTP chain sits on its internal `main_internal` listener, reached
+            # through the HBONE `connect_terminate` one; the stand-in serves it on a socket.
+            "listeners": [{"name": proxy["listener"], "address": {"socket_address": {
                 "address": "127.0.0.1", "port_value": 10000}},
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": hcm}]}]}],
             "clusters": [cluster]}}
     if ambient:
-        cluster["transport_socket_matches"] = hbone_transport_socket_matches()
+        if not waypoint:
+            cluster["transport_socket_matches"] = hbone_transport_socket_matches()
         listener, forwarder = connect_originate()
         bootstrap["static_resources"]["listeners"].append(listener)
         bootstrap["static_resources"]["clusters"].append(forwarder)

@@ -39,8 +39,12 @@ impl Mesh {
 }
 
 fn render_as(plugin: &str, pods: &[SocketAddr], out: &Path, mesh: Mesh) -> (String, String) {
+    render_in("istio", plugin, pods, out, mesh)
+}
+
+fn render_in(istio_dir: &str, plugin: &str, pods: &[SocketAddr], out: &Path, mesh: Mesh) -> (String, String) {
     let endpoints: Vec<String> = pods.iter().map(|p| p.to_string()).collect();
-    render_with("istio", plugin, &endpoints, out, false, mesh == Mesh::Ambient)
+    render_with(istio_dir, plugin, &endpoints, out, false, mesh == Mesh::Ambient)
 }
 
 /// The JSON plugin configuration inside the ECDS StringValue.
@@ -57,10 +61,14 @@ fn position(yaml: &str, needle: &str) -> usize {
 
 /// mint, sticky, forged token, owner gone — through the Envoy istiod would configure.
 fn core_behaviour(plugin: &str, expect_secure: bool, mesh: Mesh) {
+    core_behaviour_in("istio", plugin, expect_secure, mesh)
+}
+
+fn core_behaviour_in(istio_dir: &str, plugin: &str, expect_secure: bool, mesh: Mesh) {
     let mut pods = Pod::start_many(3);
-    let name = plugin.trim_start_matches("istio/").trim_end_matches(".yaml");
+    let name = Path::new(plugin).file_stem().unwrap().to_str().unwrap();
     let out = scratch_dir(&format!("istio-{name}-{mesh:?}"));
-    let (envoy_yaml, ecds) = render_as(plugin, &addrs(&pods), &out, mesh);
+    let (envoy_yaml, ecds) = render_in(istio_dir, plugin, &addrs(&pods), &out, mesh);
 
     // The filter order istiod produces: the WasmPlugin (by ECDS) before stateful_session,
     // router last; the per-route session state reads the cookie tether writes.
@@ -84,7 +92,7 @@ fn core_behaviour(plugin: &str, expect_secure: bool, mesh: Mesh) {
     );
 
     let scope = cluster_name(&out);
-    assert!(scope.starts_with("outbound|"), "{scope}");
+    assert!(scope.starts_with("outbound|") || scope.starts_with("inbound-vip|"), "{scope}");
     let open_demo = |value: &str| open_scoped(value, &scope);
     let forged = |owner| forged_token(owner, &scope);
     let config = EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS);
@@ -266,6 +274,77 @@ fn an_internal_endpoint_tether_cannot_read_is_counted_and_pins_nothing() {
     assert!((1..=2).contains(&warned), "logged {warned} times");
 }
 
+/// istio/ and istio/waypoint/ in one directory, the Service labelled to use the waypoint
+/// (`kubectl label service media istio.io/use-waypoint=waypoint`).
+fn waypoint_copy(tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag);
+    for sub in ["istio", "istio/waypoint"] {
+        for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let service = dir.join("service.yaml");
+    let text = std::fs::read_to_string(&service).unwrap();
+    let label = "    istio.io/persistent-session: tether-owner\n";
+    assert_eq!(text.matches(label).count(), 1);
+    std::fs::write(&service, text.replace(label, &format!("{label}    istio.io/use-waypoint: waypoint\n")))
+        .unwrap();
+    dir
+}
+
+/// The waypoint recipe (istio/waypoint/): the WasmPlugin attached by targetRefs to the
+/// namespace's waypoint, the session filter added by an EnvoyFilter (istiod adds none to a
+/// waypoint), the route from the VirtualService's `mesh` gateway with the DestinationRule's
+/// hash, the pods reached by internal address. Mint, sticky, forged, owner killed.
+#[test]
+fn waypoint_recipe_as_istiod_renders_it() {
+    let dir = waypoint_copy("istio-waypoint-manifests");
+    let plugin = dir.join("wasmplugin-waypoint.yaml");
+    let out = scratch_dir("istio-waypoint-config");
+    let (envoy_yaml, _) =
+        render_with(dir.to_str().unwrap(), plugin.to_str().unwrap(), &[], &out, false, false);
+    let cluster = "inbound-vip|80|http|media.demo.svc.cluster.local";
+    assert_eq!(cluster_name(&out), cluster);
+    let filters = &envoy_yaml[position(&envoy_yaml, "http_filters:")..];
+    let at = |name: &str| position(filters, &format!("- name: {name}"));
+    assert!(at("envoy.filters.http.cors") < at("extensions.istio.io/trafficextension/demo.tether"));
+    assert!(
+        at("extensions.istio.io/trafficextension/demo.tether") < at("envoy.filters.http.stateful_session")
+    );
+    assert!(at("envoy.filters.http.stateful_session") < at("envoy.filters.http.router"));
+    assert!(!envoy_yaml.contains("override_host_status"), "a waypoint cluster has none:\n{envoy_yaml}");
+    let report =
+        tether_cli::doctor::diagnose(tether_cli::doctor::Input::File(&out.join("envoy.yaml"))).unwrap();
+    let found: Vec<String> =
+        report.summary().into_iter().map(|(_, code, place)| format!("{code} {place}")).collect();
+    assert_eq!(found, [format!("waypoint-draining cluster {cluster}")]);
+    core_behaviour_in(dir.to_str().unwrap(), plugin.to_str().unwrap(), true, Mesh::Ambient);
+}
+
+/// What cannot work without an Istio change: a waypoint's cluster has no
+/// `override_host_status` and an EnvoyFilter cannot MERGE it, so a draining pod's sessions
+/// leave it at once although istiod keeps it in EDS.
+#[test]
+fn a_draining_pod_behind_a_waypoint_loses_its_sessions() {
+    let dir = waypoint_copy("istio-waypoint-drain-manifests");
+    let (d, _) = drain_one_pod_with(
+        dir.to_str().unwrap(),
+        "wasmplugin-waypoint.yaml",
+        "istio-waypoint-drain",
+        Mesh::Ambient,
+        true,
+    );
+    println!(
+        "waypoint, pod draining: {} of its {} sessions stayed, {} of {} WebSocket reconnects",
+        d.kept, d.own, d.ws_kept, d.own
+    );
+    assert_eq!((d.kept, d.ws_kept), (0, 0), "no DRAINING in the waypoint cluster's override statuses");
+    assert_eq!(d.fresh_on_drained, 0);
+}
+
 /// The Gateway API gateway in front of ambient pods.
 #[test]
 fn gateway_api_to_ambient_pods_as_istiod_renders_them() {
@@ -347,6 +426,9 @@ fn gateway_api_retries_return_to_the_dead_owner_until_it_is_ejected() {
     let dir = scratch_dir("istio-gateway-api-one-retry");
     for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue; // istio/extras/, istio/waypoint/
+        }
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
     let routes = std::fs::read_to_string(dir.join("gateway-api.yaml")).unwrap();
@@ -421,6 +503,9 @@ fn istio_copy(tag: &str) -> PathBuf {
     let dir = scratch_dir(tag);
     for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue; // istio/extras/, istio/waypoint/
+        }
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
     dir
@@ -618,11 +703,23 @@ struct Drained {
 /// 600 sessions over 3 pods; one pod starts its graceful shutdown (EndpointSlice: serving,
 /// terminating, not ready) and istiod's EDS is rendered for it from `istio_dir`'s labels.
 /// Returns what its sessions and new sessions did, then (with `then_gone`) stops the pod.
-fn drain_one_pod(istio_dir: &str, tag: &str, mesh: Mesh) -> (Drained, Option<(usize, usize)>) {
+/// `in_eds`: istiod keeps the draining endpoint (the cookie label); then the pod is also
+/// stopped at the end and what its sessions did then is returned.
+fn drain_one_pod(istio_dir: &str, tag: &str, mesh: Mesh, in_eds: bool) -> (Drained, Option<(usize, usize)>) {
+    drain_one_pod_with(istio_dir, "wasmplugin-gateway.yaml", tag, mesh, in_eds)
+}
+
+fn drain_one_pod_with(
+    istio_dir: &str,
+    plugin_file: &str,
+    tag: &str,
+    mesh: Mesh,
+    in_eds: bool,
+) -> (Drained, Option<(usize, usize)>) {
     let ambient = mesh == Mesh::Ambient;
     let mut pods = Pod::start_many(3);
     let out = scratch_dir(tag);
-    let plugin = format!("{istio_dir}/wasmplugin-gateway.yaml");
+    let plugin = format!("{istio_dir}/{plugin_file}");
     let plugin = plugin.as_str();
     let ready: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
     let (envoy_yaml, _) = render_with(istio_dir, plugin, &ready, &out, false, ambient);
@@ -641,7 +738,7 @@ fn drain_one_pod(istio_dir: &str, tag: &str, mesh: Mesh) -> (Drained, Option<(us
     let mut states = ready.clone();
     states[0] = format!("{}=terminating", drained_addr);
     render_with(istio_dir, plugin, &states, &out, true, ambient);
-    if istio_dir == "istio" {
+    if in_eds {
         envoy.wait_flags_in(&cluster, &drained_host, "/eds_status_draining");
     } else {
         envoy.wait_removed_in(&cluster, &drained_host);
@@ -673,7 +770,7 @@ fn drain_one_pod(istio_dir: &str, tag: &str, mesh: Mesh) -> (Drained, Option<(us
     let fresh_ws_on_drained = (0..30).filter(|_| websocket(envoy.addr(), None).1 == drained).count();
     let result =
         Drained { own: own.len(), kept, ws_kept, fresh_on_drained, fresh: fresh.len(), fresh_ws_on_drained };
-    if istio_dir != "istio" {
+    if !in_eds {
         return (result, None);
     }
 
@@ -713,7 +810,7 @@ fn draining_ambient_pod_keeps_its_sessions_behind_an_istio_gateway() {
 }
 
 fn draining_keeps_sessions(mesh: Mesh) {
-    let (d, gone) = drain_one_pod("istio", &format!("istio-drain-cookie-{mesh:?}"), mesh);
+    let (d, gone) = drain_one_pod("istio", &format!("istio-drain-cookie-{mesh:?}"), mesh, true);
     let (own_moved, others_moved) = gone.unwrap();
     println!(
         "istio cookie label ({mesh:?}), pod draining: {} of its {} sessions stayed (HTTP), {} of {} WebSocket reconnects \
@@ -738,7 +835,7 @@ fn draining_keeps_sessions(mesh: Mesh) {
 #[test]
 fn header_label_loses_a_draining_pods_sessions_at_once() {
     let dir = header_label_copy("istio-header-label");
-    let (d, _) = drain_one_pod(dir.to_str().unwrap(), "istio-drain-header", Mesh::Sidecar);
+    let (d, _) = drain_one_pod(dir.to_str().unwrap(), "istio-drain-header", Mesh::Sidecar, false);
     println!(
         "istio header label, pod terminating: {} of its {} sessions stayed, {} of {} WebSocket reconnects stayed",
         d.kept, d.own, d.ws_kept, d.own
@@ -747,12 +844,83 @@ fn header_label_loses_a_draining_pods_sessions_at_once() {
     assert_eq!(d.fresh_on_drained, 0);
 }
 
+/// istio/ with the VirtualService routing to a DestinationRule subset `stable` (every pod
+/// carries its label), and with `extras` copied in.
+fn subset_copy(tag: &str, extras: &[&str]) -> PathBuf {
+    let dir = scratch_dir(tag);
+    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{file}: `{from}`");
+        std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+    };
+    edit(
+        "destinationrule.yaml",
+        "  trafficPolicy:\n",
+        "  subsets:\n  - name: stable\n    labels: { app: media }\n  trafficPolicy:\n",
+    );
+    edit(
+        "gateway.yaml",
+        "        port: { number: 80 }\n",
+        "        port: { number: 80 }\n        subset: stable\n",
+    );
+    for extra in extras {
+        std::fs::copy(repo().join("istio/extras").join(extra), dir.join(extra)).unwrap();
+    }
+    dir
+}
+
+/// The usual Istio canary routes to DestinationRule subsets, whose clusters istiod builds
+/// without `override_host_status`: a draining pod's sessions leave it at once although
+/// the cookie label keeps it in EDS. `istio/extras/envoyfilter-subset-draining.yaml`
+/// merges the statuses into the subset's cluster, and the pod keeps every session.
+#[test]
+fn subsets_lose_draining_and_the_envoy_filter_gives_it_back() {
+    let plain = subset_copy("istio-subsets", &[]);
+    let out = scratch_dir("istio-subsets-config");
+    let plugin = plain.join("wasmplugin-gateway.yaml");
+    let (envoy_yaml, _) = render_from(plain.to_str().unwrap(), plugin.to_str().unwrap(), &[], &out, false);
+    assert_eq!(cluster_name(&out), "outbound|80|stable|media.demo.svc.cluster.local");
+    assert!(!envoy_yaml.contains("override_host_status"), "a subset cluster has none:\n{envoy_yaml}");
+    let doctor = |out: &Path| {
+        let report =
+            tether_cli::doctor::diagnose(tether_cli::doctor::Input::File(&out.join("envoy.yaml"))).unwrap();
+        report.summary().into_iter().map(|(_, code, place)| format!("{code} {place}")).collect::<Vec<_>>()
+    };
+    assert_eq!(doctor(&out), ["draining cluster outbound|80|stable|media.demo.svc.cluster.local"]);
+    let (lost, _) = drain_one_pod(plain.to_str().unwrap(), "istio-drain-subset", Mesh::Sidecar, true);
+    println!("subset, no EnvoyFilter: {} of {} sessions of the draining pod stayed", lost.kept, lost.own);
+    assert_eq!((lost.kept, lost.ws_kept), (0, 0), "without override_host_status none can stay");
+
+    let fixed = subset_copy("istio-subsets-fixed", &["envoyfilter-subset-draining.yaml"]);
+    let out = scratch_dir("istio-subsets-fixed-config");
+    let plugin = fixed.join("wasmplugin-gateway.yaml");
+    let (envoy_yaml, _) = render_from(fixed.to_str().unwrap(), plugin.to_str().unwrap(), &[], &out, false);
+    assert_eq!(envoy_yaml.matches("- DRAINING").count(), 1, "merged once:\n{envoy_yaml}");
+    assert!(doctor(&out).is_empty(), "{:?}", doctor(&out));
+    let (kept, _) = drain_one_pod(fixed.to_str().unwrap(), "istio-drain-subset-fixed", Mesh::Sidecar, true);
+    println!(
+        "subset with the EnvoyFilter: {} of {} sessions of the draining pod stayed",
+        kept.kept, kept.own
+    );
+    assert_eq!((kept.kept, kept.ws_kept), (kept.own, kept.own), "the EnvoyFilter keeps them");
+    assert_eq!((kept.fresh_on_drained, kept.fresh_ws_on_drained), (0, 0));
+}
+
 /// istio/ with only the header label on the Service, and the gateway plugin presenting
 /// the owner in the header the session filter then reads.
 fn header_label_copy(tag: &str) -> PathBuf {
     let dir = scratch_dir(tag);
     for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue; // istio/extras/, istio/waypoint/
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let text = text.replace(
             "istio.io/persistent-session: tether-owner",
