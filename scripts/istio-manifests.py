@@ -15,6 +15,11 @@ The Gateway API variant (files named *gateway-api*: they need the Gateway API CR
 deploy a second gateway) goes to OUT/gateway-api/ instead, with its own copies of the
 files it shares with the classic set (service.yaml, destinationrule.yaml) and its own
 kustomization.yaml: `kubectl apply -k OUT/gateway-api`.
+
+istio/waypoint/ (tether in the namespace's ambient waypoint) goes to OUT/waypoint/, pinned
+the same way, with its own kustomization.yaml: `kubectl apply -k OUT/waypoint` next to the
+classic set. istio/extras/ (optional resources, such as the EnvoyFilter for
+DestinationRule subsets) is copied to OUT/extras/ as it is, to apply one by one.
 """
 import argparse
 import os
@@ -35,6 +40,40 @@ def pinned_repo(image):
     if ":" in last[1]:
         repo = repo.rsplit(":", 1)[0]
     return repo
+
+
+def pin(text, name, url, digest):
+    """A WasmPlugin's text with `url` and `sha256` before its `pluginName`."""
+    if re.search(r"^  (url|sha256):", text, re.M):
+        sys.exit(f"istio-manifests: {name} already has a url or sha256; the base must not")
+    text = re.sub(r"^  # No url or sha256.*?\n(?=  [^#])",
+                  "  # Pinned to the built image by `make istio` (scripts/istio-manifests.py).\n",
+                  text, count=1, flags=re.M | re.S)
+    text, n = re.subn(r"^(  pluginName: .*)$", rf"  url: {url}\n  sha256: {digest[len('sha256:'):]}\n\1",
+                      text, count=1, flags=re.M)
+    if n != 1:
+        sys.exit(f"istio-manifests: {name}: no `pluginName:` line to put the url before")
+    return text
+
+
+def copy_subdir(src, out, url, digest, kustomize):
+    """The resources of `src` to `out`, WasmPlugins pinned; their names, sorted."""
+    os.makedirs(out, exist_ok=True)
+    names = []
+    for name in sorted(f for f in os.listdir(src) if f.endswith(".yaml")):
+        with open(os.path.join(src, name)) as f:
+            text = f.read()
+        if re.search(r"^kind: WasmPlugin$", text, re.M):
+            text = pin(text, name, url, digest)
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+        names.append(name)
+    if kustomize:
+        with open(os.path.join(out, "kustomization.yaml"), "w") as f:
+            f.write("# Written by scripts/istio-manifests.py (make istio).\n"
+                    "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
+            f.writelines(f"- {name}\n" for name in names)
+    return names
 
 
 def main():
@@ -61,16 +100,7 @@ def main():
         else:
             names.append(name)
         if re.search(r"^kind: WasmPlugin$", text, re.M):
-            if re.search(r"^  (url|sha256):", text, re.M):
-                sys.exit(f"istio-manifests: {name} already has a url or sha256; the base must not")
-            text = re.sub(r"^  # No url or sha256.*?\n(?=  [^#])",
-                          "  # Pinned to the built image by `make istio` (scripts/istio-manifests.py).\n",
-                          text, count=1, flags=re.M | re.S)
-            text, n = re.subn(r"^(  pluginName: .*)$",
-                              rf"  url: {url}\n  sha256: {args.digest[len('sha256:'):]}\n\1",
-                              text, count=1, flags=re.M)
-            if n != 1:
-                sys.exit(f"istio-manifests: {name}: no `pluginName:` line to put the url before")
+            text = pin(text, name, url, args.digest)
             plugins += 1
         if "gateway-api" in name or name in SHARED:
             with open(os.path.join(gateway_api_dir, name), "w") as f:
@@ -88,8 +118,12 @@ def main():
             f.write("# Written by scripts/istio-manifests.py (make istio).\n"
                     "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
             f.writelines(f"- {name}\n" for name in files)
-    print(f"wrote {len(names)} manifests to {args.out}/ and {len(gateway_api_names)} to {gateway_api_dir}/ "
-          f"({plugins} WasmPlugins with url: {url})")
+    waypoint = copy_subdir(os.path.join(args.istio_dir, "waypoint"), os.path.join(args.out, "waypoint"),
+                           url, args.digest, kustomize=True)
+    extras = copy_subdir(os.path.join(args.istio_dir, "extras"), os.path.join(args.out, "extras"),
+                         url, args.digest, kustomize=False)
+    print(f"wrote {len(names)} manifests to {args.out}/, {len(gateway_api_names)} to {gateway_api_dir}/, "
+          f"{len(waypoint)} to waypoint/ and {len(extras)} to extras/ ({plugins + 1} WasmPlugins with url: {url})")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,20 @@ istiod's own code (Istio 1.30.3, pilot/pkg/...; see docs/istio.md):
   used and VirtualServices are ignored; otherwise the reverse.
 - tether's pluginConfig must name what istiod configures: hostCookie = the cookie label's
   name, or hostHeader = the header label.
+- A WasmPlugin with targetRefs to a Gateway of class istio-waypoint renders that waypoint
+  (istio/waypoint/): the Service must carry istio.io/use-waypoint; the HTTP chain of
+  buildWaypointInboundHTTPFilters (listener_waypoint.go:872-962: grpc_stats, fault, cors,
+  then STATS-phase plugins, router; no session filter, listener_builder.go:442-445) on a
+  socket listener standing in for connect_terminate -> main_internal; the route from a
+  VirtualService applying to `mesh` (TranslateRoute, listener_waypoint.go:1228-1320, with the
+  DestinationRule's hash and the label's per-route session state, route.go:568-591; without
+  a route 1.30 hashes nothing, httproute.go:115-141, fixed in 1.31 by #61048); the cluster
+  `inbound-vip|<port>|http|<host>` (cluster_waypoint.go:227-363: the DestinationRule's
+  policy, no override_host_status, internal_upstream to connect_originate, endpoints as
+  internal addresses without the tunnel match, endpoint_builder.go:764); EnvoyFilters by
+  targetRefs only, never MERGE-patching that cluster (cluster.go:363).
+- A gateway in front of a Service with istio.io/ingress-use-waypoint is refused: its
+  endpoints would be the waypoint's pods (endpoint_builder.go:375-381, 896-929).
 - --ambient: the Service's pods are enrolled in ambient (namespace label
   istio.io/dataplane-mode=ambient) and istiod runs with PILOT_ENABLE_AMBIENT=true. Then
   (buildEnvoyLbEndpoint, pilot/pkg/xds/endpoints/endpoint_builder.go:666-806; supportTunnel
@@ -757,6 +771,15 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
     if waypoint:
         cluster = waypoint_cluster(cluster, svc, waypoint)
         route["cluster"] = cluster["name"]
+    svc_labels = svc["metadata"].get("labels", {})
+    if gateway and str(svc_labels.get("istio.io/ingress-use-waypoint", "")).lower() == "true" \
+            and svc_labels.get("istio.io/use-waypoint"):
+        # endpoint_builder.go:375-381, 896-929: the gateway's EDS for the Service then holds the
+        # waypoint's pods (:15008, metadata `waypoint`), not the Service's.
+        raise Refused(f"{svc['__file']}: Service {svc['metadata']['name']} has istio.io/ingress-use-waypoint: "
+                      "the gateway then reaches its waypoint's pods, not its own, so tether at the gateway "
+                      "would pin sessions to a waypoint pod and the waypoint would spread them over the app's "
+                      "pods; run tether in the waypoint (istio/waypoint/) or remove the label")
     proxy = {"waypoint": waypoint is not None, "router": gateway,
              "gateway": (waypoint or gateway_api or {}).get("metadata", {}).get("name"),
              "labels": labels, "listener": "main_internal" if waypoint else "0.0.0.0_80"}

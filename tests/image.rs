@@ -180,6 +180,20 @@ fn image_round_trips_through_a_registry_byte_identical() {
     for file in ["gateway-api.yaml", "wasmplugin-gateway-api.yaml"] {
         assert!(!manifests.join(file).exists(), "{file} is not in the classic set");
     }
+
+    // The waypoint recipe: pinned, with its own kustomization; the extras copied as they are.
+    let waypoint = manifests.join("waypoint");
+    let text = std::fs::read_to_string(waypoint.join("wasmplugin-waypoint.yaml")).unwrap();
+    assert!(text.contains(&format!("\n  url: oci://{pinned}\n")), "wasmplugin-waypoint.yaml:\n{text}");
+    let kustomization = std::fs::read_to_string(waypoint.join("kustomization.yaml")).unwrap();
+    for file in ["wasmplugin-waypoint.yaml", "waypoint.yaml", "envoyfilter-waypoint-session.yaml"] {
+        assert!(kustomization.contains(&format!("- {file}\n")), "{kustomization}");
+    }
+    let extra = "envoyfilter-subset-draining.yaml";
+    assert_eq!(
+        std::fs::read_to_string(manifests.join("extras").join(extra)).unwrap(),
+        std::fs::read_to_string(repo().join("istio/extras").join(extra)).unwrap()
+    );
 }
 
 fn skopeo(args: &[&str]) -> Output {

@@ -548,12 +548,29 @@ fn render_refuses_what_istio_would_not_accept() {
             "pluginConfig.hostCookie: the Service has only",
         ),
         ("service.yaml", "    istio.io/persistent-session: tether-owner\n", "", "has neither"),
+        // The gateway would reach the Service's waypoint, not its pods.
+        (
+            "service.yaml",
+            "    istio.io/persistent-session: tether-owner\n",
+            "    istio.io/persistent-session: tether-owner\n    istio.io/use-waypoint: waypoint\n    istio.io/ingress-use-waypoint: \"true\"\n",
+            "would pin sessions to a waypoint pod",
+        ),
+        ("gateway.yaml", "  gateways: [\"media\", \"mesh\"]\n", "  gateways: [\"media\"]\n", ""),
     ];
     for (file, from, to, want) in cases {
         let dir = istio_copy("istio-refuse-dr");
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
         std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+        if want.is_empty() {
+            // The waypoint needs a VirtualService that applies to `mesh`.
+            let waypoint = waypoint_copy("istio-refuse-waypoint");
+            std::fs::copy(dir.join(file), waypoint.join(file)).unwrap();
+            let result = render_copy(&waypoint, "wasmplugin-waypoint.yaml");
+            let stderr = String::from_utf8_lossy(&result.stderr);
+            assert!(!result.status.success() && stderr.contains("must include `mesh`"), "{stderr}");
+            continue;
+        }
         let result = render_copy(&dir, "wasmplugin-gateway.yaml");
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success() && stderr.contains(want), "{file} `{to}`: {stderr}");
