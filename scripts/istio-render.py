@@ -546,10 +546,21 @@ def gateway_api_target(plugin, docs):
     if (group, kind) not in ADMITTED_TARGETS:
         raise Refused(f"{where}.targetRefs: {group or 'core'}/{kind} is not a kind istiod's admission "
                       f"accepts ({', '.join(sorted(k for _, k in ADMITTED_TARGETS))})")
+    if (group, kind) == ("", "Service"):
+        # policyattachment.go:154-163: on the waypoint the Service uses, the Service's own chain.
+        svcs = [d for d in docs if d.get("kind") == "Service" and d["metadata"]["name"] == name
+                and d["metadata"].get("namespace") == meta["namespace"]]
+        use = svcs[0]["metadata"].get("labels", {}).get("istio.io/use-waypoint") if svcs else None
+        if not use:
+            raise Refused(f"{where}.targetRefs: Service attaches only to waypoint proxies (ambient) "
+                          "(ShouldAttachPolicy, pilot/pkg/model/policyattachment.go), and no Service "
+                          f"{meta['namespace']}/{name} with istio.io/use-waypoint is in the manifests")
+        kind, group, name = "Gateway", GW_GROUP, use
     if (group, kind) != (GW_GROUP, "Gateway"):
         raise Refused(f"{where}.targetRefs: {kind} attaches only to waypoint proxies (ambient) "
                       "(ShouldAttachPolicy, pilot/pkg/model/policyattachment.go); the renderer renders "
-                      f"a waypoint from a targetRef to its {GW_GROUP} Gateway (istio/waypoint/)")
+                      f"a waypoint from a targetRef to its {GW_GROUP} Gateway or to the Service that uses "
+                      "it (istio/waypoint/)")
     found = [d for d in docs if is_gateway_api(d) and d["metadata"]["name"] == name
              and d["metadata"].get("namespace") == meta["namespace"]]
     if not found:

@@ -321,6 +321,23 @@ fn waypoint_recipe_as_istiod_renders_it() {
     let found: Vec<String> =
         report.summary().into_iter().map(|(_, code, place)| format!("{code} {place}")).collect();
     assert_eq!(found, [format!("waypoint-draining cluster {cluster}")]);
+    // A targetRef to the Service that uses the waypoint gives the same proxy configuration
+    // (the Service's own chain; there is one here).
+    let text = std::fs::read_to_string(&plugin).unwrap();
+    let by_gateway = "  - group: gateway.networking.k8s.io\n    kind: Gateway\n    name: waypoint\n";
+    assert_eq!(text.matches(by_gateway).count(), 1);
+    let by_service = dir.join("wasmplugin-waypoint-service.yaml");
+    std::fs::write(
+        &by_service,
+        text.replace(by_gateway, "  - group: \"\"\n    kind: Service\n    name: media\n"),
+    )
+    .unwrap();
+    let out_service = scratch_dir("istio-waypoint-service-config");
+    let (service_yaml, _) =
+        render_with(dir.to_str().unwrap(), by_service.to_str().unwrap(), &[], &out_service, false, false);
+    let paths = |yaml: &str, out: &Path| yaml.replace(out.to_str().unwrap(), "OUT");
+    let body = |yaml: &str| yaml.lines().skip(2).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&paths(&service_yaml, &out_service)), body(&paths(&envoy_yaml, &out)));
     core_behaviour_in(dir.to_str().unwrap(), plugin.to_str().unwrap(), true, Mesh::Ambient);
 }
 
@@ -957,17 +974,27 @@ fn header_label_copy(tag: &str) -> PathBuf {
 /// own first, only for a token that verifies.
 #[test]
 fn client_sent_owner_cookies_never_steer() {
+    client_sent_owner_cookies(Mesh::Sidecar);
+}
+
+/// The same in front of ambient pods, the client's cookies naming the internal address.
+#[test]
+fn client_sent_owner_cookies_never_steer_to_ambient_pods() {
+    client_sent_owner_cookies(Mesh::Ambient);
+}
+
+fn client_sent_owner_cookies(mesh: Mesh) {
     let pods = Pod::start_many(3);
-    let out = scratch_dir("istio-owner-cookie");
-    let (envoy_yaml, _) = render("istio/wasmplugin-gateway.yaml", &addrs(&pods), &out);
+    let out = scratch_dir(&format!("istio-owner-cookie-{mesh:?}"));
+    let (envoy_yaml, _) = render_as("istio/wasmplugin-gateway.yaml", &addrs(&pods), &out, mesh);
     let scope = cluster_name(&out);
     let envoy = Envoy::start(
         EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
         &pods.iter().collect::<Vec<_>>(),
     );
     let target = &pods[2];
-    let aimed = format!("tether-owner={}", owner_cookie_value(target.addr));
-    let quoted = format!("tether-owner=\"{}\"", owner_cookie_value(target.addr));
+    let aimed = format!("tether-owner={}", owner_cookie_value(mesh.owner(target.addr)));
+    let quoted = format!("tether-owner=\"{}\"", owner_cookie_value(mesh.owner(target.addr)));
 
     // No token: a new session, placed by the hash of its id; the pod sees no owner cookie.
     let mut on_target = 0;
@@ -993,7 +1020,7 @@ fn client_sent_owner_cookies_never_steer() {
 
     // A valid token for pod a, with the client's cookie aimed at pod c around it: pod a.
     let owner = &pods[0];
-    let token = scoped_token(owner.addr, [5; 16], &scope, "");
+    let token = scoped_token(mesh.owner(owner.addr), [5; 16], &scope, "");
     for i in 0..10 {
         let r = http_to(
             envoy.addr(),
@@ -1003,9 +1030,9 @@ fn client_sent_owner_cookies_never_steer() {
         )
         .unwrap();
         assert_eq!((r.status, r.pod()), (200, owner.name.as_str()), "request {i}");
-        let mine = format!("tether-owner={}; {COOKIE}={token}", owner_cookie_value(owner.addr));
+        let mine = format!("tether-owner={}; {COOKIE}={token}", owner_cookie_value(mesh.owner(owner.addr)));
         assert_eq!(r.header("x-seen-cookie"), Some(mine.as_str()), "request {i}");
         assert_eq!(r.all("set-cookie").len(), 0, "a hit sets nothing");
     }
-    println!("client-sent owner cookies: {on_target} of 30 new sessions reached the aimed pod (hash: ~10)");
+    println!("client-sent owner cookies ({mesh:?}): {on_target} of 30 new sessions reached the aimed pod (hash: ~10)");
 }

@@ -130,6 +130,61 @@ fn envoys_own_reply_after_trying_the_owner_is_not_a_hit() {
     assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 1, "Envoy's 503 was counted a hit");
 }
 
+/// Pods behind an Envoy internal listener (Istio ambient's `connect_originate`): Envoy's
+/// dynamic-module override host takes IP addresses only, so the native build cannot steer
+/// to them. It pins nothing, says so once, counts each response, and every request is still
+/// served.
+#[test]
+fn internal_address_pods_are_served_unpinned_and_counted() {
+    let pods = Pod::start_many(3);
+    let mut yaml = native_with_debug_header(&pods).yaml;
+    for pod in &pods {
+        let plain = format!(
+            "        - endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}\n",
+            pod.addr.ip(),
+            pod.addr.port()
+        );
+        let internal = format!(
+            "        - endpoint: {{ address: {{ envoy_internal_address: {{ server_listener_name: connect_originate, endpoint_id: \"{0}\" }} }} }}\n          metadata: {{ filter_metadata: {{ envoy.filters.listener.original_dst: {{ local: \"{0}\" }} }} }}\n",
+            pod.addr
+        );
+        assert_eq!(yaml.matches(&plain).count(), 1, "{plain}");
+        yaml = yaml.replace(&plain, &internal);
+    }
+    // No active health check (Istio sends none either), the internal_upstream transport
+    // socket, and the internal listener in front of the pods (plain TCP, as in tests/istio.rs).
+    let start = yaml.find("    health_checks:\n").unwrap();
+    let end = start + yaml[start..].find("    # The override host keeps").unwrap();
+    yaml.replace_range(start..end, "");
+    let raw = r#"{ name: envoy.transport_sockets.raw_buffer, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer } }"#;
+    let socket = format!(
+        "    transport_socket: {{ name: envoy.transport_sockets.internal_upstream, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport, passthrough_metadata: [{{ kind: {{ host: {{}} }}, name: envoy.filters.listener.original_dst }}], transport_socket: {raw} }} }}\n"
+    );
+    yaml = yaml.replacen("    lb_policy: MAGLEV\n", &format!("    lb_policy: MAGLEV\n{socket}"), 1);
+    let listener = "  - name: connect_originate\n    internal_listener: {}\n    listener_filters:\n    - name: envoy.filters.listener.original_dst\n      typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: connect_originate, cluster: connect_originate }\n";
+    let cluster = "  - name: connect_originate\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    connect_timeout: 1s\n";
+    yaml = yaml.replacen("  listeners:\n", &format!("  listeners:\n{listener}"), 1);
+    yaml = yaml.replacen("  clusters:\n", &format!("  clusters:\n{cluster}"), 1);
+    yaml.push_str("bootstrap_extensions:\n- name: envoy.bootstrap.internal_listener\n  typed_config: { \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener }\n");
+    let config = EnvoyConfig { yaml, ..native_with_debug_header(&pods) };
+    let envoy = Envoy::start(config, &pods.iter().collect::<Vec<_>>());
+    let mut served = std::collections::HashSet::new();
+    for i in 0..12 {
+        let r = envoy.get_with_cookie(None);
+        assert_eq!(
+            (r.status, r.header("x-tether"), r.set_cookie()),
+            (200, Some("unusable-host"), None),
+            "request {i}"
+        );
+        served.insert(r.pod().to_string());
+    }
+    assert!(served.len() > 1, "served by {served:?}");
+    assert_eq!(envoy.stat("dynamicmodulescustom.tether.unusable_host"), 12);
+    assert_eq!(envoy.stat("dynamicmodulescustom.tether.sessions_minted"), 0);
+    let warned = envoy.log().matches("takes no internal address").count();
+    assert_eq!(warned, 1, "once per process");
+}
+
 fn crash_module_dir() -> std::path::PathBuf {
     let dir = repo().join("target/crash-test/native");
     assert!(dir.join("libtether.so").exists(), "run `make build-crash-test` first");
