@@ -96,9 +96,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _: bool,
 ) -> u32 {
     if filter == callbacks() {
-        let (mut address, mut port) = (abi::Buffer::NULL, 0u32);
+        // The upstream host's name, as tether reads it (`upstream.address`).
+        let mut address = abi::Buffer::NULL;
         // SAFETY: as above.
-        unsafe { abi::envoy_dynamic_module_callback_http_get_upstream_remote_address(envoy, &mut address, &mut port) };
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                envoy,
+                abi::ATTRIBUTE_UPSTREAM_ADDRESS,
+                &mut address,
+            )
+        };
     }
     abi::CONTINUE
 }
