@@ -409,8 +409,12 @@ impl Stream {
         // cluster) without a token: each is replaced with tether's value, or removed.
         let by_header = H::OWNER_VIA == OwnerVia::SessionFilter;
         let steering = affinity.as_ref().map(|a| session::steering_by(a, settings, by_header));
+        // A host that cannot steer to an internal address (a token minted by a wasm build in
+        // front of Istio ambient pods, same keys and scope) lets the hash decide, unlogged.
         let owner = match &affinity {
-            Some(Affinity::Pinned { token, .. }) if !by_header => Some(&token.owner),
+            Some(Affinity::Pinned { token, .. }) if !by_header => {
+                Some(&token.owner).filter(|o| o.listener.is_none() || H::INTERNAL_OWNERS)
+            }
             _ => None,
         };
         let HeaderPlan::Edit(internal) = session::header_plan(Some(settings), steering.as_ref()) else {
@@ -901,6 +905,17 @@ mod tests {
             let plain: Fake<false> = exchange(f, &[("cookie", &cookie)], "10.0.0.5:8080", true, &[]);
             assert_eq!(response_values(&plain, "x-tether"), ["refreshed"]);
         }
+    }
+
+    /// The native host never hands Envoy an internal address (it would refuse it).
+    #[test]
+    fn an_internal_owner_is_not_given_to_an_override_host_that_takes_ips_only() {
+        let f = filter(OwnerVia::OverrideHost);
+        let cookie = format!("tether={}", token_for("envoy://connect_originate/10.0.0.5:8080", &f));
+        let mut host: Fake<true> = request(&[("cookie", &cookie)]);
+        assert_eq!(Stream::default().on_request(&mut host, &f), Verdict::Continue);
+        assert_eq!(host.override_host, None);
+        assert_eq!(header(&host, "x-tether-key").as_deref(), Some("05".repeat(16).as_str()));
     }
 
     /// A served host tether cannot steer to is counted and labelled, no token names it,
