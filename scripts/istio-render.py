@@ -225,6 +225,8 @@ def check_plugin_agrees(plugin_config, kind, name, where):
 
 
 CONNECT_ORIGINATE = "connect_originate"
+RAW_BUFFER = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
 ORIGINAL_DST_KEY = "envoy.filters.listener.original_dst"
 
 
@@ -421,14 +423,12 @@ def waypoint_cluster(outbound, svc, waypoint):
     cluster["name"] = f"inbound-vip|{parts[1]}|http|{parts[3]}"
     cluster["common_lb_config"] = {k: v for k, v in cluster.get("common_lb_config", {}).items()
                                    if k != "override_host_status"}
-    raw = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
     cluster["transport_socket"] = {"name": "envoy.transport_sockets.internal_upstream", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3."
                  "InternalUpstreamTransport",
         "passthrough_metadata": [{"kind": {"host": {}}, "name": ORIGINAL_DST_KEY},
                                  {"kind": {"host": {}}, "name": "istio"}],
-        "transport_socket": raw}}
+        "transport_socket": RAW_BUFFER}}
     return cluster
 
 
@@ -725,8 +725,6 @@ def hbone_transport_socket_matches():
     to connect_originate), then the plain-text default. The tlsMode-istio match between
     them (Istio mTLS to sidecar pods, with certificates from istio-agent) is left out: no
     endpoint here carries {tlsMode: istio}, so it would match nothing."""
-    raw = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
     return [
         {"name": "hbone", "match": {"tunnel": "http"}, "transport_socket": {
             "name": "envoy.transport_sockets.internal_upstream",
@@ -737,8 +735,8 @@ def hbone_transport_socket_matches():
                     {"kind": {"host": {}}, "name": ORIGINAL_DST_KEY},
                     {"kind": {"cluster": {}}, "name": "istio"},
                     {"kind": {"host": {}}, "name": "istio"}],
-                "transport_socket": raw}}},
-        {"name": "tlsMode-disabled", "match": {}, "transport_socket": raw},
+                "transport_socket": RAW_BUFFER}}},
+        {"name": "tlsMode-disabled", "match": {}, "transport_socket": RAW_BUFFER},
     ]
 
 

@@ -277,21 +277,10 @@ fn an_internal_endpoint_tether_cannot_read_is_counted_and_pins_nothing() {
 /// istio/ and istio/waypoint/ in one directory, the Service labelled to use the waypoint
 /// (`kubectl label service media istio.io/use-waypoint=waypoint`).
 fn waypoint_copy(tag: &str) -> PathBuf {
-    let dir = scratch_dir(tag);
-    for sub in ["istio", "istio/waypoint"] {
-        for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-    let service = dir.join("service.yaml");
-    let text = std::fs::read_to_string(&service).unwrap();
+    let dir = istio_copy(tag);
+    copy_files(&repo().join("istio/waypoint"), &dir);
     let label = "    istio.io/persistent-session: tether-owner\n";
-    assert_eq!(text.matches(label).count(), 1);
-    std::fs::write(&service, text.replace(label, &format!("{label}    istio.io/use-waypoint: waypoint\n")))
-        .unwrap();
+    edit_once(&dir, "service.yaml", label, &format!("{label}    istio.io/use-waypoint: waypoint\n"));
     dir
 }
 
@@ -440,21 +429,8 @@ fn header_mode_gateway_to_ambient_pods() {
 /// `gateway_api_wasmplugin_as_istiod_renders_it` loses none.
 #[test]
 fn gateway_api_retries_return_to_the_dead_owner_until_it_is_ejected() {
-    let dir = scratch_dir("istio-gateway-api-one-retry");
-    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.is_file() {
-            continue; // istio/extras/, istio/waypoint/
-        }
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    let routes = std::fs::read_to_string(dir.join("gateway-api.yaml")).unwrap();
-    assert_eq!(routes.matches("      attempts: 3\n").count(), 1);
-    std::fs::write(
-        dir.join("gateway-api.yaml"),
-        routes.replace("      attempts: 3\n", "      attempts: 1\n"),
-    )
-    .unwrap();
+    let dir = istio_copy("istio-gateway-api-one-retry");
+    edit_once(&dir, "gateway-api.yaml", "      attempts: 3\n", "      attempts: 1\n");
     let mut pods = Pod::start_many(3);
     let out = dir.join("rendered");
     let endpoints: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
@@ -518,14 +494,25 @@ fn render_refuses_a_plugin_on_the_inbound_side() {
 /// A scratch copy of istio/, for a test to edit one manifest in.
 fn istio_copy(tag: &str) -> PathBuf {
     let dir = scratch_dir(tag);
-    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.is_file() {
-            continue; // istio/extras/, istio/waypoint/
-        }
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_files(&repo().join("istio"), &dir);
     dir
+}
+
+/// The files of `from` (not its folders: istio/extras/, istio/waypoint/) copied into `to`.
+fn copy_files(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Replaces `from`, which must occur exactly once in `dir/file`, with `to`.
+fn edit_once(dir: &Path, file: &str, from: &str, to: &str) {
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
+    std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
 }
 
 /// Runs the renderer on such a copy (its `plugin`), for the refusals it must give.
@@ -576,9 +563,7 @@ fn render_refuses_what_istio_would_not_accept() {
     ];
     for (file, from, to, want) in cases {
         let dir = istio_copy("istio-refuse-dr");
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        assert_eq!(text.matches(from).count(), 1, "{file} must contain `{from}` once");
-        std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+        edit_once(&dir, file, from, to);
         if want.is_empty() {
             // The waypoint needs a VirtualService that applies to `mesh`.
             let waypoint = waypoint_copy("istio-refuse-waypoint");
@@ -881,24 +866,15 @@ fn header_label_loses_a_draining_pods_sessions_at_once() {
 /// istio/ with the VirtualService routing to a DestinationRule subset `stable` (every pod
 /// carries its label), and with `extras` copied in.
 fn subset_copy(tag: &str, extras: &[&str]) -> PathBuf {
-    let dir = scratch_dir(tag);
-    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    let edit = |file: &str, from: &str, to: &str| {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        assert_eq!(text.matches(from).count(), 1, "{file}: `{from}`");
-        std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
-    };
-    edit(
+    let dir = istio_copy(tag);
+    edit_once(
+        &dir,
         "destinationrule.yaml",
         "  trafficPolicy:\n",
         "  subsets:\n  - name: stable\n    labels: { app: media }\n  trafficPolicy:\n",
     );
-    edit(
+    edit_once(
+        &dir,
         "gateway.yaml",
         "        port: { number: 80 }\n",
         "        port: { number: 80 }\n        subset: stable\n",
@@ -949,23 +925,14 @@ fn subsets_lose_draining_and_the_envoy_filter_gives_it_back() {
 /// istio/ with only the header label on the Service, and the gateway plugin presenting
 /// the owner in the header the session filter then reads.
 fn header_label_copy(tag: &str) -> PathBuf {
-    let dir = scratch_dir(tag);
-    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.is_file() {
-            continue; // istio/extras/, istio/waypoint/
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text = text.replace(
-            "istio.io/persistent-session: tether-owner",
-            "istio.io/persistent-session-header: x-tether-host",
-        );
-        std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
-    }
-    let plugin = dir.join("wasmplugin-gateway.yaml");
-    let text = std::fs::read_to_string(&plugin).unwrap();
-    assert_eq!(text.matches("hostCookie: tether-owner").count(), 1);
-    std::fs::write(&plugin, text.replace("hostCookie: tether-owner", "hostHeader: x-tether-host")).unwrap();
+    let dir = istio_copy(tag);
+    edit_once(
+        &dir,
+        "service.yaml",
+        "istio.io/persistent-session: tether-owner",
+        "istio.io/persistent-session-header: x-tether-host",
+    );
+    edit_once(&dir, "wasmplugin-gateway.yaml", "hostCookie: tether-owner", "hostHeader: x-tether-host");
     dir
 }
 

@@ -280,9 +280,9 @@ fn check_session_state_without_tether(ctx: &mut Ctx, hcm: &ConnectionManager, fi
     let filter = filters.get(index).cloned().unwrap_or(Value::Null);
     let on_filter = at(&filter, &["typed_config", "session_state"]).is_some();
     let routes = route_config(ctx, hcm);
-    let per_route = routes.as_ref().is_some_and(|rc| {
-        rc.to_string().contains("StatefulSessionPerRoute") && rc.to_string().contains("session_state")
-    });
+    let per_route = routes
+        .map(|rc| rc.to_string())
+        .is_some_and(|rc| rc.contains("StatefulSessionPerRoute") && rc.contains("session_state"));
     if on_filter || per_route {
         ctx.find(Severity::Error, "session-state-without-tether",
             &format!("{} http_filters[{index}] envoy.filters.http.stateful_session", hcm.place), "http_filters",
