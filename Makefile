@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
+.PHONY: bench build build-native build-native-1.39 run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -13,16 +13,22 @@ build: wasm-target
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
-## build-native: the native build, an Envoy dynamic module, at target/native/libtether.so
-## (Envoy 1.40; run it with envoy/native.yaml: `make run-native`)
+## build-native: the native build, an Envoy dynamic module, at target/native/libtether.so,
+## for Envoy 1.40 (run it with envoy/native.yaml: `make run-native`); for Envoy 1.39:
+## `make build-native ENVOY_VERSION=1.39.3` (docs/native.md)
 build-native:
-	cargo build --profile native --features native --lib
-	@ls -l target/native/libtether.so | awk '{print "built target/native/libtether.so: " $$5 " bytes"}'
+	ENVOY_VERSION=$(or $(ENVOY_VERSION),1.40.0) cargo build --profile native --features native --lib
+	@ls -l target/native/libtether.so | awk '{print "built target/native/libtether.so for Envoy $(or $(ENVOY_VERSION),1.40.0): " $$5 " bytes"}'
+
+# The build for Envoy 1.39 beside the default one, for the version matrix.
+NATIVE_1_39 := target/envoy-1.39/native/libtether.so
+build-native-1.39:
+	ENVOY_VERSION=1.39.3 cargo build --profile native --features native --lib --target-dir target/envoy-1.39
 
 ## build-crash-test: a test-only module that panics on request (tests of failure policies)
 build-crash-test: wasm-target
 	cargo build --release --target $(WASM_TARGET) --features crash-test --target-dir target/crash-test
-	cargo build --profile native --features native,crash-test --lib --target-dir target/crash-test
+	ENVOY_VERSION=1.40.0 cargo build --profile native --features native,crash-test --lib --target-dir target/crash-test
 
 ## envoy: print (and install if needed) the Envoy binary the tests use
 envoy:
@@ -48,8 +54,9 @@ browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browse
 # native build does not use, and replicas.rs's Istio case runs the rendered wasm
 # configuration whatever the build.
 NATIVE_TESTS := affinity failover hardening config operations review change replicas
-native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" cargo test --release \
-	  $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads=2 --skip troubleshooting_stateful_session --skip istio_cookie_mode \
+native_run = cargo test --release $(addprefix --test ,$(1)) -- --test-threads=2 \
+	  --skip troubleshooting_stateful_session --skip istio_cookie_mode
+native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" $(call native_run,$(NATIVE_TESTS)) \
 	  2>&1 | tee target/test-native.log; status=$$?; \
 	awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "native build: %d passed, %d failed\n", p, f}' target/test-native.log; \
 	exit $$status
@@ -173,10 +180,12 @@ envoy-gateway: image
 	  --manifests envoy-gateway --out target/envoy-gateway
 
 ## test-matrix: the integration tests (all but the fixed-port demo) on every pinned Envoy;
-## prints, per version, how many of those tests passed and failed, and fails unless all did
+## prints, per version, how many of those tests passed and failed, and fails unless all did.
+## Native: which build (for 1.40, for 1.39) loads on which Envoy, and the shared native
+## suite on each Envoy that runs the native build (1.39, 1.40), with the build for it.
 MATRIX_TESTS := $(filter-out demo native,$(basename $(notdir $(wildcard tests/*.rs))))
 MATRIX_COUNT := $(shell cat $(addprefix tests/,$(addsuffix .rs,$(MATRIX_TESTS))) | grep -c '^\#\[test\]')
-test-matrix: tools build build-native build-crash-test
+test-matrix: tools build build-native build-native-1.39 build-crash-test
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
@@ -185,7 +194,14 @@ test-matrix: tools build build-native build-crash-test
 	  grep '^test result' target/matrix-$$v.log | awk -v v=$$v -v n=$(MATRIX_COUNT) \
 	    '{p+=$$4; f+=$$6; i+=$$8} END {print "envoy-" v ": " p " passed, " f " failed, " i " ignored, of " n " tests"; exit !(p + i == n && f == 0)}' \
 	    || failed="$$failed $$v"; \
-	  ENVOY="$$envoy" cargo test --release --test native abi_check_of_this_envoy -- --ignored --nocapture \
+	  for m in target/native/libtether.so $(NATIVE_1_39); do \
+	    ENVOY="$$envoy" TETHER_NATIVE_MODULE=$$m cargo test --release --test native abi_check_of_this_envoy -- --ignored --nocapture \
+	      > target/matrix-load-$$v.log 2>&1 || failed="$$failed $$v(loading $$m)"; \
+	    grep '^Envoy ' target/matrix-load-$$v.log || true; \
+	  done; \
+	  case $$v in 1.39.*) m=$(NATIVE_1_39);; 1.40.*) m=target/native/libtether.so;; *) continue;; esac; \
+	  TETHER_BUILD=native TETHER_NATIVE_MODULE=$$m ENVOY="$$envoy" $(call native_run,$(NATIVE_TESTS) native) \
 	    > target/matrix-native-$$v.log 2>&1 || failed="$$failed $$v(native)"; \
-	  grep '^Envoy ' target/matrix-native-$$v.log; \
+	  grep '^test result' target/matrix-native-$$v.log | awk -v v=$$v -v m=$$m \
+	    '{p+=$$4; f+=$$6} END {print "envoy-" v " native (" m "): " p " passed, " f " failed"}'; \
 	done; [ -z "$$failed" ] || { echo "failed on:$$failed"; exit 1; }

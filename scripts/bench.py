@@ -110,8 +110,9 @@ def envoy_config(name):
         # envoy/native.yaml's filter (the module sets the override host: no stateful_session).
         n = open(os.path.join(ROOT, "envoy/native.yaml")).read()
         module = n[n.index("          - name: tether\n"):n.index("          - name: envoy.filters.http.router\n")]
-        if name in ("native_empty", "diag_native_callbacks"):
-            module = module.replace("{ name: tether }", "{ name: empty_native }")
+        empty = name in ("native_empty", "diag_native_callbacks")
+        module = module.replace("target/native/libtether.so", EMPTY_NATIVE if empty else NATIVE_MODULE)
+        if empty:
             config = module[module.index("                value: |\n"):]
             module = module.replace(config, "                value: %s\n" % ("callbacks" if name == "diag_native_callbacks" else "empty"))
         y = y.replace(tether + session, module)
@@ -203,9 +204,7 @@ class Envoy:
         self.log = open(os.path.join(workdir, f"{name}.log"), "w")
         self.proc = subprocess.Popen(
             ["taskset", "-c", cpus, *wrapper, envoy_bin, "-c", self.path, "--concurrency", str(concurrency),
-             "--disable-hot-restart", "--log-level", "warn"], cwd=ROOT, stdout=self.log, stderr=self.log,
-            env={**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH":
-                 os.path.dirname(EMPTY_NATIVE if name in ("native_empty", "diag_native_callbacks") else NATIVE_MODULE)})
+             "--disable-hot-restart", "--log-level", "warn"], cwd=ROOT, stdout=self.log, stderr=self.log)
         wait_ready(PORTS["admin"], timeout=240 if wrapper else 30)
         wait_healthy(PORTS["admin"])
 

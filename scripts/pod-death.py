@@ -54,7 +54,6 @@ def start_pod(port):
 
 def start_envoy(cfg, log_path):
     env = dict(os.environ)
-    env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = os.path.join(REPO, "target/native")
     log = open(log_path, "w")
     return subprocess.Popen([envoy_binary(), "-c", cfg, "--disable-hot-restart", "--log-level", "warn",
                              "--concurrency", "2"], stdout=log, stderr=log, env=env, cwd=REPO)

@@ -27,7 +27,6 @@ MSG
 config=envoy/envoy.yaml
 if [ "${TETHER_BUILD:-wasm}" = native ]; then
   config=envoy/native.yaml
-  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/native
 fi
 "$ENVOY" -c "$config" --disable-hot-restart --log-level warn \
   --component-log-level wasm:info,dynamic_modules:info &

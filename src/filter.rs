@@ -223,6 +223,8 @@ pub enum Verdict {
 
 /// Whether this process has already warned about a cluster name too long to pin.
 static CLUSTER_WARNED: AtomicBool = AtomicBool::new(false);
+/// Whether this process (wasm: this VM) has already warned about a request without a scope.
+static SCOPE_WARNED: AtomicBool = AtomicBool::new(false);
 /// Whether this process (wasm: this VM, one per Envoy worker) has already warned about an
 /// upstream host it cannot pin.
 static UNUSABLE_WARNED: AtomicBool = AtomicBool::new(false);
@@ -350,6 +352,54 @@ fn token_work_again(n: usize, scope: &str, settings: &Settings, now: u64, cookie
     }
 }
 
+/// What a request carries that may hold its token.
+struct Cookies<'a> {
+    token_header: Option<&'a [u8]>,
+    first: Option<&'a [u8]>,
+    /// Every Cookie header, when the host already read them all (`hostCookie`).
+    all: Option<&'a [Vec<u8>]>,
+}
+
+/// The request's session: its first valid token, else a new session (`None` when no
+/// session id could be drawn).
+fn find_session<H: Host>(
+    host: &mut H,
+    filter: &Filter,
+    scope: &str,
+    now: u64,
+    cookies: Cookies<'_>,
+) -> Option<Affinity> {
+    let settings = &filter.settings;
+    let all_cookies: Vec<Vec<u8>>;
+    let mut resolver = session::Resolver::new(scope, settings, now);
+    let mut found = resolver.token_header(cookies.token_header);
+    if let Some(values) = cookies.all {
+        for value in values {
+            if found.is_some() || !resolver.wants_more() {
+                break;
+            }
+            found = resolver.cookie_header(value);
+        }
+    } else if let (None, Some(first)) = (&found, cookies.first) {
+        found = resolver.cookie_header(first);
+        if found.is_none() && resolver.wants_more() {
+            all_cookies = host.request_header_values("cookie").unwrap_or_default();
+            for value in &all_cookies {
+                found = resolver.cookie_header(value);
+                if found.is_some() || !resolver.wants_more() {
+                    break;
+                }
+            }
+        }
+    }
+    #[cfg(feature = "bench-diag")]
+    token_work_again(filter.token_repeat, scope, settings, now, cookies.first);
+    if resolver.over_limit() {
+        host.count(Counter::OverLimit);
+    }
+    found.or_else(|| resolver.new_session(|| fresh_session_id(host)))
+}
+
 impl Stream {
     /// The request headers: find the session, steer, and remove every client-sent copy of
     /// the internal headers.
@@ -358,7 +408,16 @@ impl Stream {
         if settings.scope.is_none() {
             self.cluster_scope = host.cluster_name().unwrap_or_default();
         }
-        let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
+        // Tokens are bound to the cluster: without its name no token may verify (one bound
+        // to "" would verify in every such request) and none is minted. Envoy has no name
+        // for a route without a cluster (a direct response, a redirect).
+        let scope = settings.scope.as_deref().or(Some(self.cluster_scope.as_str()).filter(|s| !s.is_empty()));
+        if scope.is_none() && !SCOPE_WARNED.swap(true, Ordering::Relaxed) {
+            host.log(
+                Level::Warn,
+                "a request's upstream cluster has no name tether can read (a route without a cluster, or an Envoy that does not report xds.cluster_name): such requests are neither pinned nor given a token; set `scope` to bind tokens to a fixed name",
+            );
+        }
         let now = host.now_secs();
         self.request_now = now;
         let token_header = settings.token_header.as_ref().and_then(|name| host.request_header(name));
@@ -377,34 +436,14 @@ impl Stream {
             },
             _ => None,
         };
-        let all_cookies: Vec<Vec<u8>>;
-        let mut resolver = session::Resolver::new(scope, settings, now);
-        let mut found = resolver.token_header(token_header.as_deref());
-        if let Some(values) = &rewritten {
-            for value in values {
-                if found.is_some() || !resolver.wants_more() {
-                    break;
-                }
-                found = resolver.cookie_header(value);
-            }
-        } else if let (None, Some(first)) = (&found, first_cookie.as_deref()) {
-            found = resolver.cookie_header(first);
-            if found.is_none() && resolver.wants_more() {
-                all_cookies = host.request_header_values("cookie").unwrap_or_default();
-                for value in &all_cookies {
-                    found = resolver.cookie_header(value);
-                    if found.is_some() || !resolver.wants_more() {
-                        break;
-                    }
-                }
-            }
-        }
-        #[cfg(feature = "bench-diag")]
-        token_work_again(filter.token_repeat, scope, settings, now, first_cookie.as_deref());
-        if resolver.over_limit() {
-            host.count(Counter::OverLimit);
-        }
-        let affinity = found.or_else(|| resolver.new_session(|| fresh_session_id(host)));
+        let affinity = scope.and_then(|scope| {
+            let cookies = Cookies {
+                token_header: token_header.as_deref(),
+                first: first_cookie.as_deref(),
+                all: rewritten.as_deref(),
+            };
+            find_session(host, filter, scope, now, cookies)
+        });
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
         let by_header = H::OWNER_VIA == OwnerVia::SessionFilter;
@@ -627,6 +666,8 @@ mod tests {
         request: Vec<(String, Vec<u8>)>,
         response: Vec<(String, Vec<u8>)>,
         refuse_edits: bool,
+        /// Envoy cannot name the upstream cluster (`xds.cluster_name` absent).
+        no_cluster: bool,
         /// `upstream.address` as Envoy prints it.
         served_by: Option<String>,
         via_upstream: bool,
@@ -665,7 +706,7 @@ mod tests {
             Ok(())
         }
         fn cluster_name(&mut self) -> Option<String> {
-            Some("pods".into())
+            (!self.no_cluster).then(|| "pods".into())
         }
         fn upstream_address(&mut self) -> Option<Vec<u8>> {
             self.served_by.clone().map(String::into_bytes)
@@ -775,6 +816,42 @@ mod tests {
         stream.on_response(&mut host, &f);
         let label = host.response.iter().find(|(n, _)| n == "x-tether").map(|(_, v)| v.clone());
         assert!(label.is_some_and(|l| l.starts_with(b"invalid:")), "{:?}", host.response);
+    }
+
+    /// A token bound to "" would verify wherever the cluster is unknown: without a cluster
+    /// name nothing verifies and nothing is minted, and client copies still go.
+    #[test]
+    fn without_a_cluster_name_no_token_steers_and_none_is_minted() {
+        fn check<const D: bool>(f: &Filter) {
+            let unbound = token::SessionToken {
+                session: SessionId([5; 16]),
+                owner: "10.0.0.2:8080".parse().unwrap(),
+                issued_at: NOW - 10,
+                expires_at: NOW + 600,
+                cluster: String::new(),
+                owner_away_since: None,
+            };
+            let unbound = token::seal(&unbound, f.settings.keyring.signing_key().unwrap(), "");
+            for token in [unbound, token_for("10.0.0.2:8080", f)] {
+                let cookie = format!("tether={token}");
+                let spoofed = [("cookie", cookie.as_str()), ("x-tether-host", "x"), ("x-tether-key", "mine")];
+                let mut host: Fake<D> = Fake { no_cluster: true, ..request(&spoofed) };
+                let mut stream = Stream::default();
+                assert_eq!(stream.on_request(&mut host, f), Verdict::Continue);
+                let steered = (
+                    host.override_host.clone(),
+                    header(&host, "x-tether-host"),
+                    header(&host, "x-tether-key"),
+                );
+                assert_eq!(steered, (None, None, None), "direct {D}");
+                host.served_by = Some("10.0.0.3:8080".into());
+                stream.on_response(&mut host, f);
+                assert!(!host.response.iter().any(|(n, _)| n == "set-cookie"), "{:?}", host.response);
+                assert!(host.counted.is_empty(), "{:?}", host.counted);
+            }
+        }
+        check::<true>(&filter(OwnerVia::OverrideHost));
+        check::<false>(&filter(OwnerVia::SessionFilter));
     }
 
     #[test]

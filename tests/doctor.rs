@@ -48,7 +48,6 @@ fn envoy_validates(path: &Path) -> (bool, String) {
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
         .arg(path)
         .env("TETHER_KEYS", DEMO_KEYS)
-        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", "target/native")
         .output()
         .expect("envoy --mode validate");
     (

@@ -692,14 +692,13 @@ fn every_shipped_and_rendered_config_validates() {
             .current_dir(repo())
             .args(["--mode", "validate", "-c"])
             .arg(config)
-            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", "target/native")
             .output()
             .unwrap();
         let log =
             String::from_utf8_lossy(&result.stderr).into_owned() + &String::from_utf8_lossy(&result.stdout);
         if config.ends_with("native.yaml") && !envoy_loads_native() {
-            // Built for Envoy 1.40's ABI: older releases refuse the module (docs/native.md).
-            assert!(!result.status.success() && log.contains("Failed to load dynamic module"), "{log}");
+            // Envoy 1.36 and 1.37 lack callbacks the module needs (docs/native.md).
+            assert!(!result.status.success() && log.contains("tether cannot run in this Envoy"), "{log}");
             println!("refused as documented: {}", config.display());
             continue;
         }

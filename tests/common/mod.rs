@@ -12,7 +12,7 @@ pub mod renderers;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -322,9 +322,17 @@ impl EnvoyConfig {
             "envoy/native.yaml no longer carries the demo key"
         );
         let yaml = yaml.replace(NATIVE_INLINE_KEYS, "\"keysFromEnv\": \"TETHER_KEYS\",");
-        EnvoyConfig::from_yaml(yaml)
-            .process_env("TETHER_KEYS", DEMO_KEYS)
-            .process_env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", repo().join("target/native").to_str().unwrap())
+        EnvoyConfig::from_yaml(yaml).process_env("TETHER_KEYS", DEMO_KEYS).native_module(&native_module())
+    }
+
+    /// Loads the native module from `path` instead of the file the config names.
+    pub fn native_module(mut self, path: &Path) -> EnvoyConfig {
+        const MARK: &str = "local: { filename: ";
+        assert_eq!(self.yaml.matches(MARK).count(), 1, "the config names no native module file");
+        let start = self.yaml.find(MARK).unwrap() + MARK.len();
+        let end = start + self.yaml[start..].find(" }").unwrap();
+        self.yaml.replace_range(start..end, path.to_str().unwrap());
+        self
     }
 
     /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
@@ -573,22 +581,35 @@ pub fn envoy_release() -> String {
         .to_string()
 }
 
-/// Whether the Envoy under test loads the native module (built for 1.40's ABI).
-pub fn envoy_loads_native() -> bool {
-    envoy_release().starts_with("1.40.")
+/// The minor release of the Envoy under test (40 for 1.40.0).
+pub fn envoy_minor() -> u32 {
+    envoy_release().split('.').nth(1).and_then(|m| m.parse().ok()).expect("a release like 1.40.0")
 }
 
-/// The module under test: the .wasm, or the native build's directory (which Envoy
-/// searches for `libtether.so`).
-fn module() -> PathBuf {
-    let (path, make) = if native() {
-        ("target/native/libtether.so", "make build-native")
-    } else {
-        ("target/wasm32-wasip1/release/tether.wasm", "make build")
-    };
-    let module = repo().join(path);
-    assert!(module.exists(), "{} is missing: run `{make}` (or `make test`)", module.display());
-    module
+/// Whether the Envoy under test runs the native module: 1.39 and later (docs/native.md).
+pub fn envoy_loads_native() -> bool {
+    envoy_minor() >= 39
+}
+
+/// Where `envoy/native.yaml` loads the native module from (relative to the repository).
+pub const NATIVE_MODULE_PATH: &str = "target/native/libtether.so";
+
+/// The native module under test: `TETHER_NATIVE_MODULE` (`make test-matrix` runs each
+/// Envoy with the build for it), else `envoy/native.yaml`'s.
+pub fn native_module() -> PathBuf {
+    let path = repo().join(std::env::var("TETHER_NATIVE_MODULE").unwrap_or_else(|_| NATIVE_MODULE_PATH.into()));
+    assert!(path.exists(), "{} is missing: run `make build-native` (or `make test`)", path.display());
+    path
+}
+
+/// Checks that the module under test (the .wasm, or the native build) was built.
+fn require_module() {
+    if native() {
+        native_module();
+        return;
+    }
+    let wasm = repo().join("target/wasm32-wasip1/release/tether.wasm");
+    assert!(wasm.exists(), "{} is missing: run `make build` (or `make test`)", wasm.display());
 }
 
 /// A running Envoy. Killed on drop; its log is printed if the test is failing.
@@ -630,7 +651,7 @@ impl Envoy {
 
     /// Starts Envoy from the repository root (the shipped config's relative wasm path).
     pub fn spawn(config: EnvoyConfig) -> Envoy {
-        let module = module();
+        require_module();
         let (port, admin) = (free_port(), free_port());
         let dir = scratch_dir("envoy");
         let config_path = dir.join("envoy.yaml");
@@ -647,7 +668,6 @@ impl Envoy {
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", &workers, "--log-level", level])
             .args(["--component-log-level", wasm_level])
-            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.parent().unwrap())
             .envs(env)
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -27,7 +27,10 @@ fn callbacks() -> *const c_void {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    abi::ABI_VERSION.as_ptr().cast()
+    match abi::bind() {
+        Ok(_) => abi::ABI_VERSION.as_ptr().cast(),
+        Err(_) => std::ptr::null(),
+    }
 }
 
 #[no_mangle]
@@ -60,12 +63,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const c_void,
     _: bool,
 ) -> u32 {
-    if filter == callbacks() {
+    if let (true, Some(call)) = (filter == callbacks(), abi::callbacks()) {
         let mut value = abi::Buffer::NULL;
         let mut count = 0;
         // SAFETY: the filter Envoy passed to this callback; buffers live for each call.
         unsafe {
-            abi::envoy_dynamic_module_callback_http_get_header(
+            (call.http_get_header)(
                 envoy,
                 abi::REQUEST_HEADERS,
                 abi::Buffer::of(b"cookie"),
@@ -73,13 +76,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
                 0,
                 &mut count,
             );
-            abi::envoy_dynamic_module_callback_http_set_header(
+            (call.http_set_header)(
                 envoy,
                 abi::REQUEST_HEADERS,
                 abi::Buffer::of(b"x-tether-key"),
                 abi::Buffer::of(b"0123456789abcdef0123456789abcdef"),
             );
-            abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
+            (call.http_set_upstream_override_host)(
                 envoy,
                 abi::Buffer::of(b"127.0.0.1:17081"),
                 false,
@@ -95,12 +98,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: *const c_void,
     _: bool,
 ) -> u32 {
-    if filter == callbacks() {
+    if let (true, Some(call)) = (filter == callbacks(), abi::callbacks()) {
         // The upstream host's name, as tether reads it (`upstream.address`).
         let mut address = abi::Buffer::NULL;
         // SAFETY: as above.
         unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+            (call.http_filter_get_attribute_string)(
                 envoy,
                 abi::ATTRIBUTE_UPSTREAM_ADDRESS,
                 &mut address,

@@ -9,18 +9,25 @@ mod abi;
 
 use crate::address::Owner;
 use crate::filter::{Counter, Filter, Host, Level, OwnerVia, Stream, Verdict};
-use abi::{Buffer, ConfigEnvoyPtr, FilterEnvoyPtr, ModulePtr};
+use abi::{Buffer, Callbacks, ConfigEnvoyPtr, FilterEnvoyPtr, ModulePtr};
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn log(level: u32, message: &str) {
-    // SAFETY: the buffer points into `message` for the duration of the call.
-    unsafe { abi::envoy_dynamic_module_callback_log(level, Buffer::of(message.as_bytes())) }
+    if let Some(envoy) = abi::callbacks() {
+        // SAFETY: the buffer points into `message` for the duration of the call.
+        unsafe { (envoy.log)(level, Buffer::of(message.as_bytes())) }
+    }
 }
+
+/// Whether this process has said that Envoy does not report response code details.
+static DETAILS_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// A loaded configuration and the ids of its counters (`dynamicmodulescustom.tether.*`).
 struct Config {
+    call: &'static Callbacks,
     filter: Filter,
     counters: Vec<Option<usize>>,
 }
@@ -33,6 +40,7 @@ struct NativeStream {
 
 /// A stream's view of Envoy during one callback.
 struct Native<'a> {
+    call: &'static Callbacks,
     envoy: FilterEnvoyPtr,
     counters: &'a [Option<usize>],
 }
@@ -45,7 +53,7 @@ impl Native<'_> {
         // SAFETY: `self.envoy` is the filter Envoy passed to this callback; the value
         // buffer it fills stays valid until the headers change, and is copied at once.
         let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_get_header(
+            (self.call.http_get_header)(
                 self.envoy,
                 header_type,
                 Buffer::of(name.as_bytes()),
@@ -72,12 +80,7 @@ impl Native<'_> {
     fn set_header(&self, header_type: u32, name: &str, value: Buffer) -> Result<(), String> {
         // SAFETY: both buffers point into live slices for the duration of the call.
         let done = unsafe {
-            abi::envoy_dynamic_module_callback_http_set_header(
-                self.envoy,
-                header_type,
-                Buffer::of(name.as_bytes()),
-                value,
-            )
+            (self.call.http_set_header)(self.envoy, header_type, Buffer::of(name.as_bytes()), value)
         };
         done.then_some(()).ok_or_else(|| "Envoy refused the header edit".to_string())
     }
@@ -85,9 +88,7 @@ impl Native<'_> {
     fn attribute(&self, id: u32) -> Option<Vec<u8>> {
         let mut value = Buffer::NULL;
         // SAFETY: as in `header_values`.
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(self.envoy, id, &mut value)
-        };
+        let found = unsafe { (self.call.http_filter_get_attribute_string)(self.envoy, id, &mut value) };
         found.then(|| unsafe { value.to_vec() }).flatten()
     }
 }
@@ -117,24 +118,23 @@ impl Host for Native<'_> {
 
     fn reroute(&mut self) {
         // SAFETY: `self.envoy` is the filter Envoy passed to this callback.
-        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.envoy) }
+        unsafe { (self.call.http_clear_route_cache)(self.envoy) }
     }
 
     fn set_override_host(&mut self, owner: &Owner) -> Result<(), String> {
         let host = owner.host_key();
         // SAFETY: the buffer points into `host` for the duration of the call.
         let done = unsafe {
-            abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
-                self.envoy,
-                Buffer::of(host.as_bytes()),
-                false,
-            )
+            (self.call.http_set_upstream_override_host)(self.envoy, Buffer::of(host.as_bytes()), false)
         };
         done.then_some(()).ok_or_else(|| format!("Envoy refused {host}"))
     }
 
     fn cluster_name(&mut self) -> Option<String> {
-        self.attribute(abi::ATTRIBUTE_XDS_CLUSTER_NAME).and_then(|b| String::from_utf8(b).ok())
+        let mut name = Buffer::NULL;
+        // SAFETY: as in `header_values`.
+        let found = unsafe { (self.call.http_get_cluster_name)(self.envoy, &mut name) };
+        found.then(|| unsafe { name.to_vec() }).flatten().and_then(|b| String::from_utf8(b).ok())
     }
 
     fn upstream_address(&mut self) -> Option<Vec<u8>> {
@@ -143,7 +143,16 @@ impl Host for Native<'_> {
     }
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {
-        self.attribute(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS)
+        let details = self.attribute(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS);
+        // Envoy 1.38 exports every callback tether calls but cannot read this attribute:
+        // every answer then counts as Envoy's own and gets no token. Said once, not silently.
+        if details.is_none() && !DETAILS_WARNED.swap(true, Ordering::Relaxed) {
+            log(
+                abi::LOG_ERROR,
+                "this Envoy does not report response.code_details to dynamic modules (Envoy 1.38 and older): tether cannot tell the upstream's answers from Envoy's own, so no session is pinned; run Envoy 1.39 or later",
+            );
+        }
+        details
     }
 
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
@@ -161,7 +170,7 @@ impl Host for Native<'_> {
     fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
         // SAFETY: both buffers point into live slices for the duration of the call.
         let done = unsafe {
-            abi::envoy_dynamic_module_callback_http_add_header(
+            (self.call.http_add_header)(
                 self.envoy,
                 abi::RESPONSE_HEADERS,
                 Buffer::of(name.as_bytes()),
@@ -191,20 +200,14 @@ impl Host for Native<'_> {
     }
 
     fn local_reply(&mut self, status: u32, body: &[u8]) {
-        refuse(self.envoy, status, body);
+        refuse(self.call, self.envoy, status, body);
     }
 
     fn count(&mut self, counter: Counter) {
         if let Some(Some(id)) = self.counters.get(counter.index()) {
             // SAFETY: `id` came from `define_counter` on this filter's configuration.
             unsafe {
-                abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-                    self.envoy,
-                    *id,
-                    std::ptr::null(),
-                    0,
-                    1,
-                );
+                (self.call.http_filter_increment_counter)(self.envoy, *id, std::ptr::null(), 0, 1);
             }
         }
     }
@@ -213,7 +216,7 @@ impl Host for Native<'_> {
         // SAFETY: both buffers point into live slices for the duration of the call; Envoy
         // copies the value into a string filter-state object.
         let done = unsafe {
-            abi::envoy_dynamic_module_callback_http_set_filter_state_bytes(
+            (self.call.http_set_filter_state_bytes)(
                 self.envoy,
                 Buffer::of(key.as_bytes()),
                 Buffer::of(value.as_bytes()),
@@ -223,10 +226,10 @@ impl Host for Native<'_> {
     }
 }
 
-fn refuse(envoy: FilterEnvoyPtr, status: u32, body: &[u8]) {
+fn refuse(call: &Callbacks, envoy: FilterEnvoyPtr, status: u32, body: &[u8]) {
     // SAFETY: the buffers point into live slices for the duration of the call.
     unsafe {
-        abi::envoy_dynamic_module_callback_http_send_response(
+        (call.http_send_response)(
             envoy,
             status,
             std::ptr::null(),
@@ -251,9 +254,19 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
         let at = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
         log(abi::LOG_CRITICAL, &format!("tether panicked{at}: {message}; the callback failed safe"));
     }));
-    // The version gate (see abi.rs): importing a callback only Envoy 1.40 exports.
-    std::hint::black_box(abi::envoy_dynamic_module_callback_http_get_upstream_remote_address as *const ());
-    abi::ABI_VERSION.as_ptr().cast()
+    // A null return makes Envoy refuse the module, with its own line after ours.
+    match abi::bind() {
+        Ok(_) => abi::ABI_VERSION.as_ptr().cast(),
+        Err(missing) => {
+            let message = format!("tether cannot run in this Envoy: it does not export {missing}");
+            match abi::find_log() {
+                // SAFETY: the buffer points into `message` for the duration of the call.
+                Some(log) => unsafe { log(abi::LOG_CRITICAL, Buffer::of(message.as_bytes())) },
+                None => eprintln!("{message}"),
+            }
+            std::ptr::null()
+        }
+    }
 }
 
 /// Loads the JSON configuration (the filter's `filter_config` string); a null return makes
@@ -265,6 +278,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config: Buffer,
 ) -> ModulePtr {
     let loaded = catch_unwind(|| {
+        // Envoy calls no hook but `on_program_init` unless it bound the callbacks.
+        let call = abi::callbacks()?;
         // SAFETY: Envoy passes a buffer valid for this call.
         let raw = unsafe { config.to_vec() }.unwrap_or_default();
         // `keysFromEnv` reads Envoy's own environment.
@@ -272,13 +287,21 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             Ok(filter) => filter,
             Err(error) => {
                 log(abi::LOG_ERROR, &error.to_string());
-                return std::ptr::null();
+                return None;
             }
         };
         log(
             abi::LOG_INFO,
             &format!(
-                concat!("tether ", env!("CARGO_PKG_VERSION"), " (", env!("TETHER_GIT_SHA"), ", native) {}"),
+                concat!(
+                    "tether ",
+                    env!("CARGO_PKG_VERSION"),
+                    " (",
+                    env!("TETHER_GIT_SHA"),
+                    ", native for Envoy ",
+                    env!("TETHER_ENVOY_RELEASE"),
+                    ") {}"
+                ),
                 filter.describe()
             ),
         );
@@ -291,7 +314,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 let mut id = 0;
                 // SAFETY: counters may be defined only here, on the configuration Envoy passed.
                 let result = unsafe {
-                    abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                    (call.http_filter_config_define_counter)(
                         config_envoy,
                         Buffer::of(name.as_bytes()),
                         std::ptr::null(),
@@ -302,9 +325,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 (result == 0).then_some(id)
             })
             .collect();
-        Box::into_raw(Box::new(Config { filter, counters })) as ModulePtr
+        Some(Box::into_raw(Box::new(Config { call, filter, counters })) as ModulePtr)
     });
-    loaded.unwrap_or(std::ptr::null())
+    loaded.ok().flatten().unwrap_or(std::ptr::null())
 }
 
 #[no_mangle]
@@ -341,7 +364,7 @@ fn with_stream<T>(
         // callback of a stream at a time.
         let state = unsafe { (stream as *mut NativeStream).as_mut() }?;
         let config = unsafe { state.config.as_ref() }?;
-        let mut host = Native { envoy, counters: &config.counters };
+        let mut host = Native { call: config.call, envoy, counters: &config.counters };
         Some(f(&mut state.stream, &mut host, &config.filter))
     }))
     .ok()
@@ -359,7 +382,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         Some(Verdict::Stop) => abi::STOP_ITERATION,
         // Its internal headers may still be the client's: never forward it.
         None => {
-            refuse(envoy, 500, b"");
+            if let Some(call) = abi::callbacks() {
+                refuse(call, envoy, 500, b"");
+            }
             abi::STOP_ITERATION
         }
     }
