@@ -247,7 +247,8 @@ fn abi_check_of_this_envoy() {
     if envoy_minor() < 38 {
         let by_path = format!("{{ module: {{ local: {{ filename: {} }} }} }}", module.display());
         config.yaml = config.yaml.replace(&by_path, "{ name: tether }");
-        config = config.process_env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.parent().unwrap().to_str().unwrap());
+        config = config
+            .process_env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.parent().unwrap().to_str().unwrap());
     }
     let mut envoy = Envoy::spawn(config);
     let exited = envoy.wait_exit(Duration::from_secs(5));
@@ -266,7 +267,10 @@ fn abi_check_of_this_envoy() {
         (Some(_), Some(line)) => format!("refused: {}", line.split("] ").last().unwrap_or(line)),
         (Some(_), None) => "refused for another reason".to_string(),
     };
-    println!("Envoy {release}: native build {} {what}", module.strip_prefix(repo()).unwrap_or(&module).display());
+    println!(
+        "Envoy {release}: native build {} {what}",
+        module.strip_prefix(repo()).unwrap_or(&module).display()
+    );
     let abi_of = |minor: &str| if minor == "1.40" { "v0.2.0" } else { "v0.1.0" };
     match envoy_minor() {
         38.. => {

@@ -597,7 +597,8 @@ pub const NATIVE_MODULE_PATH: &str = "target/native/libtether.so";
 /// The native module under test: `TETHER_NATIVE_MODULE` (`make test-matrix` runs each
 /// Envoy with the build for it), else `envoy/native.yaml`'s.
 pub fn native_module() -> PathBuf {
-    let path = repo().join(std::env::var("TETHER_NATIVE_MODULE").unwrap_or_else(|_| NATIVE_MODULE_PATH.into()));
+    let path =
+        repo().join(std::env::var("TETHER_NATIVE_MODULE").unwrap_or_else(|_| NATIVE_MODULE_PATH.into()));
     assert!(path.exists(), "{} is missing: run `make build-native` (or `make test`)", path.display());
     path
 }

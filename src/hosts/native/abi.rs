@@ -191,7 +191,8 @@ pub fn find_log() -> Option<unsafe extern "C" fn(u32, Buffer)> {
     // SAFETY: as in `Callbacks::find`.
     let found = unsafe { dlsym(RTLD_DEFAULT, c"envoy_dynamic_module_callback_log".as_ptr()) };
     // SAFETY: Envoy exports this name as `void (envoy_dynamic_module_type_log_level, module_buffer)`.
-    (!found.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32, Buffer)>(found) })
+    (!found.is_null())
+        .then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32, Buffer)>(found) })
 }
 
 /// The callbacks `bind` found; `None` before it succeeded (Envoy then never calls the
