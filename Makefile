@@ -121,7 +121,7 @@ cli:
 probe: cli
 
 ## bench: tether against Envoy's own affinity options, same run (not part of `make test`)
-bench: build build-native
+bench: build build-native build-native-1.39
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	cargo build --release -p tether-bench
 	cd bench/empty-filter && cargo build --release --target $(WASM_TARGET)

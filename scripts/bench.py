@@ -32,6 +32,11 @@ DIAG_WASM = os.environ.get("BENCH_DIAG_WASM") or os.path.join(ROOT, "target/benc
 EMPTY_WASM = os.path.join(ROOT, "bench/empty-filter/target/wasm32-wasip1/release/empty_filter.wasm")
 UPSTREAM = os.path.join(ROOT, "target/release/bench-upstream")
 NATIVE_MODULE = os.environ.get("BENCH_NATIVE_MODULE") or os.path.join(ROOT, "target/native/libtether.so")
+# The native build for Envoy 1.39 (make build-native-1.39), for the `@1.39` configurations.
+NATIVE_MODULE_1_39 = os.path.join(ROOT, "target/envoy-1.39/native/libtether.so")
+# Configurations run again on Envoy 1.39 (the release Envoy Gateway v1.9 and Istio 1.31
+# ship) with the build for it, compared with that Envoy's own baselines in the same run.
+ON_1_39 = ("no_affinity@1.39", "native_cookie@1.39", "native_hit@1.39")
 # A dynamic module that does nothing: the floor any native filter pays.
 EMPTY_NATIVE = os.path.join(ROOT, "bench/empty-native/target/release/libempty_native.so")
 PORTS = {"listener": 17000, "admin": 17001, "pods": [17081, 17082, 17083]}
@@ -50,9 +55,12 @@ DIAG_EMPTY = {
 }
 CONFIGS = ["no_affinity", "wasm_empty", "native_cookie", "ring_hash_cookie", "tether_hit", "tether_mint",
            "native_empty", "native_hit", "native_mint", "diag_native_callbacks", "tether_hit_encrypted", "tether_hit_cookie_mode", "diag_tether_no_session_filter",
-           "tether_hit_access_log", "native_hit_access_log",
+           "tether_hit_access_log", "native_hit_access_log", *ON_1_39,
            "diag_tether_token_x10"] + list(DIAG_EMPTY)
 DESCRIPTIONS = {
+    "no_affinity@1.39": "no_affinity on Envoy 1.39.3",
+    "native_cookie@1.39": "native_cookie on Envoy 1.39.3",
+    "native_hit@1.39": "native_hit on Envoy 1.39.3, with the build for 1.39",
     "no_affinity": "same listener and cluster, no affinity filter",
     "wasm_empty": "a wasm filter that does nothing (the floor any wasm filter pays)",
     "native_cookie": "Envoy's stateful_session cookie extension (unsigned)",
@@ -89,8 +97,15 @@ def block(text, start, end):
     return a, b
 
 
+def base_name(name):
+    """The configuration a `name@1.39` one runs (on Envoy 1.39)."""
+    return name.split("@")[0]
+
+
 def envoy_config(name):
     """envoy/envoy.yaml adapted to one benchmark configuration."""
+    native_module = NATIVE_MODULE_1_39 if name.endswith("@1.39") else NATIVE_MODULE
+    name = base_name(name)
     y = open(os.path.join(ROOT, "envoy/envoy.yaml")).read()
     y = y.replace("port_value: 10000", f"port_value: {PORTS['listener']}")
     y = y.replace("port_value: 9901", f"port_value: {PORTS['admin']}")
@@ -111,7 +126,7 @@ def envoy_config(name):
         n = open(os.path.join(ROOT, "envoy/native.yaml")).read()
         module = n[n.index("          - name: tether\n"):n.index("          - name: envoy.filters.http.router\n")]
         empty = name in ("native_empty", "diag_native_callbacks")
-        module = module.replace("target/native/libtether.so", EMPTY_NATIVE if empty else NATIVE_MODULE)
+        module = module.replace("target/native/libtether.so", EMPTY_NATIVE if empty else native_module)
         if empty:
             config = module[module.index("                value: |\n"):]
             module = module.replace(config, "                value: %s\n" % ("callbacks" if name == "diag_native_callbacks" else "empty"))
@@ -234,6 +249,7 @@ class Envoy:
 
 def cookie_for(name):
     """The cookie header a returning client of this configuration sends."""
+    name = base_name(name)
     if name in ("tether_mint", "native_mint"):
         return None
     if name in ("no_affinity", "native_empty", "diag_native_callbacks") + EMPTY_LIKE:
@@ -272,8 +288,16 @@ def wrk(seconds, connections, cookie):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
+def envoy_for(envoy_bin, name):
+    """The Envoy binary a configuration runs on."""
+    if not name.endswith("@1.39"):
+        return envoy_bin
+    return subprocess.run([os.path.join(ROOT, "scripts/envoy.sh")], env={**os.environ, "ENVOY_VERSION": "1.39.3"},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def run_one(envoy_bin, name, args, workdir):
-    envoy = Envoy(envoy_bin, name, workdir)
+    envoy = Envoy(envoy_for(envoy_bin, name), name, workdir)
     try:
         cookie = cookie_for(name)
         wrk(args.warmup, args.connections, cookie)
@@ -292,7 +316,7 @@ def run_callgrind(envoy_bin, name, args, workdir):
     so it compares variants on a busy machine where req/s cannot."""
     out = os.path.join(workdir, f"{name}.callgrind")
     # Start-up (Envoy, V8 compiling the module) runs uninstrumented, which is several times faster.
-    envoy = Envoy(envoy_bin, name, workdir, wrapper=("valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+    envoy = Envoy(envoy_for(envoy_bin, name), name, workdir, wrapper=("valgrind", "--tool=callgrind", "--smc-check=all-non-file",
                                                      "--instr-atstart=no", f"--callgrind-out-file={out}"))
     try:
         cookie = cookie_for(name)
@@ -458,7 +482,7 @@ def main():
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check on 2 workers")
     args = p.parse_args()
     envoy_bin = subprocess.run([os.path.join(ROOT, "scripts/envoy.sh")], capture_output=True, text=True, check=True).stdout.strip()
-    for need in (TETHER_WASM, EMPTY_WASM, UPSTREAM, DIAG_WASM, NATIVE_MODULE, EMPTY_NATIVE):
+    for need in (TETHER_WASM, EMPTY_WASM, UPSTREAM, DIAG_WASM, NATIVE_MODULE, NATIVE_MODULE_1_39, EMPTY_NATIVE):
         if not os.path.exists(need):
             raise SystemExit(f"missing {need}: run `make bench`")
     if not shutil.which("wrk") or not shutil.which("taskset"):
@@ -523,9 +547,13 @@ def main():
     print(f"{'configuration':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'µs CPU/req':>10} {'÷no_aff':>8} {'÷native':>8} {'÷empty':>8}")
     for n in names:
         s = summary[n]
-        r1 = f"{s['rps'] / base:.2f}" if base else "-"
-        r2 = f"{s['rps'] / native:.2f}" if native else "-"
-        r3 = f"{s['rps'] / empty:.2f}" if empty else "-"
+        # A configuration on Envoy 1.39 against that Envoy's baselines.
+        on = "@1.39" if n.endswith("@1.39") else ""
+        b = summary.get("no_affinity" + on, {}).get("rps")
+        c = summary.get("native_cookie" + on, {}).get("rps")
+        r1 = f"{s['rps'] / b:.2f}" if b else "-"
+        r2 = f"{s['rps'] / c:.2f}" if c else "-"
+        r3 = f"{s['rps'] / empty:.2f}" if empty and not on else "-"
         print(f"{n:<30} {s['rps']:>9,.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['cpu_us_per_req']:>10.1f} {r1:>8} {r2:>8} {r3:>8}")
     if empty and "tether_hit" in summary and "tether_mint" in summary:
         e, h, t = summary["wasm_empty"], summary["tether_hit"], summary["tether_mint"]

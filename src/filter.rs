@@ -111,7 +111,8 @@ pub trait Host {
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
     /// Every value of a request header, in order.
     fn request_header_values(&mut self, name: &str) -> Result<Vec<Vec<u8>>, String>;
-    /// Replaces every value of a request header with one.
+    /// Replaces every value of a request header with one; an empty value removes the
+    /// header, in both hosts (Envoy's dynamic-module ABI cannot set an empty value).
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), String>;
     fn remove_request_header(&mut self, name: &str) -> Result<(), String>;
     /// Makes Envoy match the route again after the edits (`clusterHeader` routes on a header
@@ -132,6 +133,7 @@ pub trait Host {
     fn response_header_values(&mut self, name: &str) -> Vec<Vec<u8>>;
     fn remove_response_header(&mut self, name: &str);
     fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), String>;
+    /// As `set_request_header`, for a response header.
     fn set_response_header(&mut self, name: &str, value: &[u8]);
     /// Wall-clock unix seconds, shared by every Envoy so that expiry means the same everywhere.
     fn now_secs(&mut self) -> u64;

@@ -52,7 +52,9 @@ impl Host for Wasm<'_> {
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
-        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value)).map_err(status)
+        // An empty value removes the header, as the native host must (`Host`).
+        let value = Some(value).filter(|v| !v.is_empty());
+        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value).map_err(status)
     }
 
     fn remove_request_header(&mut self, name: &str) -> Result<(), String> {
@@ -95,7 +97,8 @@ impl Host for Wasm<'_> {
     }
 
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
-        let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value));
+        let value = Some(value).filter(|v| !v.is_empty());
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value);
     }
 
     fn now_secs(&mut self) -> u64 {
