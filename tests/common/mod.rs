@@ -581,8 +581,11 @@ pub fn envoy_binary() -> PathBuf {
 }
 
 /// The pinned Envoy `release` (`ENVOY_VERSION=release scripts/envoy.sh`, installing it if
-/// needed), whatever `ENVOY` says.
+/// needed), whatever `ENVOY` says. One call at a time: two installs of the same release
+/// into .tools/ would race.
 pub fn pinned_envoy(release: &str) -> PathBuf {
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(repo().join("scripts/envoy.sh"))
         .env("ENVOY_VERSION", release)
         .output()
