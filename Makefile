@@ -63,7 +63,7 @@ native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)"
 
 ## test: lints, native unit tests, and integration tests against real Envoy, for the wasm
 ## module and (the shared suite's core, and tests/native.rs) the native build
-test: tools lint build build-native build-crash-test
+test: tools lint build build-native build-native-1.39 build-crash-test
 	@mkdir -p target
 	set -o pipefail; ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2 \
 	  2>&1 | tee target/test.log

@@ -41,11 +41,30 @@ github.com/envoyproxy/gateway; see docs/envoy-gateway.md):
   is refused with its path.
 - tether's config must name what the manifests configure: hostHeader = sessionName,
   keyHeader = the consistent-hash header.
+- The native build (envoy-gateway/native/): EnvoyExtensionPolicy.spec.dynamicModule[i] is
+  resolved against EnvoyProxy.spec.dynamicModules by name (buildDynamicModules,
+  internal/gatewayapi/envoyextensionpolicy.go:1803-1883; a name not registered, or a source
+  missing its fields, fails the route closed: a 500 for every request, :1150-1157, which the
+  renderer refuses instead of rendering) into an HTTP filter named
+  envoy.filters.http.dynamic_modules/envoyextensionpolicy/<ns>/<name>/dynamic-module/<i>
+  (irConfigNameForDynamicModule :1796-1801; dynamicModuleFilterName,
+  xds/translator/dynamicmodule.go:90-92), added *disabled* to the listener (:79-87) and
+  enabled on the route by an empty envoy.config.route.v3.FilterConfig (:191-212): no
+  per-route configuration reaches the module. Its DynamicModuleFilter (:94-121):
+  dynamic_module_config {do_not_close, load_globally, module}, filter_name = filterName,
+  terminal_filter, filter_config = `config` as JSON in a google.protobuf.StringValue. The
+  module (:123-155): Local -> module.local.filename = the path in the Envoy container
+  (--native-module replaces it with a file on this machine, as --wasm does for Wasm);
+  Remote -> module.remote {http_uri {uri, cluster <host>_<port>, timeout 10s}, sha256}
+  plus that cluster (patchResources :165-189, url2Cluster xds/translator/utils.go:43-84),
+  rendered for a plain http URL only. Order 250+i (httpfilters.go:137-138). The renderer
+  also checks what Kubernetes must provide: the Local path lies under a volume mounted
+  into the Envoy container, and an emptyDir there is filled by an init container.
 
 Usage:
   scripts/envoy-gateway-render.py --manifests DIR --out OUT [--endpoint IP:PORT[=STATE] ...]
         [--wasm target/.../tether.wasm] [--helm-values envoy-gateway/helm-values.yaml]
-        [--endpoints-only]
+        [--native-module target/envoy-1.39/native/libtether.so] [--endpoints-only]
   scripts/envoy-gateway-render.py --pin REGISTRY/REPO[:TAG] --layout target/oci
         --manifests envoy-gateway --out target/envoy-gateway
 STATE is the pod's EndpointSlice conditions: ready (default), terminating (graceful
@@ -76,9 +95,11 @@ except ImportError:
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 SESSION = "envoy.filters.http.stateful_session"
 WASM = "envoy.filters.http.wasm"
+DYNAMIC = "envoy.filters.http.dynamic_modules"
+DYNAMIC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 ROUTER = "envoy.filters.http.router"
-# newOrderedHTTPFilter (httpfilters.go): the filter types tether's manifests produce.
-ORDER = {SESSION: 11, WASM: 200, ROUTER: 310}
+# newOrderedHTTPFilter (httpfilters.go:93-167): the filter types tether's manifests produce.
+ORDER = {SESSION: 11, WASM: 200, DYNAMIC: 250, ROUTER: 310}
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 # EndpointSlice conditions of each state (ready, serving, terminating).
 CONDITIONS = {"ready": (True, True, False), "terminating": (False, True, True),
@@ -160,17 +181,18 @@ def gateway_and_proxy(docs):
             "EnvoyProxy", proxy["metadata"]["name"], gw["metadata"]["namespace"]):
         raise Refused(f"{where(gw, 'spec', 'infrastructure', 'parametersRef')}: must name the "
                       f"EnvoyProxy {proxy['metadata']['name']} in the Gateway's namespace")
-    check_keys(proxy["spec"], {"filterOrder", "provider"}, proxy, "spec")
+    check_keys(proxy["spec"], {"filterOrder", "provider", "dynamicModules"}, proxy, "spec")
     for i, pos in enumerate(proxy["spec"].get("filterOrder", [])):
         check_keys(pos, {"name", "before", "after"}, proxy, "spec", "filterOrder", i)
         if ("before" in pos) == ("after" in pos):
             raise Refused(f"{where(proxy, 'spec', 'filterOrder', i)}: exactly one of before, after")
     k8s = proxy["spec"].get("provider", {}).get("kubernetes", {})
     check_keys(k8s, {"envoyDeployment"}, proxy, "spec", "provider", "kubernetes")
-    check_keys(k8s.get("envoyDeployment", {}), {"container"}, proxy, "spec", "provider", "kubernetes",
-               "envoyDeployment")
+    check_keys(k8s.get("envoyDeployment", {}), {"container", "initContainers", "pod"}, proxy, "spec",
+               "provider", "kubernetes", "envoyDeployment")
     container = k8s.get("envoyDeployment", {}).get("container", {})
-    check_keys(container, {"env"}, proxy, "spec", "provider", "kubernetes", "envoyDeployment", "container")
+    check_keys(container, {"env", "volumeMounts"}, proxy, "spec", "provider", "kubernetes", "envoyDeployment",
+               "container")
     env = [e["name"] for e in container.get("env", [])]
     return gw, proxy, env
 
@@ -190,8 +212,7 @@ def route_rule(docs, gw):
         raise Refused(f"{where(route, 'spec', 'rules', 0, 'backendRefs')}: one backend expected")
     sp = rule.get("sessionPersistence")
     if sp is None:
-        raise Refused(f"{where(route, 'spec', 'rules', 0, 'sessionPersistence')}: required "
-                      "(Envoy Gateway adds the stateful_session filter only for it)")
+        return route, None
     check_keys(sp, {"type", "sessionName"}, route, "spec", "rules", 0, "sessionPersistence")
     if sp.get("type") != "Header":
         raise Refused(f"{where(route, 'spec', 'rules', 0, 'sessionPersistence', 'type')}: must be Header "
@@ -202,12 +223,20 @@ def route_rule(docs, gw):
     return route, sp["sessionName"]
 
 
-def wasm_filter(docs, route, wasm_path):
+def extension_policy(docs, route):
+    """The EnvoyExtensionPolicy on the route, and which build of tether it loads."""
     eep = of_kind(docs, "EnvoyExtensionPolicy")
-    check_keys(eep["spec"], {"targetRefs", "wasm"}, eep, "spec")
+    check_keys(eep["spec"], {"targetRefs", "wasm", "dynamicModule"}, eep, "spec")
     targets(eep, "targetRefs", "HTTPRoute", route["metadata"]["name"])
     if eep["metadata"]["namespace"] != route["metadata"]["namespace"]:
         raise Refused(f"{where(eep)}: must be in the HTTPRoute's namespace")
+    if ("wasm" in eep["spec"]) == ("dynamicModule" in eep["spec"]):
+        raise Refused(f"{where(eep, 'spec')}: exactly one of wasm (tether's Wasm build) and dynamicModule "
+                      "(its native build) is rendered")
+    return eep
+
+
+def wasm_filter(eep, wasm_path):
     if len(eep["spec"]["wasm"]) != 1:
         raise Refused(f"{where(eep, 'spec', 'wasm')}: one Wasm extension expected")
     w = eep["spec"]["wasm"][0]
@@ -243,6 +272,132 @@ def wasm_filter(docs, route, wasm_path):
     name = f"{WASM}/{config_name}"
     return name, {"name": name, "disabled": True, "typed_config": {"@type": WASM_TYPE, "config": config}}, \
         w.get("config", {}), host_keys or [], eep
+
+
+def module_file_provided(proxy, path, entry_at):
+    """Kubernetes, not Envoy Gateway: the Local path must lie under a volume mounted into
+    the Envoy container, and an emptyDir there must be filled by an init container, or
+    Envoy cannot load the module (the rendered Envoy then refuses the listener)."""
+    deployment = proxy["spec"].get("provider", {}).get("kubernetes", {}).get("envoyDeployment", {})
+    at = ("spec", "provider", "kubernetes", "envoyDeployment")
+    mounts = deployment.get("container", {}).get("volumeMounts", [])
+    for i, m in enumerate(mounts):
+        check_keys(m, {"name", "mountPath", "readOnly", "subPath"}, proxy, *at, "container", "volumeMounts", i)
+    mount = next((m for m in mounts if "subPath" not in m
+                  and path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    if mount is None:
+        raise Refused(f"{where(proxy, *entry_at)}: {path} is under no volume mounted into the Envoy container "
+                      f"({where(proxy, *at, 'container', 'volumeMounts')}): Envoy could not load it")
+    volumes = deployment.get("pod", {}).get("volumes", [])
+    check_keys(deployment.get("pod", {}), {"volumes"}, proxy, *at, "pod")
+    for i, v in enumerate(volumes):
+        check_keys(v, {"name", "emptyDir", "image"}, proxy, *at, "pod", "volumes", i)
+    volume = next((v for v in volumes if v["name"] == mount["name"]), None)
+    if volume is None:
+        raise Refused(f"{where(proxy, *at, 'container', 'volumeMounts')}: no volume {mount['name']!r} in "
+                      f"{where(proxy, *at, 'pod', 'volumes')}")
+    if "emptyDir" in volume:
+        fillers = []
+        for i, c in enumerate(deployment.get("initContainers", [])):
+            check_keys(c, {"name", "image", "command", "args", "volumeMounts", "securityContext", "resources"},
+                       proxy, *at, "initContainers", i)
+            if any(m.get("name") == volume["name"] and not m.get("readOnly") for m in c.get("volumeMounts", [])):
+                fillers.append(c["name"])
+        if not fillers:
+            raise Refused(f"{where(proxy, *at, 'pod', 'volumes')}: the emptyDir {volume['name']!r} holding {path} "
+                          "is written by no init container, so it stays empty")
+    elif deployment.get("initContainers"):
+        raise Refused(f"{where(proxy, *at, 'initContainers')}: not rendered unless they fill the module's emptyDir")
+
+
+def dynamic_module_filter(eep, proxy, native_path):
+    """EnvoyExtensionPolicy.spec.dynamicModule[0] resolved against EnvoyProxy.spec.dynamicModules
+    (buildDynamicModules, envoyextensionpolicy.go:1803-1883) and written as the disabled
+    DynamicModuleFilter (dynamicmodule.go:68-155). Returns (filter name, filter, config,
+    extra clusters)."""
+    modules = eep["spec"]["dynamicModule"]
+    if len(modules) != 1:
+        raise Refused(f"{where(eep, 'spec', 'dynamicModule')}: one dynamic module expected")
+    dm = modules[0]
+    check_keys(dm, {"name", "filterName", "config", "terminalFilter"}, eep, "spec", "dynamicModule", 0)
+    if dm.get("terminalFilter"):
+        raise Refused(f"{where(eep, 'spec', 'dynamicModule', 0, 'terminalFilter')}: tether is not a terminal "
+                      "filter (it steers requests to the route's backend)")
+    # A failure to resolve the module fails the route closed: Envoy Gateway answers every
+    # request of the route with a 500 direct response (envoyextensionpolicy.go:1150-1157).
+    closed = "Envoy Gateway would answer every request of the route with a 500 (envoyextensionpolicy.go:1150-1157)"
+    registry = proxy["spec"].get("dynamicModules", [])
+    index = next((i for i, e in enumerate(registry) if e.get("name") == dm.get("name")), None)
+    if index is None:
+        raise Refused(f"{where(eep, 'spec', 'dynamicModule', 0, 'name')}: {dm.get('name')!r} is not in "
+                      f"{where(proxy, 'spec', 'dynamicModules')}: {closed}")
+    entry = registry[index]
+    at = ("spec", "dynamicModules", index)
+    check_keys(entry, {"name", "source", "doNotClose", "loadGlobally"}, proxy, *at)
+    source = entry.get("source", {})
+    check_keys(source, {"type", "local", "remote"}, proxy, *at, "source")
+    kind = source.get("type", "Local")
+    extra_clusters = []
+    if kind == "Local":
+        if "local" not in source or "remote" in source:
+            raise Refused(f"{where(proxy, *at, 'source')}: type Local needs local and no remote "
+                          "(the API server refuses it)")
+        check_keys(source["local"], {"path"}, proxy, *at, "source", "local")
+        path = source["local"].get("path", "")
+        if not path.startswith("/"):
+            raise Refused(f"{where(proxy, *at, 'source', 'local', 'path')}: an absolute path in the Envoy "
+                          f"container expected, got {path!r}")
+        module_file_provided(proxy, path, at + ("source", "local", "path"))
+        module = {"local": {"filename": os.path.abspath(native_path) if native_path else path}}
+    elif kind == "Remote":
+        if "remote" not in source or "local" in source:
+            raise Refused(f"{where(proxy, *at, 'source')}: type Remote needs remote and no local "
+                          "(the API server refuses it)")
+        remote = source["remote"]
+        check_keys(remote, {"url", "sha256"}, proxy, *at, "source", "remote")
+        url, sha = remote.get("url", ""), remote.get("sha256", "")
+        if not isinstance(sha, str) or not re.fullmatch(r"[a-f0-9]{64}", sha):
+            raise Refused(f"{where(proxy, *at, 'source', 'remote', 'sha256')}: 64 lowercase hex digits expected, "
+                          "as a string (quote it if YAML reads it as a number; the API server refuses anything "
+                          "else)")
+        # validateDynamicModuleRemoteURL (envoyextensionpolicy.go:51-74), then url2Cluster
+        # (xds/translator/utils.go:43-84): cluster <host with . as _>_<port>, STATIC for an
+        # IP address, DNS otherwise; https adds an upstream TLS socket, not rendered here.
+        m = re.fullmatch(r"(https?)://([^/?#:]+)(?::(\d+))?([/?#].*)?", url)
+        if not m:
+            raise Refused(f"{where(proxy, *at, 'source', 'remote', 'url')}: {url!r} is not an http(s) URL "
+                          f"with a host: {closed}")
+        scheme, host, port = m.group(1), m.group(2), int(m.group(3) or (443 if m.group(1) == "https" else 80))
+        if scheme != "http" or not re.fullmatch(r"\d+\.\d+\.\d+\.\d+", host):
+            raise Refused(f"{where(proxy, *at, 'source', 'remote', 'url')}: only http:// with an IPv4 address is "
+                          "rendered (Envoy Gateway would add an upstream TLS socket for https and a DNS cluster "
+                          "for a host name; not modelled)")
+        cluster = f"{host.replace('.', '_')}_{port}"
+        module = {"remote": {"http_uri": {"uri": url, "cluster": cluster, "timeout": "10s"}, "sha256": sha}}
+        # addClusterFromURL (utils.go:164-200): the fields tether's Envoy needs to fetch
+        # from it; Envoy Gateway's other cluster defaults are left out.
+        extra_clusters.append({"name": cluster, "type": "STATIC", "connect_timeout": "10s",
+                               "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                                   {"endpoint": {"address": {"socket_address": {
+                                       "address": host, "port_value": port}}}}]}]}})
+    else:
+        raise Refused(f"{where(proxy, *at, 'source', 'type')}: {kind!r} is not Local or Remote: {closed}")
+    module_config = {}
+    if entry.get("doNotClose"):
+        module_config["do_not_close"] = True
+    if entry.get("loadGlobally"):
+        module_config["load_globally"] = True
+    module_config["module"] = module
+    typed = {"@type": DYNAMIC_TYPE, "dynamic_module_config": module_config}
+    if dm.get("filterName"):
+        typed["filter_name"] = dm["filterName"]
+    if "config" in dm:
+        # The raw JSON of spec.dynamicModule[].config, as the API server stores it.
+        typed["filter_config"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": json.dumps(dm["config"], separators=(",", ":"))}
+    config_name = f"envoyextensionpolicy/{eep['metadata']['namespace']}/{eep['metadata']['name']}/dynamic-module/0"
+    name = f"{DYNAMIC}/{config_name}"
+    return name, {"name": name, "disabled": True, "typed_config": typed}, dm.get("config", {}), extra_clusters
 
 
 def traffic(docs, route):
@@ -422,7 +577,7 @@ def sort_filters(filters, filter_order):
     """sortHTTPFilters (httpfilters.go): default order, then each filterOrder entry."""
     def order(f):
         base = next(t for t in ORDER if f["name"].startswith(t))
-        index = int(f["name"].rsplit("/", 1)[1]) if base == WASM else 0
+        index = int(f["name"].rsplit("/", 1)[1]) if base in (WASM, DYNAMIC) else 0
         return (ORDER[base] + index, f["name"])
     out = sorted(filters, key=order)
     for pos in filter_order:
@@ -463,7 +618,7 @@ def eds(cluster_name, endpoints):
 
 # ---------------------------------------------------------------- render
 
-def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only=False):
+def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only=False, native_path=None):
     docs = load_dir(manifests)
     known = {"GatewayClass", "Gateway", "EnvoyProxy", "HTTPRoute", "BackendTrafficPolicy",
              "EnvoyExtensionPolicy", "EnvoyPatchPolicy"}
@@ -482,17 +637,37 @@ def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only
     if endpoints_only:
         return
 
-    wasm_name, wasm, plugin_config, host_keys, eep = wasm_filter(docs, route, wasm_path)
+    eep = extension_policy(docs, route)
+    native = "dynamicModule" in eep["spec"]
+    sp_at = where(route, 'spec', 'rules', 0, 'sessionPersistence')
+    if native:
+        if session_name is not None:
+            raise Refused(f"{sp_at}: not with tether's native build, which sets the upstream override host "
+                          "itself: Envoy Gateway would add stateful_session (order 11) before tether (250), "
+                          "reading a client-sent header before tether removes it")
+        ext_name, ext, plugin_config, extra_clusters = dynamic_module_filter(eep, proxy, native_path)
+        config_at = ("spec", "dynamicModule", 0, "config")
+        keys_var = plugin_config.get("keysFromEnv")
+        if keys_var is not None and keys_var not in proxy_env:
+            raise Refused(f"{where(eep, *config_at, 'keysFromEnv')}: {keys_var} is not in the Envoy container's "
+                          f"env ({where(proxy, 'spec', 'provider')}); the native module reads Envoy's own "
+                          "environment")
+    else:
+        if session_name is None:
+            raise Refused(f"{sp_at}: required (Envoy Gateway adds the stateful_session filter only for it)")
+        ext_name, ext, plugin_config, host_keys, _ = wasm_filter(eep, wasm_path)
+        extra_clusters = []
+        config_at = ("spec", "wasm", 0, "config")
+        for key in host_keys:
+            if key not in proxy_env:
+                raise Refused(f"{where(eep, 'spec', 'wasm', 0, 'env', 'hostKeys')}: {key} is not in the Envoy "
+                              f"container's env ({where(proxy, 'spec', 'provider')})")
+        if plugin_config.get("hostHeader", "x-tether-host") != session_name or "hostCookie" in plugin_config:
+            raise Refused(f"{where(eep, *config_at, 'hostHeader')}: must be `{session_name}`, "
+                          "the header the HTTPRoute's sessionPersistence reads")
     cluster_extra, action, key_header = traffic(docs, route)
-    for key in host_keys:
-        if key not in proxy_env:
-            raise Refused(f"{where(eep, 'spec', 'wasm', 0, 'env', 'hostKeys')}: {key} is not in the Envoy "
-                          f"container's env ({where(proxy, 'spec', 'provider')})")
-    if plugin_config.get("hostHeader", "x-tether-host") != session_name or "hostCookie" in plugin_config:
-        raise Refused(f"{where(eep, 'spec', 'wasm', 0, 'config', 'hostHeader')}: must be `{session_name}`, "
-                      "the header the HTTPRoute's sessionPersistence reads")
     if plugin_config.get("keyHeader", "x-tether-key") != key_header:
-        raise Refused(f"{where(eep, 'spec', 'wasm', 0, 'config', 'keyHeader')}: must be `{key_header}`, "
+        raise Refused(f"{where(eep, *config_at, 'keyHeader')}: must be `{key_header}`, "
                       "the BackendTrafficPolicy's consistent-hash header")
 
     cluster = {"name": cluster_name, "type": "EDS",
@@ -504,11 +679,16 @@ def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only
     header_state = {"name": "envoy.http.stateful_session.header", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
         "name": session_name}}
-    filters = [
-        wasm,
-        {"name": SESSION, "disabled": True, "typed_config": {
+    filters = [ext]
+    per_filter = {}
+    if session_name is not None:
+        filters.append({"name": SESSION, "disabled": True, "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
-            "session_state": header_state}},
+            "session_state": header_state}})
+        per_filter[SESSION] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3."
+                                        "StatefulSessionPerRoute", "stateful_session": {"session_state": header_state}}
+    per_filter[ext_name] = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+    filters += [
         {"name": ROUTER, "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
             "suppress_envoy_headers": True}},
@@ -523,10 +703,7 @@ def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only
         "name": f"httproute/{ns}/{name}/rule/0/match/0/{h.replace('.', '_')}",
         "match": {"prefix": "/"},
         "route": route_action,
-        "typed_per_filter_config": {
-            SESSION: {"@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3."
-                               "StatefulSessionPerRoute", "stateful_session": {"session_state": header_state}},
-            wasm_name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}}]}
+        "typed_per_filter_config": per_filter}]}
         for h in hostnames]
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager",
@@ -541,7 +718,7 @@ def render(manifests, helm_values, endpoints, wasm_path, out_dir, endpoints_only
                 "address": "127.0.0.1", "port_value": 10000}},
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": hcm}]}]}],
-            "clusters": [cluster]}}
+            "clusters": [cluster] + extra_clusters}}
     note = (f"# filterOrder: {'EnvoyProxy ' + proxy['metadata']['name'] if proxy['spec'].get('filterOrder') else 'none (Envoy Gateway default)'}"
             f"; EnvoyPatchPolicy applied: {', '.join(applied) or 'none'}\n")
     with open(os.path.join(out_dir, "envoy.yaml"), "w") as f:
@@ -615,6 +792,8 @@ def main():
                     help="Envoy Gateway's Helm values (is EnvoyPatchPolicy enabled?)")
     ap.add_argument("--endpoint", action="append", default=[])
     ap.add_argument("--wasm", default="target/wasm32-wasip1/release/tether.wasm")
+    ap.add_argument("--native-module", metavar="PATH",
+                    help="load the native build from PATH instead of the EnvoyProxy's in-pod Local path")
     ap.add_argument("--out", required=True)
     ap.add_argument("--endpoints-only", action="store_true",
                     help="rewrite only OUT/eds.yaml (a pod's conditions changed)")
@@ -626,7 +805,8 @@ def main():
         if args.pin:
             pin(args.pin, args.layout, args.manifests, args.out)
         else:
-            render(args.manifests, args.helm_values, endpoints, args.wasm, args.out, args.endpoints_only)
+            render(args.manifests, args.helm_values, endpoints, args.wasm, args.out, args.endpoints_only,
+                   args.native_module)
     except Refused as e:
         sys.exit(f"envoy-gateway-render: {e}")
     except (KeyError, TypeError, ValueError, AttributeError) as e:

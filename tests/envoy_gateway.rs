@@ -13,7 +13,7 @@ mod common;
 use common::renderers::envoy_gateway::*;
 use common::*;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use tether::token::SessionId;
 
@@ -147,85 +147,13 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
 
 // ---------------------------------------------------------------- draining
 
-/// (sessions of `drained` that stayed, sessions of other pods that moved).
-fn count(sessions: &[(String, String)], after: &[(String, bool)], drained: &str) -> (usize, usize) {
-    let stayed = sessions
-        .iter()
-        .zip(after)
-        .filter(|((_, pod), (now, repinned))| pod == drained && now == drained && !repinned)
-        .count();
-    let others_moved = sessions
-        .iter()
-        .zip(after)
-        .filter(|((_, pod), (now, repinned))| pod != drained && (now != pod || *repinned))
-        .count();
-    (stayed, others_moved)
-}
-
-struct Drained {
-    own: usize,
-    stayed: usize,
-    ws_stayed: usize,
-    fresh_on_drained: usize,
-    gone_moved: Option<usize>,
-}
-
-/// 300 sessions over 3 pods; pod a begins its graceful shutdown (EndpointSlice: serving,
-/// terminating, not ready), which Envoy Gateway sends as DRAINING; then (with `until_gone`)
-/// it exits and leaves the EndpointSlice.
-fn drain(manifests: &Path, tag: &str, until_gone: bool) -> Drained {
-    let mut pods = Pod::start_many(3);
-    let out = scratch_dir(tag);
-    let mut states = ready(&pods);
-    let envoy = start(render(manifests, &states, &out, false), &pods);
-    let sessions = mint_sessions(&envoy, 300);
-    let (drained, drained_addr) = (pods[0].name.clone(), pods[0].addr);
-    let own: Vec<&(String, String)> = sessions.iter().filter(|(_, pod)| *pod == drained).collect();
-    assert!(own.len() >= 50, "{} of 300 sessions on {drained}", own.len());
-
-    states[0] = format!("{drained_addr}=terminating");
-    render(manifests, &states, &out, true);
-    envoy.wait_flags_in(CLUSTER, drained_addr, "/eds_status_draining");
-    envoy.settle();
-    let after = visit_sessions(&envoy, &sessions);
-    let (stayed, others_moved) = count(&sessions, &after, &drained);
-    assert_eq!(others_moved, 0, "sessions of the other pods moved");
-    let ws_stayed = own
-        .iter()
-        .filter(|(cookie, _)| {
-            let (r, first_frame) = websocket(envoy.addr(), Some(cookie));
-            assert_eq!(r.status, 101);
-            first_frame == drained && r.set_cookie().is_none()
-        })
-        .count();
-    let fresh_on_drained = mint_sessions(&envoy, 150).iter().filter(|(_, pod)| *pod == drained).count();
-    let mut gone_moved = None;
-    if until_gone {
-        // The pod exits; Kubernetes removes it from the EndpointSlice.
-        pods[0].kill();
-        states.remove(0);
-        render(manifests, &states, &out, true);
-        envoy.wait_removed_in(CLUSTER, drained_addr);
-        envoy.settle();
-        let gone = visit_sessions(&envoy, &sessions);
-        let moved = sessions
-            .iter()
-            .zip(&gone)
-            .filter(|((_, pod), (now, repinned))| *pod == drained && *now != drained && *repinned)
-            .count();
-        assert_eq!(count(&sessions, &gone, &drained).1, 0, "other sessions moved when the pod left");
-        gone_moved = Some(moved);
-    }
-    Drained { own: own.len(), stayed, ws_stayed, fresh_on_drained, gone_moved }
-}
-
 /// With the EnvoyPatchPolicy (override_host_status with DRAINING), a terminating pod keeps
 /// its sessions (HTTP and WebSocket reconnects), gets no new one, and its sessions move only
 /// once it is gone.
 #[test]
 fn draining_pod_keeps_its_sessions_with_the_envoy_patch_policy() {
     let manifests = pinned("eg-drain");
-    let d = drain(&manifests, "eg-drain-rendered", true);
+    let d = drain(&manifests, "eg-drain-rendered", true, CLUSTER, &render, &start);
     let gone_moved = d.gone_moved.unwrap();
     println!(
         "envoy gateway + EnvoyPatchPolicy, pod terminating: {} of its {} sessions stayed (HTTP), {} of {} \
@@ -244,7 +172,7 @@ fn draining_pod_keeps_its_sessions_with_the_envoy_patch_policy() {
 fn without_the_patch_a_draining_pods_sessions_move_at_once() {
     let manifests = pinned("eg-nopatch");
     std::fs::remove_file(manifests.join("envoypatchpolicy.yaml")).unwrap();
-    let d = drain(&manifests, "eg-nopatch-rendered", false);
+    let d = drain(&manifests, "eg-nopatch-rendered", false, CLUSTER, &render, &start);
     println!(
         "envoy gateway without the EnvoyPatchPolicy, pod terminating: {} of its {} sessions stayed (HTTP), \
          {} of {} WebSocket reconnects stayed; new sessions on it: {} of 150",

@@ -295,6 +295,9 @@ pub struct EnvoyConfig {
     pub log_level: &'static str,
     /// Envoy's worker threads (`--concurrency`), 2 unless a test needs otherwise.
     pub concurrency: u32,
+    /// The Envoy binary to run, when a test needs one release whatever `ENVOY` says
+    /// (else [`envoy_binary`]).
+    pub envoy: Option<PathBuf>,
 }
 
 const SHIPPED_ENDPOINTS_MARK: &str = "      - lb_endpoints:\n";
@@ -337,7 +340,13 @@ impl EnvoyConfig {
 
     /// Any configuration with listener port 10000 and admin port 9901 (replaced at start).
     pub fn from_yaml(yaml: String) -> EnvoyConfig {
-        EnvoyConfig { yaml, env: Vec::new(), log_level: "info", concurrency: 2 }
+        EnvoyConfig { yaml, env: Vec::new(), log_level: "info", concurrency: 2, envoy: None }
+    }
+
+    /// Runs this Envoy binary instead of [`envoy_binary`]'s.
+    pub fn envoy_binary(mut self, path: PathBuf) -> Self {
+        self.envoy = Some(path);
+        self
     }
 
     /// Runs Envoy at this log level (`trace` logs every header and the whole config).
@@ -571,6 +580,20 @@ pub fn envoy_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The pinned Envoy `release` (`ENVOY_VERSION=release scripts/envoy.sh`, installing it if
+/// needed), whatever `ENVOY` says. One call at a time: two installs of the same release
+/// into .tools/ would race.
+pub fn pinned_envoy(release: &str) -> PathBuf {
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(repo().join("scripts/envoy.sh"))
+        .env("ENVOY_VERSION", release)
+        .output()
+        .expect("scripts/envoy.sh");
+    assert!(out.status.success(), "scripts/envoy.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// The release of the Envoy under test (`1.40.0`), from `envoy --version`.
 pub fn envoy_release() -> String {
     let out = Command::new(envoy_binary()).arg("--version").output().expect("envoy --version");
@@ -659,11 +682,12 @@ impl Envoy {
         let env = config.env.clone();
         let level = config.log_level;
         let workers = config.concurrency.to_string();
+        let binary = config.envoy.clone().unwrap_or_else(envoy_binary);
         let wasm_level = if level == "trace" { "wasm:trace" } else { "wasm:debug" };
         std::fs::write(&config_path, config.ports(port, admin).yaml).unwrap();
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(envoy_binary())
+        let child = Command::new(binary)
             .current_dir(repo())
             .arg("-c")
             .arg(&config_path)
@@ -1105,6 +1129,19 @@ pub fn ask_while_owner_away(
     open: impl Fn(&str) -> SessionToken,
     check: impl Fn(&Response),
 ) -> Vec<String> {
+    ask_while_owner_away_keeping(envoy, cookie, (owner, owner_name), n, open, check).0
+}
+
+/// [`ask_while_owner_away`], also returning the cookie the client holds at the end (the
+/// token that recorded the miss).
+pub fn ask_while_owner_away_keeping(
+    envoy: &Envoy,
+    cookie: &str,
+    (owner, owner_name): (SocketAddr, &str),
+    n: usize,
+    open: impl Fn(&str) -> SessionToken,
+    check: impl Fn(&Response),
+) -> (Vec<String>, String) {
     let mut cookie = cookie.to_string();
     let mut tokens = 0;
     let mut served = Vec::new();
@@ -1122,7 +1159,7 @@ pub fn ask_while_owner_away(
         served.push(r.pod().to_string());
     }
     assert_eq!(tokens, 1, "the first miss, and only it, sends a token");
-    served
+    (served, cookie)
 }
 
 /// `n` new sessions, one after the other: (cookie value, pod).

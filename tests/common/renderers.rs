@@ -64,7 +64,7 @@ pub mod istio {
 }
 
 pub mod envoy_gateway {
-    use crate::common::{repo, scratch_dir};
+    use crate::common::{mint_sessions, repo, scratch_dir, visit_sessions, websocket, Envoy, Pod};
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
 
@@ -125,7 +125,19 @@ pub mod envoy_gateway {
     /// Renders `manifests` with endpoints given as `ip:port[=ready|terminating|stopped]`;
     /// returns envoy.yaml (empty with `endpoints_only`).
     pub fn render(manifests: &Path, endpoints: &[String], out: &Path, endpoints_only: bool) -> String {
+        render_with(manifests, endpoints, out, endpoints_only, &[])
+    }
+
+    /// [`render`] with more arguments for the renderer (`--native-module PATH`).
+    pub fn render_with(
+        manifests: &Path,
+        endpoints: &[String],
+        out: &Path,
+        endpoints_only: bool,
+        extra: &[&str],
+    ) -> String {
         let mut args = vec!["--manifests", path(manifests), "--out", path(out)];
+        args.extend(extra);
         for e in endpoints {
             args.extend(["--endpoint", e.as_str()]);
         }
@@ -161,4 +173,89 @@ pub mod envoy_gateway {
 
     pub const FILTER_ORDER: &str =
         "  filterOrder:\n  - name: envoy.filters.http.wasm\n    before: envoy.filters.http.stateful_session\n";
+
+    // ---------------------------------------------------------------- draining
+
+    /// How a test renders manifests: (manifests, endpoints, out, endpoints_only) -> envoy.yaml.
+    pub type Renderer = dyn Fn(&Path, &[String], &Path, bool) -> String;
+
+    /// (sessions of `drained` that stayed, sessions of other pods that moved).
+    pub fn count(sessions: &[(String, String)], after: &[(String, bool)], drained: &str) -> (usize, usize) {
+        let stayed = sessions
+            .iter()
+            .zip(after)
+            .filter(|((_, pod), (now, repinned))| pod == drained && now == drained && !repinned)
+            .count();
+        let others_moved = sessions
+            .iter()
+            .zip(after)
+            .filter(|((_, pod), (now, repinned))| pod != drained && (now != pod || *repinned))
+            .count();
+        (stayed, others_moved)
+    }
+
+    pub struct Drained {
+        pub own: usize,
+        pub stayed: usize,
+        pub ws_stayed: usize,
+        pub fresh_on_drained: usize,
+        pub gone_moved: Option<usize>,
+    }
+
+    /// 300 sessions over 3 pods; pod a begins its graceful shutdown (EndpointSlice: serving,
+    /// terminating, not ready), which Envoy Gateway sends as DRAINING; then (with `until_gone`)
+    /// it exits and leaves the EndpointSlice. `render` renders the manifests (see [`render`]),
+    /// `start` starts Envoy with the rendering; `cluster` is the route's cluster.
+    pub fn drain(
+        manifests: &Path,
+        tag: &str,
+        until_gone: bool,
+        cluster: &str,
+        render: &Renderer,
+        start: &dyn Fn(String, &[Pod]) -> Envoy,
+    ) -> Drained {
+        let mut pods = Pod::start_many(3);
+        let out = scratch_dir(tag);
+        let mut states: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+        let envoy = start(render(manifests, &states, &out, false), &pods);
+        let sessions = mint_sessions(&envoy, 300);
+        let (drained, drained_addr) = (pods[0].name.clone(), pods[0].addr);
+        let own: Vec<&(String, String)> = sessions.iter().filter(|(_, pod)| *pod == drained).collect();
+        assert!(own.len() >= 50, "{} of 300 sessions on {drained}", own.len());
+
+        states[0] = format!("{drained_addr}=terminating");
+        render(manifests, &states, &out, true);
+        envoy.wait_flags_in(cluster, drained_addr, "/eds_status_draining");
+        envoy.settle();
+        let after = visit_sessions(&envoy, &sessions);
+        let (stayed, others_moved) = count(&sessions, &after, &drained);
+        assert_eq!(others_moved, 0, "sessions of the other pods moved");
+        let ws_stayed = own
+            .iter()
+            .filter(|(cookie, _)| {
+                let (r, first_frame) = websocket(envoy.addr(), Some(cookie));
+                assert_eq!(r.status, 101);
+                first_frame == drained && r.set_cookie().is_none()
+            })
+            .count();
+        let fresh_on_drained = mint_sessions(&envoy, 150).iter().filter(|(_, pod)| *pod == drained).count();
+        let mut gone_moved = None;
+        if until_gone {
+            // The pod exits; Kubernetes removes it from the EndpointSlice.
+            pods[0].kill();
+            states.remove(0);
+            render(manifests, &states, &out, true);
+            envoy.wait_removed_in(cluster, drained_addr);
+            envoy.settle();
+            let gone = visit_sessions(&envoy, &sessions);
+            let moved = sessions
+                .iter()
+                .zip(&gone)
+                .filter(|((_, pod), (now, repinned))| *pod == drained && *now != drained && *repinned)
+                .count();
+            assert_eq!(count(&sessions, &gone, &drained).1, 0, "other sessions moved when the pod left");
+            gone_moved = Some(moved);
+        }
+        Drained { own: own.len(), stayed, ws_stayed, fresh_on_drained, gone_moved }
+    }
 }
