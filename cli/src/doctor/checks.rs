@@ -123,8 +123,16 @@ fn plugin_of(tc: &Value, delivery: &'static str) -> Option<Plugin> {
             })
         }
         DYNAMIC_MODULE => {
-            let name = str_at(&tc, &["dynamic_module_config", "name"]).unwrap_or("");
-            name.contains("tether").then(|| Plugin {
+            // The module by search-path name, by file, or by URL (`module.local.filename`,
+            // `module.remote.http_uri.uri`), or the filter's name within it.
+            let names = [
+                &["dynamic_module_config", "name"][..],
+                &["dynamic_module_config", "module", "local", "filename"],
+                &["dynamic_module_config", "module", "remote", "http_uri", "uri"],
+                &["filter_name"],
+            ];
+            let named = names.iter().any(|path| str_at(&tc, path).is_some_and(|n| n.contains("tether")));
+            named.then(|| Plugin {
                 delivery: "native",
                 wasm: None,
                 configuration: any_text(tc.get("filter_config")),
