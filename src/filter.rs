@@ -755,6 +755,10 @@ mod tests {
     }
 
     fn token_for(owner: &str, filter: &Filter) -> String {
+        token_in(owner, filter, "pods")
+    }
+
+    fn token_in(owner: &str, filter: &Filter, scope: &str) -> String {
         let t = token::SessionToken {
             session: SessionId([5; 16]),
             owner: owner.parse().unwrap(),
@@ -763,7 +767,7 @@ mod tests {
             cluster: String::new(),
             owner_away_since: None,
         };
-        token::seal(&t, filter.settings.keyring.signing_key().unwrap(), "pods")
+        token::seal(&t, filter.settings.keyring.signing_key().unwrap(), scope)
     }
 
     fn request<const D: bool>(headers: &[(&str, &str)]) -> Fake<D> {
@@ -825,16 +829,7 @@ mod tests {
     #[test]
     fn without_a_cluster_name_no_token_steers_and_none_is_minted() {
         fn check<const D: bool>(f: &Filter) {
-            let unbound = token::SessionToken {
-                session: SessionId([5; 16]),
-                owner: "10.0.0.2:8080".parse().unwrap(),
-                issued_at: NOW - 10,
-                expires_at: NOW + 600,
-                cluster: String::new(),
-                owner_away_since: None,
-            };
-            let unbound = token::seal(&unbound, f.settings.keyring.signing_key().unwrap(), "");
-            for token in [unbound, token_for("10.0.0.2:8080", f)] {
+            for token in [token_in("10.0.0.2:8080", f, ""), token_for("10.0.0.2:8080", f)] {
                 let cookie = format!("tether={token}");
                 let spoofed = [("cookie", cookie.as_str()), ("x-tether-host", "x"), ("x-tether-key", "mine")];
                 let mut host: Fake<D> = Fake { no_cluster: true, ..request(&spoofed) };
