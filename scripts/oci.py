@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""tether's .wasm as an OCI image Istio pulls, with no docker engine (Python stdlib only).
+"""tether's .wasm as an OCI image Istio pulls, and its native module as a multi-platform
+image for an init container, with no docker engine (Python stdlib only).
 
 Format: the Wasm image spec's *compat* variant with OCI media types — what `docker build`
 of `FROM scratch` + `COPY tether.wasm plugin.wasm` produces, and the first format istio-agent
@@ -16,6 +17,12 @@ layouts and registries is skopeo's job (scripts/push.sh); nothing here speaks to
   oci.py digest LAYOUT_DIR          the image (manifest) digest, sha256:...
   oci.py extract LAYOUT_DIR OUT     checks every digest, writes plugin.wasm as istio-agent
                                     extracts it (e.g. from `skopeo copy docker://... oci:DIR`)
+  oci.py native LAYOUT_DIR ENVOY ARCH=MODULE,INSTALL ...
+                                    the native image (scripts/native-image.sh): an image index
+                                    with one image per linux ARCH holding /libtether.so and its
+                                    entrypoint /install; prints the index digest
+  oci.py extract-native LAYOUT_DIR ARCH DIR
+                                    checks every digest, unpacks ARCH's image into DIR
 
 For WasmPlugin with url oci://...: sha256 is the *manifest digest* (istio-agent compares
 it with the image digest, pkg/wasm/cache.go), not the sha256 of the .wasm file.
@@ -31,6 +38,7 @@ import tarfile
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def sha256(data):
@@ -39,14 +47,72 @@ def sha256(data):
 
 def layer_tar(wasm):
     """A reproducible tar with one file, plugin.wasm (fixed owner, mode and time)."""
+    return files_tar([("plugin.wasm", wasm, 0o644)])
+
+
+def files_tar(files):
+    """A reproducible tar of (name, bytes, mode) (fixed owner and time)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("plugin.wasm")
-        info.size, info.mode, info.mtime = len(wasm), 0o644, 0
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        tar.addfile(info, io.BytesIO(wasm))
+        for name, data, mode in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_blobs(layout, *blobs):
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    for data in blobs:
+        with open(os.path.join(layout, "blobs", "sha256", sha256(data)), "wb") as f:
+            f.write(data)
+
+
+def native(layout, envoy, platforms):
+    """One image per platform (/libtether.so, /install as entrypoint) under an image index."""
+    entries = []
+    for spec in platforms:
+        arch, _, paths = spec.partition("=")
+        module_path, _, install_path = paths.partition(",")
+        with open(module_path, "rb") as f:
+            module = f.read()
+        with open(install_path, "rb") as f:
+            install = f.read()
+        if module[:4] != b"\x7fELF" or install[:4] != b"\x7fELF":
+            sys.exit(f"oci.py: {spec}: not ELF files")
+        tar = files_tar([("install", install, 0o755), ("libtether.so", module, 0o644)])
+        layer = gzip.compress(tar, mtime=0)
+        config = canonical({
+            "architecture": arch, "os": "linux",
+            "config": {"Entrypoint": ["/install"], "User": "65532:65532",
+                       "Labels": {"io.tether.envoy": envoy}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(tar)]},
+        })
+        manifest = canonical({
+            "schemaVersion": 2, "mediaType": MANIFEST,
+            "config": {"mediaType": CONFIG, "digest": "sha256:" + sha256(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER, "digest": "sha256:" + sha256(layer), "size": len(layer)}],
+        })
+        write_blobs(layout, layer, config, manifest)
+        entries.append({"mediaType": MANIFEST, "digest": "sha256:" + sha256(manifest), "size": len(manifest),
+                        "platform": {"architecture": arch, "os": "linux"}})
+        print(f"linux/{arch}: libtether.so sha256 {sha256(module)} ({len(module)} bytes)")
+    index = canonical({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries,
+                       "annotations": {"io.tether.envoy": envoy}})
+    write_blobs(layout, index)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "mediaType": INDEX,
+                   "manifests": [{"mediaType": INDEX, "digest": "sha256:" + sha256(index), "size": len(index)}]}, f)
+    print(f"image layout:   {layout} (for Envoy {envoy})")
+    print(f"image digest:   sha256:{sha256(index)}")
 
 
 def build(wasm_path, layout):
@@ -129,6 +195,29 @@ def extract(layout, out):
     print(f"extracted {digest} -> {out} ({len(wasm)} bytes, sha256 {sha256(wasm)})")
 
 
+def extract_native(layout, arch, out):
+    """ARCH's image, every digest checked, unpacked into directory OUT (libtether.so, install)."""
+    index = json.loads(blob(layout, manifest_digest(layout), "image index"))
+    entry = next((m for m in index["manifests"] if m.get("platform", {}).get("architecture") == arch), None)
+    if entry is None:
+        sys.exit(f"oci.py: no linux/{arch} image in {layout}")
+    m = json.loads(blob(layout, entry["digest"], "manifest"))
+    config = json.loads(blob(layout, m["config"]["digest"], "config"))
+    if config.get("architecture") != arch or config.get("config", {}).get("Entrypoint") != ["/install"]:
+        sys.exit(f"oci.py: linux/{arch}: unexpected image config {config}")
+    layer = blob(layout, m["layers"][-1]["digest"], "layer")
+    os.makedirs(out, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        for name in ("libtether.so", "install"):
+            member = tar.getmember(name)
+            path = os.path.join(out, name)
+            with open(path, "wb") as f:
+                f.write(tar.extractfile(member).read())
+            os.chmod(path, member.mode)
+    module = open(os.path.join(out, "libtether.so"), "rb").read()
+    print(f"extracted linux/{arch} -> {out} (libtether.so {len(module)} bytes, sha256 {sha256(module)}; install)")
+
+
 def main():
     args = sys.argv[1:]
     if len(args) == 3 and args[0] == "build":
@@ -137,6 +226,10 @@ def main():
         print(manifest_digest(args[1]))
     elif len(args) == 3 and args[0] == "extract":
         extract(args[1], args[2])
+    elif len(args) >= 4 and args[0] == "native":
+        native(args[1], args[2], args[3:])
+    elif len(args) == 4 and args[0] == "extract-native":
+        extract_native(args[1], args[2], args[3])
     else:
         sys.exit(__doc__)
 

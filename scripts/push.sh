@@ -17,8 +17,10 @@ if ! command -v skopeo >/dev/null; then
   { apt-get update -qq && apt-get install -y -qq skopeo; } >&2
 fi
 built="$(python3 scripts/oci.py digest "$layout")"
-skopeo copy --quiet --dest-tls-verify="$tls" "oci:$layout" "docker://$image"
-pushed="$(skopeo inspect --tls-verify="$tls" --format '{{.Digest}}' "docker://$image")"
+# --all: the native image is an index of one image per platform; every one of them goes.
+skopeo copy --quiet --all --dest-tls-verify="$tls" "oci:$layout" "docker://$image"
+# The digest of what the registry serves for the tag, as stored (an index stays an index).
+pushed="sha256:$(skopeo inspect --raw --tls-verify="$tls" "docker://$image" | sha256sum | cut -d' ' -f1)"
 if [[ "$pushed" != "$built" ]]; then
   echo "the registry reports $pushed for $image, but the built image is $built" >&2
   exit 1

@@ -2,7 +2,8 @@
 //! docker-registry on loopback (scripts/registry.sh), pushed by scripts/push.sh (`make
 //! push`, skopeo), pulled back by tag and by digest with skopeo, and the module extracted
 //! as istio-agent does is byte-identical to the built .wasm. The image is reproducible, a
-//! wrong digest is refused, and `make istio`'s manifests pin exactly the pushed digest.
+//! wrong digest is refused, and `make istio`'s manifests pin exactly the pushed digest. The
+//! native image (`make native-image`, an index of two platforms) goes the same way.
 
 mod common;
 
@@ -105,14 +106,7 @@ fn image_round_trips_through_a_registry_byte_identical() {
 
     let registry = Registry::start(&dir.join("registry"));
     let tagged = format!("{}/tether/tether:0.1.0", registry.addr);
-    let pushed = Command::new(repo().join("scripts/push.sh"))
-        .current_dir(repo())
-        .env("TLS_VERIFY", "false")
-        .arg(&tagged)
-        .arg(&layout)
-        .output()
-        .unwrap();
-    let pushed = ok(pushed);
+    let pushed = push(&tagged, &layout);
     assert_eq!(field(&pushed, "image digest:"), digest, "the registry holds the built image unchanged");
     let pinned = format!("{}/tether/tether@{digest}", registry.addr);
     assert_eq!(field(&pushed, "pinned:"), pinned);
@@ -194,6 +188,63 @@ fn image_round_trips_through_a_registry_byte_identical() {
         std::fs::read_to_string(manifests.join("extras").join(extra)).unwrap(),
         std::fs::read_to_string(repo().join("istio/extras").join(extra)).unwrap()
     );
+}
+
+/// `make native-image`'s image index through the same registry (`make push-native`): every
+/// platform pushed and pulled back by digest, each module byte-identical to its build, and
+/// `make envoy-gateway-native` pins the init container to that digest.
+#[test]
+fn native_image_round_trips_through_a_registry_every_platform() {
+    let layout = repo().join("target/oci-native");
+    assert!(layout.join("index.json").exists(), "run `make native-image` (or `make test`)");
+    let digest = ok(oci(&["digest", layout.to_str().unwrap()])).trim().to_string();
+    let dir = scratch_dir("native-image");
+    let registry = Registry::start(&dir.join("registry"));
+    let tagged = format!("{}/tether/tether-native:0.1.0", registry.addr);
+    let pushed = push(&tagged, &layout);
+    assert_eq!(field(&pushed, "image digest:"), digest, "the registry holds the built index unchanged");
+    let pinned = format!("{}/tether/tether-native@{digest}", registry.addr);
+    let pulled = dir.join("pulled");
+    ok(skopeo(&[
+        "copy",
+        "--quiet",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{pinned}"),
+        &oci_dir(&pulled),
+    ]));
+    for (arch, gnu) in [("amd64", "x86_64-unknown-linux-gnu"), ("arm64", "aarch64-unknown-linux-gnu")] {
+        let out = dir.join(format!("pulled-{arch}"));
+        ok(oci(&["extract-native", pulled.to_str().unwrap(), arch, out.to_str().unwrap()]));
+        let built = repo().join(format!("target/native-image/build/{gnu}/native/libtether.so"));
+        assert!(
+            std::fs::read(out.join("libtether.so")).unwrap() == std::fs::read(&built).unwrap(),
+            "{arch}: the pulled module differs from its build"
+        );
+    }
+    let manifests = dir.join("envoy-gateway-native");
+    ok(Command::new("python3")
+        .current_dir(repo())
+        .args(["scripts/envoy-gateway-render.py", "--pin", &tagged, "--layout"])
+        .arg(&layout)
+        .args(["--manifests", "envoy-gateway/native", "--out"])
+        .arg(&manifests)
+        .output()
+        .unwrap());
+    let proxy = std::fs::read_to_string(manifests.join("envoyproxy.yaml")).unwrap();
+    assert!(proxy.contains(&format!("image: {pinned}\n")), "{proxy}");
+    assert!(!proxy.contains("registry.example.com"), "{proxy}");
+}
+
+/// `scripts/push.sh` (`make push`, `make push-native`) to the loopback registry; its output.
+fn push(tagged: &str, layout: &Path) -> String {
+    ok(Command::new(repo().join("scripts/push.sh"))
+        .current_dir(repo())
+        .env("TLS_VERIFY", "false")
+        .arg(tagged)
+        .arg(layout)
+        .output()
+        .unwrap())
 }
 
 fn skopeo(args: &[&str]) -> Output {
