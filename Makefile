@@ -206,7 +206,7 @@ envoy-gateway: image
 ## suite on each Envoy that runs the native build (1.39, 1.40), with the build for it.
 MATRIX_TESTS := $(filter-out demo native,$(basename $(notdir $(wildcard tests/*.rs))))
 MATRIX_COUNT := $(shell cat $(addprefix tests/,$(addsuffix .rs,$(MATRIX_TESTS))) | grep -c '^\#\[test\]')
-test-matrix: tools build build-native build-native-1.39 build-crash-test
+test-matrix: tools build build-native build-native-1.39 build-crash-test native-image
 	@set -e; for v in $$(scripts/envoy.sh --pinned); do \
 	  envoy="$$(ENVOY_VERSION=$$v scripts/envoy.sh)"; \
 	  echo "=== Envoy $$v: $$($$envoy --version | grep -o 'version: [^ ]*')"; \
