@@ -12,16 +12,22 @@ bin="$dir/usr/bin/docker-registry"
 
 install() {
   [[ -x "$bin" ]] && return 0
-  echo "installing docker-registry (Debian package, unpacked) into $dir" >&2
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' RETURN
-  if ! (cd "$tmp" && apt-get download docker-registry >/dev/null 2>&1); then
-    apt-get update -qq >&2
-    (cd "$tmp" && apt-get download docker-registry >&2)
-  fi
-  rm -rf "$dir"
-  dpkg-deb -x "$tmp"/docker-registry_*.deb "$dir"
-  [[ -x "$bin" ]] || { echo "docker-registry: $bin missing after unpacking" >&2; exit 1; }
+  mkdir -p .tools
+  # Tests start registries in parallel: one install at a time, the others wait for it.
+  (
+    flock 9
+    [[ -x "$bin" ]] && exit 0
+    echo "installing docker-registry (Debian package, unpacked) into $dir" >&2
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    if ! (cd "$tmp" && apt-get download docker-registry >/dev/null 2>&1); then
+      apt-get update -qq >&2
+      (cd "$tmp" && apt-get download docker-registry >&2)
+    fi
+    rm -rf "$dir"
+    dpkg-deb -x "$tmp"/docker-registry_*.deb "$dir"
+    [[ -x "$bin" ]] || { echo "docker-registry: $bin missing after unpacking" >&2; exit 1; }
+  ) 9>.tools/docker-registry.lock
 }
 
 case "${1:-}" in
