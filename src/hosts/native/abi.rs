@@ -1,7 +1,7 @@
-//! The few declarations of Envoy's dynamic-module ABI (Envoy 1.40.0, ABI `v0.2.0`) that
-//! tether uses, written from Envoy's `abi.h` and its documentation. Envoy's own Rust SDK is
-//! a git dependency on Envoy's repository, which this build cannot fetch, and the crate of
-//! that name on crates.io is an older, incompatible prototype.
+//! The few declarations of Envoy's dynamic-module ABI that tether uses, written from Envoy's
+//! `abi.h` and its documentation: the same in Envoy 1.39 (ABI `v0.1.0`) and 1.40 (`v0.2.0`).
+//! Envoy's own Rust SDK is a git dependency on Envoy's repository, which this build cannot
+//! fetch, and the crate of that name on crates.io is an older, incompatible prototype.
 #![allow(non_camel_case_types)]
 
 use std::ffi::c_void;
@@ -62,7 +62,7 @@ pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 pub const LOG_CRITICAL: u32 = 5;
 
-/// `envoy_dynamic_module_type_attribute_id` values (positions in Envoy 1.40's enum).
+/// `envoy_dynamic_module_type_attribute_id` values (the same positions in 1.39's and 1.40's enum).
 pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: u32 = 16;
 pub const ATTRIBUTE_UPSTREAM_ADDRESS: u32 = 41;
 
