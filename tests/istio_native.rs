@@ -209,32 +209,81 @@ fn native_draining_pod_keeps_its_sessions_under_istio() {
     assert_eq!(gone_moved, d.own, "every session of the gone pod moves");
 }
 
+/// istio/ copied with the Service carrying only the header label (`x-tether-host`).
+fn header_label_copy(tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag);
+    for entry in std::fs::read_dir(repo().join("istio")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "yaml") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let service = dir.join("service.yaml");
+    let text = std::fs::read_to_string(&service).unwrap();
+    let label = "istio.io/persistent-session: tether-owner";
+    assert!(text.contains(label));
+    std::fs::write(&service, text.replacen(label, "istio.io/persistent-session-header: x-tether-host", 1))
+        .unwrap();
+    dir
+}
+
 /// Why the recipe needs PILOT_ENABLE_PERSISTENT_SESSION_FILTER off: with it on, istiod puts
 /// the stateful_session filter before the router and the EnvoyFilter inserts tether after
-/// it, and the Service label's cookie session state reads a client-sent `tether-owner`
-/// cookie, which the native module does not remove: a client picks the pod of every new
-/// session.
+/// it, so the Service label's session state reads the client's owner — the `tether-owner`
+/// cookie (cookie label) or `x-tether-host` (header label) — before tether could remove it:
+/// a client picks the pod of every new session. A valid token still wins (tether sets the
+/// override host after the session filter). `tether doctor` reports it.
 #[test]
-fn with_the_session_filter_on_a_client_cookie_picks_the_pod() {
+fn with_the_session_filter_on_a_client_picks_the_pod() {
     let pods = Pod::start_many(3);
-    let out = scratch_dir("istio-native-session-filter");
-    let yaml = render("istio", &ready(&pods), &out, false, &["--session-filter"]);
-    let session_at = position(&yaml, "- name: envoy.filters.http.stateful_session\n");
-    assert!(session_at < position(&yaml, "- name: tether\n"), "filter order:\n{yaml}");
-    assert!(yaml.contains("cookie.v3.CookieBasedSessionState"), "{yaml}");
-    let envoy = start(yaml, &pods);
-    let aimed = &pods[2];
-    let on_aimed = (0..30)
-        .filter(|i| {
-            let r = envoy.get("/", &[("cookie", &owner_cookie(aimed.addr))]);
-            assert_eq!(r.status, 200, "request {i}");
-            r.pod() == aimed.name
-        })
-        .count();
-    println!(
-        "istio native with the session filter on: {on_aimed} of 30 new sessions went to the client's pod"
-    );
-    assert_eq!(on_aimed, 30, "the session filter honours the client's cookie");
+    let header_dir = header_label_copy("istio-native-header-label");
+    for (label, dir, header) in [
+        ("cookie", "istio".to_string(), ("cookie", owner_cookie(pods[2].addr))),
+        ("header", header_dir.to_str().unwrap().to_string(), ("x-tether-host", host_header(pods[2].addr))),
+    ] {
+        let out = scratch_dir(&format!("istio-native-session-filter-{label}"));
+        let yaml = render(&dir, &ready(&pods), &out, false, &["--session-filter"]);
+        let session_at = position(&yaml, "- name: envoy.filters.http.stateful_session\n");
+        assert!(session_at < position(&yaml, "- name: tether\n"), "filter order:\n{yaml}");
+        let state = if label == "cookie" {
+            "cookie.v3.CookieBasedSessionState"
+        } else {
+            "header.v3.HeaderBasedSessionState"
+        };
+        assert!(yaml.contains(state), "{yaml}");
+
+        let report =
+            tether_cli::doctor::diagnose(tether_cli::doctor::Input::File(&out.join("envoy.yaml"))).unwrap();
+        let found: Vec<String> =
+            report.summary().into_iter().map(|(_, code, place)| format!("{code} {place}")).collect();
+        assert_eq!(found, ["session-filter-before-native listener 0.0.0.0_80 http_filters[4] tether"]);
+        assert_eq!(report.exit_code(), 1);
+
+        let envoy = start(yaml, &pods);
+        let aimed = &pods[2];
+        let on_aimed = (0..30)
+            .filter(|i| {
+                let r = envoy.get("/", &[(header.0, &header.1)]);
+                assert!(r.status == 200 && r.cookie_value().is_some(), "request {i}: a new session");
+                r.pod() == aimed.name
+            })
+            .count();
+        let token = scoped_token(pods[0].addr, [5; 16], CLUSTER, "");
+        let cookie = format!("tether={token}");
+        let with_token = if label == "cookie" {
+            vec![("cookie", format!("{}; {cookie}", header.1))]
+        } else {
+            vec![("cookie", cookie), (header.0, header.1.clone())]
+        };
+        let with_token: Vec<(&str, &str)> = with_token.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let on_owner = (0..10).filter(|_| envoy.get("/", &with_token).pod() == pods[0].name).count();
+        println!(
+            "istio native, session filter on, {label} label: {on_aimed} of 30 new sessions went to the client's pod; \
+             with a valid token {on_owner} of 10 went to the token's owner"
+        );
+        assert_eq!(on_aimed, 30, "the session filter honours the client's owner");
+        assert_eq!(on_owner, 10, "tether's override host replaces the session filter's");
+    }
 }
 
 /// `envoy --mode validate` (which loads the module and its configuration) on the rendering,
