@@ -86,10 +86,24 @@ istiod's own code (Istio 1.30.3, pilot/pkg/...; see docs/istio.md):
   ztunnel answers); here its tcp_proxy connects to the pod itself in plain TCP (no
   tunneling_config, no TLS, no port override). The addresses Envoy's load balancer, the
   session filter and tether see are the ones istiod's configuration gives.
+- --native-module PATH: --plugin is the native recipe's EnvoyFilter for Istio 1.31+
+  (istio/native/envoyfilter-gateway.yaml; Istio does not support dynamic modules): its
+  HTTP_FILTER patch (a DynamicModuleFilter loading the module by local filename) inserted
+  into the gateway chain as listener_patch.go:479-492 does, with the in-pod filename replaced
+  by PATH; the Service label, DestinationRule and VirtualService of --istio-dir as above.
+  Modelled on 1.31.0-rc.0 where it matters: PILOT_ENABLE_PERSISTENT_SESSION_FILTER stays at
+  its default (false), so no stateful_session filter (listener_builder.go:517-519) and no
+  per-route session state (util.go:822-825), while the label still sets
+  override_host_status (cluster.go:556-571) and keeps DRAINING endpoints (cookie label,
+  endpoint_builder.go:633-640); --session-filter renders the flag turned on. The gateway
+  chart's values next to the EnvoyFilter (gateway-values.yaml) must mount the filename,
+  fill its volume and put keysFromEnv's variable into the environment.
 
 Usage: scripts/istio-render.py --plugin istio/wasmplugin-gateway.yaml --out DIR
          [--endpoint 127.0.0.1:8081[=STATE] ...] [--wasm target/.../tether.wasm]
          [--endpoints-only] [--ambient]
+       scripts/istio-render.py --plugin istio/native/envoyfilter-gateway.yaml
+         --native-module target/envoy-1.39/native/libtether.so --out DIR [--session-filter] ...
 STATE is the pod's EndpointSlice conditions: ready (default), terminating (graceful
 shutdown: serving, terminating, not ready) or stopped (terminating, no longer serving).
 Writes DIR/envoy.yaml (listener 127.0.0.1:10000, admin 127.0.0.1:9901), DIR/ecds.yaml and
@@ -880,6 +894,168 @@ def render(plugin_path, istio_dir, endpoints, wasm_path, out_dir, endpoints_only
         f.write(header + yaml.safe_dump({"resources": [ext["ecds"]]}, sort_keys=False, width=120))
 
 
+# ---------------------------------------------------------------- native build (Istio 1.31+)
+
+DYNAMIC_MODULE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+
+
+def native_patch(ef_docs, ef_path):
+    """The one EnvoyFilter of `ef_path` and its HTTP_FILTER patch whose value is a
+    DynamicModuleFilter loading a module by local filename (istio/native/)."""
+    efs = [d for d in ef_docs if d.get("kind") == "EnvoyFilter"]
+    if len(efs) != 1 or len(ef_docs) != 1:
+        raise Refused(f"{ef_path}: expected one EnvoyFilter (the native recipe) and nothing else")
+    ef = efs[0]
+    where = f"{ef_path}: EnvoyFilter {ef['metadata']['name']}.spec"
+    found = [(i, p) for i, p in enumerate(ef.get("spec", {}).get("configPatches", []))
+             if p.get("applyTo") == "HTTP_FILTER"
+             and ((p.get("patch") or {}).get("value") or {}).get("typed_config", {}).get("@type") == DYNAMIC_MODULE_TYPE]
+    if len(found) != 1:
+        raise Refused(f"{where}.configPatches: expected one HTTP_FILTER patch whose typed_config is a "
+                      "DynamicModuleFilter")
+    i, patch = found[0]
+    at = f"{where}.configPatches[{i}]"
+    if (patch.get("match") or {}).get("context") != "GATEWAY":
+        raise Refused(f"{at}.match.context: only the gateway recipe (GATEWAY) is rendered; the sidecar one "
+                      "is not provided (docs/istio.md, \"Native build\")")
+    typed = patch["patch"]["value"]["typed_config"]
+    check_keys(typed, {"@type", "dynamic_module_config", "filter_name", "filter_config"}, f"{at}.patch.value.typed_config")
+    module = typed.get("dynamic_module_config") or {}
+    check_keys(module, {"module"}, f"{at}.patch.value.typed_config.dynamic_module_config")
+    filename = (((module.get("module") or {}).get("local") or {}).get("filename"))
+    if not filename or not filename.startswith("/"):
+        raise Refused(f"{at}.patch.value.typed_config.dynamic_module_config.module.local.filename: an absolute "
+                      "path in the gateway pod is required (the file the gateway values mount)")
+    config = typed.get("filter_config") or {}
+    if config.get("@type") != "type.googleapis.com/google.protobuf.StringValue":
+        raise Refused(f"{at}.patch.value.typed_config.filter_config: tether reads its JSON from a "
+                      "google.protobuf.StringValue")
+    try:
+        tether = json.loads(config.get("value", ""))
+    except ValueError as e:
+        raise Refused(f"{at}.patch.value.typed_config.filter_config.value: not JSON ({e})")
+    for field in ("hostCookie", "hostHeader"):
+        if field in tether:
+            raise Refused(f"{at}.patch.value.typed_config.filter_config.value.{field}: the native module sets "
+                          "Envoy's upstream override host itself (the module refuses hostCookie)")
+    return ef, at, filename, tether
+
+
+def check_gateway_values(values_path, filename, tether):
+    """The Helm values of Istio's gateway chart (manifests/charts/gateway/values.yaml,
+    1.31.0-rc.0): `filename` must be under a volumeMount of the istio-proxy container whose
+    volume an init container fills (or an image volume), and the keys variable must be in
+    envVarFrom (or env)."""
+    values = load_docs([values_path])
+    if len(values) != 1:
+        raise Refused(f"{values_path}: expected one document of Helm values")
+    values = values[0]
+    check_keys(values, {"__file", "volumes", "volumeMounts", "initContainers", "envVarFrom", "env"}, values_path)
+    volumes = {v.get("name"): v for v in values.get("volumes") or []}
+    mounts = [m for m in values.get("volumeMounts") or []
+              if filename.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+    if not mounts:
+        raise Refused(f"{values_path}: volumeMounts: {filename} is under no volume mounted into istio-proxy")
+    mount = mounts[0]
+    volume = volumes.get(mount.get("name"))
+    if volume is None:
+        raise Refused(f"{values_path}: volumes: no volume `{mount.get('name')}` (mounted at {mount['mountPath']})")
+    fillers = [c for c in values.get("initContainers") or []
+               if any(m.get("name") == mount["name"] for m in c.get("volumeMounts") or [])]
+    if "image" not in volume and not fillers:
+        raise Refused(f"{values_path}: initContainers: nothing fills volume `{mount['name']}` with the module")
+    env_name = tether.get("keysFromEnv")
+    if env_name:
+        names = [e.get("name") for e in values.get("envVarFrom") or []] + list((values.get("env") or {}).keys())
+        if env_name not in names:
+            raise Refused(f"{values_path}: envVarFrom: no {env_name} for the module's keysFromEnv")
+
+
+def render_native(ef_path, istio_dir, endpoints, module_path, out_dir, endpoints_only=False, session_filter=False):
+    """The gateway with the native EnvoyFilter instead of a WasmPlugin (Istio 1.31+). The same
+    Service label, DestinationRule and VirtualService as the Wasm recipe; what differs is
+    modelled on 1.31.0-rc.0: PILOT_ENABLE_PERSISTENT_SESSION_FILTER at its default (false)
+    puts no stateful_session filter on the chain (listener_builder.go:517-519) and no
+    per-route session state (MaybeBuildStatefulSessionFilterConfig returns nil, util.go:822-825),
+    while the label still gives the cluster its override_host_status (cluster.go:556-571) and
+    keeps a terminating pod in EDS as DRAINING (endpointslice.go:269-274,
+    endpoint_builder.go:633-640). `session_filter` renders the flag turned on. The module's
+    in-pod filename is replaced by `module_path` (the file the gateway values mount)."""
+    ef_docs = load_docs([ef_path])
+    ef, at, in_pod, tether = native_patch(ef_docs, ef_path)
+    values_path = os.path.join(os.path.dirname(ef_path), "gateway-values.yaml")
+    if os.path.exists(values_path):
+        check_gateway_values(values_path, in_pod, tether)
+    others = sorted(os.path.join(istio_dir, f) for f in os.listdir(istio_dir)
+                    if f.endswith(".yaml") and not f.startswith("wasmplugin-")
+                    and os.path.abspath(os.path.join(istio_dir, f)) != os.path.abspath(ef_path))
+    docs = load_docs(others) + ef_docs
+    labels = (ef["spec"].get("workloadSelector") or {}).get("labels") or {}
+    if "istio" not in labels:
+        raise Refused(f"{ef_path}: EnvoyFilter {ef['metadata']['name']}.spec.workloadSelector: select the "
+                      "ingress gateway's pods (istio: ingressgateway)")
+    os.makedirs(out_dir, exist_ok=True)
+    eds_path = os.path.join(out_dir, "eds.yaml")
+    cluster, route, session, _ = cluster_and_route(docs, eds_path)
+    dr = only(docs, "DestinationRule", "its traffic policy")
+    hashed = dr["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"]
+    if tether.get("keyHeader", "x-tether-key") != hashed:
+        raise Refused(f"{at}.patch.value.typed_config.filter_config.value.keyHeader must be `{hashed}` "
+                      "(the DestinationRule's consistentHash.httpHeaderName)")
+    svc = only(docs, "Service", "the stateful service")
+    session_state(svc)  # the label that gives the cluster override_host_status
+    header = (f"# Rendered by scripts/istio-render.py from {ef_path} and {istio_dir}/:\n"
+              "# the Envoy configuration istiod would produce (see docs/istio.md).\n")
+    write_atomically(eds_path, header + yaml.safe_dump(eds(svc, cluster["name"], endpoints),
+                                                       sort_keys=False, width=120))
+    if endpoints_only:
+        return
+    filters = [
+        {"name": "envoy.filters.http.grpc_stats", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            "emit_filter_state": True, "stats_for_all_methods": False}},
+        {"name": "envoy.filters.http.fault", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+        {"name": "envoy.filters.http.cors", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+    ]
+    if session_filter:
+        filters.append({"name": "envoy.filters.http.stateful_session", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession"}})
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    proxy = {"waypoint": False, "router": True, "gateway": None, "labels": labels, "listener": "0.0.0.0_80"}
+    apply_envoy_filters(attached_envoy_filters(docs, proxy), cluster, filters, proxy)
+    modules = [f for f in filters if f.get("typed_config", {}).get("@type") == DYNAMIC_MODULE_TYPE]
+    if len(modules) != 1:
+        raise Refused(f"{at}: the patch did not insert the module exactly once (found {len(modules)})")
+    local = modules[0]["typed_config"]["dynamic_module_config"]["module"]["local"]
+    local["filename"] = os.path.abspath(module_path)  # the file the pod mounts at in_pod
+    rt = {"match": {"prefix": "/"}, "route": route}
+    if session_filter:
+        rt["typed_per_filter_config"] = session
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager",
+           "stat_prefix": "http.80",
+           "upgrade_configs": [{"upgrade_type": "websocket"}],
+           "route_config": {"name": "http.80", "virtual_hosts": [
+               {"name": "media", "domains": ["*"], "routes": [rt]}]},
+           "http_filters": filters}
+    workload = ef["metadata"]["namespace"]
+    bootstrap = {
+        "node": {"id": f"router~127.0.0.1~tether-test.{workload}~{workload}.svc.cluster.local",
+                 "cluster": f"tether-test.{workload}"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}},
+        "static_resources": {
+            "listeners": [{"name": proxy["listener"], "address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}]}],
+            "clusters": [cluster]}}
+    with open(os.path.join(out_dir, "envoy.yaml"), "w") as f:
+        f.write(header + yaml.safe_dump(bootstrap, sort_keys=False, width=120))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--plugin", required=True)
@@ -891,9 +1067,23 @@ def main():
                     help="the pods are ambient-enrolled (istiod with PILOT_ENABLE_AMBIENT=true)")
     ap.add_argument("--endpoints-only", action="store_true",
                     help="rewrite only DIR/eds.yaml (a pod's conditions changed)")
+    ap.add_argument("--native-module", metavar="PATH",
+                    help="--plugin is the native EnvoyFilter (istio/native/envoyfilter-gateway.yaml): render "
+                         "it with the module's in-pod filename replaced by PATH")
+    ap.add_argument("--session-filter", action="store_true",
+                    help="with --native-module: istiod runs with PILOT_ENABLE_PERSISTENT_SESSION_FILTER=true")
     args = ap.parse_args()
     endpoints = args.endpoint or ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]
     try:
+        if args.native_module:
+            if args.ambient:
+                raise Refused("--ambient: the native module's override host takes IP addresses only "
+                              "(docs/istio.md, \"Ambient\")")
+            render_native(args.plugin, args.istio_dir, endpoints, args.native_module, args.out,
+                          args.endpoints_only, args.session_filter)
+            return
+        if args.session_filter:
+            raise Refused("--session-filter is for --native-module (the Wasm recipe always has the filter)")
         render(args.plugin, args.istio_dir, endpoints, args.wasm, args.out, args.endpoints_only, args.ambient)
     except Refused as e:
         sys.exit(f"istio-render: {e}")

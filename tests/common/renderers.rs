@@ -51,6 +51,49 @@ pub mod istio {
         (read("envoy.yaml"), read("ecds.yaml"))
     }
 
+    /// Runs scripts/istio-render.py on the native recipe (`envoy_filter`, an EnvoyFilter
+    /// loading tether's dynamic module) with the manifests of `istio_dir` and the module's
+    /// in-pod filename replaced by `module` (`--native-module`); `extra` arguments are passed
+    /// on (`--session-filter`). Returns envoy.yaml; the renderer's refusal fails the test.
+    pub fn render_native(
+        istio_dir: &str,
+        envoy_filter: &str,
+        module: &Path,
+        endpoints: &[String],
+        out: &Path,
+        endpoints_only: bool,
+        extra: &[&str],
+    ) -> String {
+        let result = native_renderer(istio_dir, envoy_filter, module, endpoints, out, endpoints_only, extra);
+        assert!(result.status.success(), "render failed: {}", String::from_utf8_lossy(&result.stderr));
+        std::fs::read_to_string(out.join("envoy.yaml")).unwrap_or_default()
+    }
+
+    /// [`render_native`]'s command, its output unchecked (for refusals).
+    pub fn native_renderer(
+        istio_dir: &str,
+        envoy_filter: &str,
+        module: &Path,
+        endpoints: &[String],
+        out: &Path,
+        endpoints_only: bool,
+        extra: &[&str],
+    ) -> std::process::Output {
+        let mut cmd = Command::new("python3");
+        cmd.current_dir(repo())
+            .arg("scripts/istio-render.py")
+            .args(["--plugin", envoy_filter, "--istio-dir", istio_dir, "--native-module"])
+            .arg(module)
+            .args(extra);
+        for endpoint in endpoints {
+            cmd.args(["--endpoint", endpoint]);
+        }
+        if endpoints_only {
+            cmd.arg("--endpoints-only");
+        }
+        cmd.arg("--out").arg(out).output().expect("python3 scripts/istio-render.py")
+    }
+
     /// The rendered cluster's name (tokens are bound to it: no `scope` in pluginConfig).
     pub fn cluster_name(out: &Path) -> String {
         std::fs::read_to_string(out.join("eds.yaml"))

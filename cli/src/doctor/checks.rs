@@ -285,18 +285,23 @@ fn check_session_state_without_tether(ctx: &mut Ctx, hcm: &ConnectionManager, fi
     else {
         return;
     };
+    if session_state_configured(ctx, hcm, filters, index) {
+        ctx.find(Severity::Error, "session-state-without-tether",
+            &format!("{} http_filters[{index}] envoy.filters.http.stateful_session", hcm.place), "http_filters",
+            "a session state honours the owner cookie or header here, with no tether before it: any client can send a hand-made owner and pick its pod, a draining one included (Istio: the persistent-session label reaches every sidecar and gateway that routes to the Service)".into(),
+            "run tether in this proxy too (Istio: a WasmPlugin whose selector or targetRefs covers it; docs/istio.md, \"The label is mesh-wide\")".into());
+    }
+}
+
+/// Whether the session filter at `index` has a session state, on the filter or per route.
+fn session_state_configured(ctx: &mut Ctx, hcm: &ConnectionManager, filters: &[Value], index: usize) -> bool {
     let filter = filters.get(index).cloned().unwrap_or(Value::Null);
     let on_filter = at(&filter, &["typed_config", "session_state"]).is_some();
     let routes = route_config(ctx, hcm);
     let per_route = routes
         .map(|rc| rc.to_string())
         .is_some_and(|rc| rc.contains("StatefulSessionPerRoute") && rc.contains("session_state"));
-    if on_filter || per_route {
-        ctx.find(Severity::Error, "session-state-without-tether",
-            &format!("{} http_filters[{index}] envoy.filters.http.stateful_session", hcm.place), "http_filters",
-            "a session state honours the owner cookie or header here, with no tether before it: any client can send a hand-made owner and pick its pod, a draining one included (Istio: the persistent-session label reaches every sidecar and gateway that routes to the Service)".into(),
-            "run tether in this proxy too (Istio: a WasmPlugin whose selector or targetRefs covers it; docs/istio.md, \"The label is mesh-wide\")".into());
-    }
+    on_filter || per_route
 }
 
 /// Keys for `config::load` when they come from the proxy's own environment, which a
@@ -408,7 +413,19 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
     }
 
     // Filter order. The native module sets the override host itself: no session filter
-    // needs to follow it (one that does finds no owner header: tether removes it).
+    // needs to follow it (one that does finds no owner header: tether removes it). One with a
+    // session state *before* it reads the client's owner cookie or header before tether can
+    // remove it, and steers every request tether does not steer itself (Istio's
+    // persistent-session flag with an EnvoyFilter inserting the module before the router).
+    if via == OwnerVia::OverrideHost {
+        if let Some(j) = filters.iter().position(is_session_filter).filter(|j| *j < index) {
+            if session_state_configured(ctx, hcm, filters, j) {
+                ctx.find(Severity::Error, "session-filter-before-native", place, "http_filters",
+                    format!("envoy.filters.http.stateful_session (http_filters[{j}]) runs before the native module with a session state: it honours an owner cookie or header the client sends before tether can remove it, so a client picks the pod of every new session"),
+                    "remove the session filter or its session state (Istio: leave PILOT_ENABLE_PERSISTENT_SESSION_FILTER off; docs/istio.md, \"Native build\"), or put tether before it".into());
+            }
+        }
+    }
     let session = match via {
         OwnerVia::SessionFilter => filters.iter().enumerate().find(|(_, f)| is_session_filter(f)),
         OwnerVia::OverrideHost => None,
