@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-native build-native-1.39 native-image push-native envoy-gateway-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
+.PHONY: bench build build-native build-native-1.39 native-image push-native envoy-gateway-native istio-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -181,6 +181,13 @@ istio: image
 	@test -n "$(IMAGE)" || { echo "usage: make istio IMAGE=registry/repo:tag"; exit 2; }
 	rm -rf target/istio
 	python3 scripts/istio-manifests.py --image $(IMAGE) --digest $$(python3 scripts/oci.py digest target/oci) --out target/istio
+
+## istio-native IMAGE=registry/repo:tag: istio/native/ (the native build's gateway recipe) in
+## target/istio-native with its init container's image pinned to what `make native-image` built
+istio-native: native-image
+	@test -n "$(IMAGE)" || { echo "usage: make istio-native IMAGE=registry/repo:tag"; exit 2; }
+	rm -rf target/istio-native
+	python3 scripts/istio-manifests.py --native-image $(IMAGE) --digest $$(python3 scripts/oci.py digest target/oci-native) --out target/istio-native
 
 ## istio-render: what istiod would send for istio/ (target/istio-{gateway,sidecar,gateway-api}/)
 istio-render:

@@ -20,12 +20,22 @@ istio/waypoint/ (tether in the namespace's ambient waypoint) goes to OUT/waypoin
 the same way, with its own kustomization.yaml: `kubectl apply -k OUT/waypoint` next to the
 classic set. istio/extras/ (optional resources, such as the EnvoyFilter for
 DestinationRule subsets) is copied to OUT/extras/ as it is, to apply one by one.
+
+  scripts/istio-manifests.py --native-image REGISTRY/REPO:TAG --digest sha256:D --out target/istio-native
+
+writes istio/native/ (the native build's recipe, docs/istio.md) to OUT instead, with its
+init container's image, a placeholder in the source, pinned to REGISTRY/REPO@sha256:D (the
+image index `make native-image` built): the EnvoyFilter, and the gateway chart's values for
+`helm upgrade ... -f OUT/gateway-values.yaml`.
 """
 import argparse
 import os
 import re
 import sys
 
+
+# The native recipe's image until it is pinned (istio/native/).
+NATIVE_IMAGE_PLACEHOLDER = "registry.example.com/tether-native:0.1.0"
 
 # Resources the Gateway API variant (OUT/gateway-api/) needs from the classic set.
 SHARED = {"service.yaml", "destinationrule.yaml"}
@@ -76,15 +86,34 @@ def copy_subdir(src, out, url, digest, kustomize):
     return names
 
 
+def native(image, digest, src, out):
+    """istio/native/ to `out`, the init container's image pinned to `image`@`digest`."""
+    pinned = f"{pinned_repo(image)}@{digest}"
+    os.makedirs(out, exist_ok=True)
+    names = sorted(f for f in os.listdir(src) if f.endswith(".yaml"))
+    for name in names:
+        with open(os.path.join(src, name)) as f:
+            text = f.read()
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text.replace(NATIVE_IMAGE_PLACEHOLDER, pinned))
+    print(f"wrote {', '.join(names)} to {out}/ (image {pinned})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--image", required=True)
+    ap.add_argument("--image")
+    ap.add_argument("--native-image", help="write istio/native/ pinned to this image instead")
     ap.add_argument("--digest", required=True)
     ap.add_argument("--istio-dir", default="istio")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", args.digest):
         sys.exit(f"istio-manifests: --digest {args.digest!r} is not sha256:<64 hex digits>")
+    if args.native_image:
+        native(args.native_image, args.digest, os.path.join(args.istio_dir, "native"), args.out)
+        return
+    if not args.image:
+        sys.exit("istio-manifests: --image (or --native-image) is required")
     url = f"oci://{pinned_repo(args.image)}@{args.digest}"
     gateway_api_dir = os.path.join(args.out, "gateway-api")
     os.makedirs(gateway_api_dir, exist_ok=True)

@@ -234,6 +234,17 @@ fn native_image_round_trips_through_a_registry_every_platform() {
     let proxy = std::fs::read_to_string(manifests.join("envoyproxy.yaml")).unwrap();
     assert!(proxy.contains(&format!("image: {pinned}\n")), "{proxy}");
     assert!(!proxy.contains("registry.example.com"), "{proxy}");
+    // `make istio-native`: the gateway chart's values pin the same image.
+    let istio = dir.join("istio-native");
+    ok(Command::new("python3")
+        .current_dir(repo())
+        .args(["scripts/istio-manifests.py", "--native-image", &tagged, "--digest", &digest, "--out"])
+        .arg(&istio)
+        .output()
+        .unwrap());
+    let values = std::fs::read_to_string(istio.join("gateway-values.yaml")).unwrap();
+    assert!(values.contains(&format!("image: {pinned}\n")), "{values}");
+    assert!(!values.contains("registry.example.com"), "{values}");
 }
 
 /// `scripts/push.sh` (`make push`, `make push-native`) to the loopback registry; its output.
