@@ -461,8 +461,8 @@ fn each_broken_variant_yields_exactly_its_finding() {
     check_variants("doctor-variants", variants(), true);
 }
 
-/// The same for envoy/native.yaml. Envoy validates the variants only if it loads the
-/// native module (1.40; docs/native.md): `make test-matrix` runs this file on older
+/// The same for envoy/native.yaml. Envoy validates the variants only where it runs the
+/// native module (1.39 and 1.40; docs/native.md): `make test-matrix` runs this file on older
 /// releases too, where the doctor's part still runs.
 #[test]
 fn each_broken_native_variant_yields_exactly_its_finding() {

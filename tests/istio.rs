@@ -696,9 +696,13 @@ fn every_shipped_and_rendered_config_validates() {
             .unwrap();
         let log =
             String::from_utf8_lossy(&result.stderr).into_owned() + &String::from_utf8_lossy(&result.stdout);
-        if config.ends_with("native.yaml") && !envoy_loads_native() {
-            // Envoy 1.36 and 1.37 lack callbacks the module needs (docs/native.md).
-            assert!(!result.status.success() && log.contains("tether cannot run in this Envoy"), "{log}");
+        if config.ends_with("native.yaml") && envoy_minor() < 38 {
+            // Envoy 1.36 and 1.37 predate loading a module by path (and lack callbacks the
+            // module needs: docs/native.md); 1.38 loads it (it pins nothing at run time).
+            // (Protobuf's error text varies its spacing on purpose: compare it squeezed.)
+            let squeezed = log.split_whitespace().collect::<Vec<_>>().join(" ");
+            let unknown_field = squeezed.contains("no such field: 'module'");
+            assert!(!result.status.success() && unknown_field, "{log}");
             println!("refused as documented: {}", config.display());
             continue;
         }
