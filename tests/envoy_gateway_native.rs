@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tether::token::SessionId;
 
 const CLUSTER: &str = "httproute/demo/media/rule/0";
 const FILTER: &str = "envoy.filters.http.dynamic_modules/envoyextensionpolicy/demo/tether/dynamic-module/0";
@@ -104,37 +103,9 @@ fn native_manifests_as_envoy_gateway_renders_them() {
     let envoy = start(yaml, &pods);
     let open = |value: &str| open_scoped(value, CLUSTER);
 
-    // Mint: the cookie names the pod that served.
-    let first = envoy.get_with_cookie(None);
-    assert_eq!(first.status, 200);
-    let set_cookie = first.set_cookie().expect("a new session sets the cookie").to_string();
-    assert!(set_cookie.contains("; Secure") && set_cookie.contains("; HttpOnly"), "{set_cookie}");
-    let value = first.cookie_value().unwrap();
-    let token = open(&value);
-    let owner = token.owner.addr;
-    assert_eq!(owner, pod_by_name(&pods, first.pod()).addr);
-    let session_hex = token.session.to_hex();
-
-    // Sticky, through Envoy's override host: the pod sees the session id in x-tether-key
-    // and no x-tether-host (nothing needs it).
-    for i in 0..20 {
-        let r = envoy.get_with_cookie(Some(&value));
-        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None), "request {i}");
-        assert_eq!(r.header("x-seen-host"), Some("-"));
-        assert_eq!(r.header("x-seen-key"), Some(session_hex.as_str()));
-    }
-    assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 20);
-
-    // A forged token aimed at another pod never steers: each is a new session.
-    let target = pods.iter().find(|p| p.addr != owner).unwrap();
-    let forged_on_target = (0..30)
-        .filter(|i| {
-            let r = envoy.get_with_cookie(Some(&forged_token(target.addr, CLUSTER)));
-            assert_eq!(r.status, 200, "request {i}");
-            assert_ne!(open(&r.cookie_value().expect("a new session")).session, SessionId([7; 16]));
-            r.pod() == target.name
-        })
-        .count();
+    // Mint, 20 hits through Envoy's override host, 30 forged tokens aimed at another pod.
+    let (first, value, token, forged_on_target) = native_mint_stick_and_forge(&envoy, &pods, CLUSTER);
+    let (owner, session_hex) = (token.owner.addr, token.session.to_hex());
     assert!(forged_on_target <= BY_CHANCE_MAX, "{forged_on_target} of 30 forged tokens reached their pod");
 
     // A client-sent x-tether-host never steers: without a token the request is a new

@@ -131,6 +131,45 @@ pub fn forged_token(owner: impl Into<Owner>, scope: &str) -> String {
     token::seal(&t, other.signing_key().unwrap(), scope)
 }
 
+/// A native-build session's first steps through `envoy`, tokens scoped to `scope` (the
+/// Envoy Gateway and Istio native suites): minted by the pod its token names (Secure,
+/// HttpOnly); 20 hits through Envoy's override host, the pod seeing the session id and no
+/// `x-tether-host`; then 30 forged tokens aimed at another pod, each a new session.
+/// Returns the first response, its cookie value and token, and how many forged tokens
+/// reached the pod they aimed at.
+pub fn native_mint_stick_and_forge(
+    envoy: &Envoy,
+    pods: &[Pod],
+    scope: &str,
+) -> (Response, String, SessionToken, usize) {
+    let open = |value: &str| open_scoped(value, scope);
+    let first = envoy.get_with_cookie(None);
+    assert_eq!(first.status, 200);
+    let set_cookie = first.set_cookie().expect("a new session sets the cookie").to_string();
+    assert!(set_cookie.contains("; Secure") && set_cookie.contains("; HttpOnly"), "{set_cookie}");
+    let value = first.cookie_value().unwrap();
+    let token = open(&value);
+    assert_eq!(token.owner.addr, pod_by_name(pods, first.pod()).addr);
+    let session_hex = token.session.to_hex();
+    for i in 0..20 {
+        let r = envoy.get_with_cookie(Some(&value));
+        assert_eq!((r.status, r.pod(), r.set_cookie()), (200, first.pod(), None), "request {i}");
+        assert_eq!(r.header("x-seen-host"), Some("-"));
+        assert_eq!(r.header("x-seen-key"), Some(session_hex.as_str()));
+    }
+    assert_eq!(envoy.stat("dynamicmodulescustom.tether.affinity_hits"), 20);
+    let target = pods.iter().find(|p| p.addr != token.owner.addr).unwrap();
+    let forged_on_target = (0..30)
+        .filter(|i| {
+            let r = envoy.get_with_cookie(Some(&forged_token(target.addr, scope)));
+            assert_eq!(r.status, 200, "request {i}");
+            assert_ne!(open(&r.cookie_value().expect("a new session")).session, SessionId([7; 16]));
+            r.pod() == target.name
+        })
+        .count();
+    (first, value, token, forged_on_target)
+}
+
 pub fn scoped_token(owner: impl Into<Owner>, session: [u8; 16], scope: &str, cluster: &str) -> String {
     let t = SessionToken {
         session: SessionId(session),
