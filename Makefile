@@ -3,7 +3,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/tether.wasm
 
-.PHONY: bench build build-native build-native-1.39 native-image push-native envoy-gateway-native istio-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools test-browser
+.PHONY: bench build build-native build-native-1.39 native-image push-native envoy-gateway-native istio-native run-native test-native build-crash-test test unit integration lint run envoy wasm-target clean size fuzz-smoke fuzz-long image push istio test-matrix istio-render envoy-gateway change cli probe tools browser-tools mcp-tools test-browser
 
 ## build: the release .wasm at target/wasm32-wasip1/release/tether.wasm
 build: wasm-target
@@ -36,14 +36,18 @@ envoy:
 
 ## tools: what the tests need besides Rust and Envoy (skopeo for the image tests; qemu-user
 ## to run the native image's arm64 module in arm64 Envoy; Chromium and Playwright for the
-## browser tests)
-tools: browser-tools
+## browser tests; the MCP Python SDK for tests/mcp.rs)
+tools: browser-tools mcp-tools
 	@command -v skopeo >/dev/null || { echo "installing skopeo (Debian package)"; apt-get update -qq && apt-get install -y -qq skopeo; }
 	@command -v qemu-aarch64 >/dev/null || { echo "installing qemu-user (Debian package)"; apt-get update -qq && apt-get install -y -qq qemu-user; }
 
 ## browser-tools: Debian's chromium (apt-get) and Playwright, pinned, in .tools/browser-venv
 browser-tools:
 	@scripts/browser.sh >/dev/null
+
+## mcp-tools: the MCP Python SDK (and httpx2 with HTTP/2), pinned, in .tools/mcp-venv
+mcp-tools:
+	@scripts/mcp.sh >/dev/null
 
 # The browser suite: headless Chromium through real Envoy and the demo pods (~70 s).
 browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browser.sh)" \
