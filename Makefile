@@ -59,7 +59,7 @@ browser_tests = set -o pipefail; ENVOY="$$(scripts/envoy.sh)" "$$(scripts/browse
 # (TETHER_BUILD=native); the misordered-chain test is about stateful_session, which the
 # native build does not use, and replicas.rs's Istio case runs the rendered wasm
 # configuration whatever the build.
-NATIVE_TESTS := affinity failover hardening config operations review change replicas
+NATIVE_TESTS := affinity failover hardening config operations review change replicas mcp
 native_run = cargo test --release $(addprefix --test ,$(1)) -- --test-threads=2 \
 	  --skip troubleshooting_stateful_session --skip istio_cookie_mode
 native_tests = set -o pipefail; TETHER_BUILD=native ENVOY="$$(scripts/envoy.sh)" $(call native_run,$(NATIVE_TESTS)) \
