@@ -138,9 +138,23 @@ impl Setup {
         self.replicas.iter_mut().find(|r| r.name == name).unwrap_or_else(|| panic!("no replica {name}"))
     }
 
-    /// Every session id any replica holds.
+    /// Every session id any live replica holds.
     fn held_sessions(&self) -> BTreeSet<String> {
         self.replicas.iter().filter(|r| r.child.is_some()).flat_map(Replica::sessions).collect()
+    }
+
+    /// Waits (up to 5 s) until no live replica holds any of `ids`: the SDK forgets a session
+    /// just after it has answered its DELETE.
+    fn wait_forgotten(&self, ids: &BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let held = self.held_sessions();
+            if held.is_disjoint(ids) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sessions still held 5 s after their DELETE: {held:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -292,6 +306,14 @@ impl Report {
         self.events(client, phase, "http").into_iter().filter(|v| v["method"] == method).collect()
     }
 
+    /// The HTTP exchanges of a session while it was open (before its transport closed).
+    fn open_http(&self, client: u64, phase: u64) -> Vec<&Value> {
+        self.of(client, phase)
+            .take_while(|v| v["event"] != "closed")
+            .filter(|v| v["event"] == "http")
+            .collect()
+    }
+
     fn errors(&self) -> Vec<&Value> {
         self.lines.iter().filter(|v| v["event"] == "error").collect()
     }
@@ -323,8 +345,9 @@ fn is_server_id(id: &str) -> bool {
 
 // ---------------------------------------------------------------- one tethered session
 
-/// What a session of the `session` scenario did through tether, checked: `calls` calls all
-/// on the server that answered `initialize`, counting 1..=calls, each seeing the server's
+/// What a session of the `session` scenario did through tether, checked: every exchange
+/// (POSTs, the GET stream, the DELETE) answered by the server that answered `initialize`,
+/// `calls` calls there counting 1..=calls, each seeing the server's
 /// own id while the client held tether's envelope; the notification arrived on the GET
 /// stream from that server; the DELETE was answered 200 and a later request with the same
 /// envelope 404 by the server (the session is gone). No response set a cookie, none
@@ -371,9 +394,22 @@ fn check_tethered_session(
     assert_eq!(deletes[0]["status"], 200, "{at}: DELETE");
     let after = report.one(client, phase, "after_delete");
     assert_eq!(after["status"], 404, "{at}: a request after the DELETE: {after}");
-    assert!(text(&after["body"]).contains("Session not found"), "{at}: {after}");
+    // The SDK forgets a session right after its DELETE is answered: until then it answers
+    // "Session has been terminated", after it "Session not found".
+    let body = text(&after["body"]);
+    assert!(
+        body.contains("Session not found") || body.contains("Session has been terminated"),
+        "{at}: {after}"
+    );
+
+    assert_eq!(after["replica"], Value::from(server.as_str()), "{at}: tether still steers it to its server");
 
     for exchange in report.events(client, phase, "http") {
+        assert_eq!(
+            text(&exchange["replica"]),
+            server,
+            "{at}: an exchange reached another server: {exchange}"
+        );
         assert_eq!(exchange["set_cookie"], Value::Null, "{at}: {exchange}");
         assert_eq!(text(&exchange["http_version"]), http_version, "{at}: {exchange}");
         if exchange["rpc"] != "initialize" {
@@ -413,8 +449,7 @@ fn tethered_sessions(http2: bool) {
         assert!(ids.insert(id), "two clients got one session");
     }
     println!("sessions per server: {per_server:?}");
-    let held = s.held_sessions();
-    assert!(held.is_disjoint(&ids), "sessions still held after their DELETE: {held:?}");
+    s.wait_forgotten(&ids);
     assert_eq!(s.envoy.stat("cluster.pods.upstream_rq_retry"), 0, "no request was retried");
 }
 
@@ -434,8 +469,16 @@ fn without_tether_round_robin_loses_sessions() {
     for failures in failed.values() {
         assert!(failures.iter().all(|f| f.contains("Session not found")), "{failures:?}");
     }
-    let not_found = report.lines.iter().filter(|v| v["event"] == "http" && v["status"] == 404).count();
-    assert!(not_found > 0);
+    // Each 404 while the session was open came from a server that did not issue it.
+    for client in 0..4 {
+        let Some(issuer) = report.events(client, 0, "initialized").first().map(|v| v["server"].clone())
+        else {
+            panic!("client {client} did not initialize");
+        };
+        for exchange in report.open_http(client, 0).into_iter().filter(|v| v["status"] == 404) {
+            assert_ne!(exchange["replica"], issuer, "client {client}: its own server lost it: {exchange}");
+        }
+    }
     // No one translates: the client sends the server's own id.
     for client in 0..4 {
         for call in report.calls(client, 0).iter().filter(|c| c["ok"] == true) {
@@ -464,6 +507,9 @@ fn without_tether_hashing_the_session_header_loses_sessions() {
         assert!(ok == 0 || ok == calls.len(), "client {client}: the hash moved within a session: {calls:?}");
         if let Some(failures) = failed.get(&client) {
             assert!(failures.iter().all(|f| f.contains("Session not found")), "{failures:?}");
+            let issuer = &report.one(client, 0, "initialized")["server"];
+            let calls = report.http(client, 0, "POST").into_iter().filter(|v| v["rpc"] == "tools/call");
+            assert!(calls.into_iter().all(|v| v["replica"] != *issuer), "client {client}: the hash moved");
         }
     }
 }
@@ -506,9 +552,12 @@ fn owner_killed_the_client_starts_over_and_the_new_session_sticks() {
     println!("the call after the owner died: {lost}");
     assert_eq!(lost["ok"], false, "the session survived its server");
     assert_eq!((&lost["code"], text(&lost["message"])), (&Value::from(-32600), "Session not found"));
+    let answer = report.http(0, 0, "POST").into_iter().filter(|v| v["rpc"] == "tools/call").last().unwrap();
+    assert_eq!(answer["status"], 404, "{answer}");
+    assert!(answer["replica"].as_str().is_some_and(|r| r != owner), "a live server answered: {answer}");
 
     let (server, id) = check_tethered_session(&report, 0, 1, 20, "HTTP/1.1");
     assert_ne!(server, owner);
     println!("the new session: {server} ({id})");
-    assert!(s.held_sessions().is_empty(), "{:?}", s.held_sessions());
+    s.wait_forgotten(&BTreeSet::from([id]));
 }

@@ -13,12 +13,13 @@ asserts on them.
                   replica meanwhile), calls `count` once more (expected to fail), then opens
                   a new session (phase 1) and runs the session scenario on it
 --clients     concurrent clients (session scenario)
---calls       `count` calls per session
+--calls       `count` calls per session (owner-killed: before the kill)
+--calls-after owner-killed: `count` calls of the new session
 --no-notify   skip the notification step (the controls, where the GET stream fails)
 
 Lines (every one has "event", "client" and "phase", a session attempt of that client):
-    http          one HTTP exchange the SDK made: method, JSON-RPC method (rpc), status, HTTP
-                  version, the mcp-session-id it sent (sent_session) and got back
+    http          one HTTP exchange the SDK made: method, JSON-RPC method (rpc), status, the
+                  replica that answered (its x-replica header), HTTP version, the mcp-session-id it sent (sent_session) and got back
                   (got_session), whether the response set a cookie
     initialized   the server's name as initialize answered it
     call          one `count` call: ok, and replica, count, session_seen (the id the server
@@ -29,7 +30,7 @@ Lines (every one has "event", "client" and "phase", a session attempt of that cl
     after_delete  status and body of one request sent with the old id after the DELETE
     ready         (owner-killed) phase 0 is done; waiting for stdin
     error         an exception no step expected, with its text
-Every wait is bounded: SDK requests time out after 10 s, a notification after 5 s, the
+Every wait is bounded: SDK requests time out after 20 s, a notification after 10 s, the
 owner-killed pause after 60 s, the whole run after --deadline seconds (exit status 3).
 """
 
@@ -51,11 +52,12 @@ parser.add_argument("--http2", action="store_true")
 parser.add_argument("--scenario", default="session", choices=["session", "owner-killed"])
 parser.add_argument("--clients", type=int, default=1)
 parser.add_argument("--calls", type=int, default=20)
+parser.add_argument("--calls-after", type=int, default=20)
 parser.add_argument("--no-notify", action="store_true")
 parser.add_argument("--deadline", type=float, default=90.0)
 args = parser.parse_args()
 
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 20.0
 
 
 def emit(**fields) -> None:
@@ -84,6 +86,7 @@ def http_client(client: int, phase: int, held: dict) -> httpx2.AsyncClient:
             method=request.method,
             rpc=rpc,
             status=response.status_code,
+            replica=response.headers.get("x-replica"),
             http_version=response.http_version,
             sent_session=request.headers.get("mcp-session-id"),
             got_session=response.headers.get("mcp-session-id"),
@@ -126,7 +129,7 @@ async def ask_notification(session: ClientSession, arrived: list, got: anyio.Eve
     except MCPError as e:
         emit(event="notification", client=client, phase=phase, ok=False, code=e.code, message=e.error.message)
         return
-    with anyio.move_on_after(5.0):
+    with anyio.move_on_after(10.0):
         await got.wait()
     emit(event="notification", client=client, phase=phase, ok=True, tool=answer, arrived=list(arrived))
 
@@ -171,7 +174,14 @@ async def after_delete(http: httpx2.AsyncClient, url: str, held_id: str, client:
             "mcp-protocol-version": "2025-11-25",
         },
     )
-    emit(event="after_delete", client=client, phase=phase, status=response.status_code, body=response.text[:300])
+    emit(
+        event="after_delete",
+        client=client,
+        phase=phase,
+        status=response.status_code,
+        replica=response.headers.get("x-replica"),
+        body=response.text[:300],
+    )
 
 
 async def session_scenario() -> None:
@@ -202,7 +212,7 @@ async def owner_killed_scenario() -> None:
     except Exception as e:
         emit(event="error", client=0, phase=0, where="session", text=describe(e))
     try:
-        await run_session(args.url, 0, 1, args.calls)
+        await run_session(args.url, 0, 1, args.calls_after)
     except Exception as e:
         emit(event="error", client=0, phase=1, where="session", text=describe(e))
 

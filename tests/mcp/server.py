@@ -8,6 +8,7 @@ holds its sessions in its own memory, as a real stateful MCP server does, so a r
 that reaches another replica fails. Besides /mcp:
 
     GET /healthz    200 "ok" (Envoy's health checks)
+Every response names the replica in `x-replica`.
     GET /sessions   the session ids this replica holds (JSON), for the tests to check
                     that a DELETE really ended one
 
@@ -93,7 +94,22 @@ async def sessions(_: Request) -> JSONResponse:
     return JSONResponse({"replica": args.name, "sessions": sorted(live_sessions())})
 
 
-app = server.streamable_http_app(streamable_http_path="/mcp", host=args.host)
+def with_replica_header(app):
+    """The ASGI app, with `x-replica: <name>` on every response."""
+    name = args.name.encode()
+
+    async def wrapped(scope, receive, send):
+        async def send_named(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-replica", name)]
+            await send(message)
+
+        await app(scope, receive, send_named)
+
+    return wrapped
+
+
+app = with_replica_header(server.streamable_http_app(streamable_http_path="/mcp", host=args.host))
 # Keep-alive longer than Envoy's upstream idle timeout (envoy/mcp.yaml: 60 s), so that Envoy,
 # not the server, closes idle connections.
 uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=120)
