@@ -21,6 +21,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tether::token::{self, Limits, SessionToken};
 
 /// The Python with the pinned MCP SDK (`scripts/mcp.sh`, installing it if needed).
 fn python() -> &'static Path {
@@ -338,6 +339,14 @@ impl Report {
     }
 }
 
+/// Opens an envelope as `envoy/mcp.yaml`'s tether would (demo key, the cluster's scope).
+fn open_envelope(text: &str) -> SessionToken {
+    let limits = Limits { envelopes: true, ..DEMO_LIMITS };
+    token::open(text.as_bytes(), &demo_keyring(), DEMO_SCOPE, now(), limits)
+        .unwrap_or_else(|e| panic!("envelope {text} does not verify: {e:?}"))
+        .token
+}
+
 /// The server's own session ids are `uuid4().hex`.
 fn is_server_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -346,13 +355,15 @@ fn is_server_id(id: &str) -> bool {
 // ---------------------------------------------------------------- one tethered session
 
 /// What a session of the `session` scenario did through tether, checked: every exchange
-/// (POSTs, the GET stream, the DELETE) answered by the server that answered `initialize`,
-/// `calls` calls there counting 1..=calls, each seeing the server's
-/// own id while the client held tether's envelope; the notification arrived on the GET
-/// stream from that server; the DELETE was answered 200 and a later request with the same
-/// envelope 404 by the server (the session is gone). No response set a cookie, none
-/// carried the server's id, every exchange used `http_version`. Returns (server, id).
+/// (POSTs, the GET stream, the DELETE) answered by the server that answered `initialize`;
+/// `calls` calls there counting 1..=calls, each seeing the server's own id while the client
+/// held and sent tether's envelope; the envelope verifies and names that id and server;
+/// every response that named the session carried that same envelope, none set a cookie;
+/// the notification arrived on the GET stream from that server; the DELETE was answered
+/// 200, and a later request with the same envelope 404 by that server (the session is
+/// gone); every exchange used `http_version`. Returns (server, id).
 fn check_tethered_session(
+    replicas: &[Replica],
     report: &Report,
     client: u64,
     phase: u64,
@@ -371,6 +382,11 @@ fn check_tethered_session(
     let id = text(&results[0]["session_seen"]).to_string();
     assert!(is_server_id(&id), "{at}: the server saw `{id}`, not one of its own ids");
     assert_ne!(envelope, id, "{at}: the client holds the server's own id");
+    let sealed = open_envelope(&envelope);
+    let addr = replicas.iter().find(|r| r.name == server).unwrap().addr;
+    assert_eq!(sealed.app_id.as_deref(), Some(id.as_bytes()), "{at}: the envelope names another id");
+    assert_eq!(sealed.owner.addr, addr, "{at}: the envelope names another server");
+    assert_eq!(sealed.expires_at - sealed.issued_at, 86_400, "{at}: absoluteTimeout 24h");
     for (i, call) in results.iter().enumerate() {
         assert_eq!(call["ok"], true, "{at}: call {}: {call}", i + 1);
         assert_eq!((text(&call["replica"]), &call["count"]), (server.as_str(), &Value::from(i + 1)), "{at}");
@@ -419,11 +435,9 @@ fn check_tethered_session(
                 "{at}: the client sent another id: {exchange}"
             );
         }
-        assert_ne!(
-            exchange["got_session"],
-            Value::from(id.as_str()),
-            "{at}: the server's id reached the client"
-        );
+        // The server names the session on every response; tether sends the same envelope.
+        let got = &exchange["got_session"];
+        assert!(got.is_null() || *got == Value::from(envelope.as_str()), "{at}: {exchange}");
     }
     (server, id)
 }
@@ -444,7 +458,7 @@ fn tethered_sessions(http2: bool) {
     let mut per_server: BTreeMap<String, usize> = BTreeMap::new();
     let mut ids = BTreeSet::new();
     for client in 0..clients {
-        let (server, id) = check_tethered_session(&report, client, 0, 20, version);
+        let (server, id) = check_tethered_session(&s.replicas, &report, client, 0, 20, version);
         *per_server.entry(server).or_default() += 1;
         assert!(ids.insert(id), "two clients got one session");
     }
@@ -556,7 +570,7 @@ fn owner_killed_the_client_starts_over_and_the_new_session_sticks() {
     assert_eq!(answer["status"], 404, "{answer}");
     assert!(answer["replica"].as_str().is_some_and(|r| r != owner), "a live server answered: {answer}");
 
-    let (server, id) = check_tethered_session(&report, 0, 1, 20, "HTTP/1.1");
+    let (server, id) = check_tethered_session(&s.replicas, &report, 0, 1, 20, "HTTP/1.1");
     assert_ne!(server, owner);
     println!("the new session: {server} ({id})");
     s.wait_forgotten(&BTreeSet::from([id]));
