@@ -437,7 +437,7 @@ fn check_tethered_session(
         }
         // The server names the session on every response; tether sends the same envelope.
         let got = &exchange["got_session"];
-        assert!(got.is_null() || *got == Value::from(envelope.as_str()), "{at}: {exchange}");
+        assert!(got.is_null() || got.as_str() == Some(envelope.as_str()), "{at}: {exchange}");
     }
     (server, id)
 }
@@ -566,7 +566,7 @@ fn owner_killed_the_client_starts_over_and_the_new_session_sticks() {
     println!("the call after the owner died: {lost}");
     assert_eq!(lost["ok"], false, "the session survived its server");
     assert_eq!((&lost["code"], text(&lost["message"])), (&Value::from(-32600), "Session not found"));
-    let answer = report.http(0, 0, "POST").into_iter().filter(|v| v["rpc"] == "tools/call").last().unwrap();
+    let answer = report.http(0, 0, "POST").into_iter().rfind(|v| v["rpc"] == "tools/call").unwrap();
     assert_eq!(answer["status"], 404, "{answer}");
     assert!(answer["replica"].as_str().is_some_and(|r| r != owner), "a live server answered: {answer}");
 
