@@ -34,6 +34,7 @@ fn main() {
         expires_at: now + 3600,
         cluster: String::new(),
         owner_away_since: None,
+        app_id: None,
     };
     let key = settings.keyring.signing_key().unwrap();
     let signed = token::seal(&t, key, "pods");

@@ -15,6 +15,7 @@ fn main() {
             expires_at: now + 600,
             cluster: cluster.to_string(),
             owner_away_since: None,
+            app_id: None,
         };
         let signed = token::seal(&t, key, "pods");
         let hidden = token::seal_encrypted(&t, key, "pods", [i as u8; token::NONCE_LEN]).unwrap();
@@ -40,6 +41,7 @@ fn main() {
         expires_at: now + 3600,
         cluster: String::new(),
         owner_away_since: None,
+        app_id: None,
     };
     std::fs::write(dir.join("token_open").join("internal-listener"), token::seal(&ambient, key, "pods"))
         .unwrap();

@@ -63,6 +63,36 @@ pub struct Settings {
     pub key_header: String,
     /// Keys came inline in the configuration: fine for demos, not for production.
     pub inline_keys: bool,
+    /// Learn mode: the app issues the session id and tether wraps it in an envelope, in
+    /// place, instead of minting sessions of its own (`cookie` and `token_header` are off).
+    pub learn: Option<Learn>,
+}
+
+/// Where the app issues its session id (`learn`), and where clients send it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Learn {
+    /// A response and request header (MCP's `mcp-session-id`), lower case.
+    Header(String),
+    /// A cookie the app sets with `Set-Cookie` (`JSESSIONID`, `PHPSESSID`).
+    Cookie(String),
+}
+
+impl Learn {
+    /// The request header an envelope arrives in, when it travels in a header.
+    pub fn header(&self) -> Option<&str> {
+        match self {
+            Learn::Header(name) => Some(name),
+            Learn::Cookie(_) => None,
+        }
+    }
+
+    /// The cookie an envelope arrives in, when it travels in a cookie.
+    pub fn cookie(&self) -> Option<&str> {
+        match self {
+            Learn::Header(_) => None,
+            Learn::Cookie(name) => Some(name),
+        }
+    }
 }
 
 /// A refused configuration: which field, and why.
@@ -101,6 +131,20 @@ const TOP_FIELDS: &[&str] = &[
     "debugHeader",
     "cacheControl",
     "accessLog",
+    "learn",
+];
+const LEARN_FIELDS: &[&str] = &["header", "cookie"];
+/// Fields `learn` replaces or has no use for: with `learn` the app's id is the carrier, and
+/// an envelope is renewed only when the app sends its id.
+const NOT_WITH_LEARN: &[(&str, &str)] = &[
+    ("type", "the app's own header or cookie carries the envelope"),
+    ("cookie", "the app's own cookie carries the envelope (its attributes are kept)"),
+    ("header", "the app's own header carries the envelope"),
+    (
+        "idleTimeout",
+        "an envelope is renewed only when the app sends its id again; the app's own session timeout applies",
+    ),
+    ("repinAfter", "a session keeps the pod that issued its id until the app issues another"),
 ];
 const HEADER_FIELDS: &[&str] = &["name"];
 const COOKIE_FIELDS: &[&str] = &["name", "path", "domain", "secure", "httpOnly", "sameSite", "lifetimeType"];
@@ -298,12 +342,25 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         }
     };
     let access_log = boolean(&top, "accessLog", "accessLog")?.unwrap_or(false);
+    let learn = learn(&top)?;
+    if let Some(learn) = &learn {
+        if let Some((field, why)) = NOT_WITH_LEARN.iter().find(|(field, _)| top.contains_key(*field)) {
+            return fail(field, format!("not used with `learn`: {why}"));
+        }
+        if let (Learn::Cookie(app), Some(owner)) = (learn, host_cookie) {
+            if app == owner {
+                return fail("hostCookie", format!("`{owner}` is already used by learn.cookie"));
+            }
+        }
+    }
+    let (use_cookie, use_header) = if learn.is_some() { (false, false) } else { (use_cookie, use_header) };
     let mut seen: Vec<(&str, &str)> = vec![("hostHeader", &host_header), ("keyHeader", &key_header)];
     if use_header {
         seen.push(("header.name", &token_header));
     }
     seen.extend(cluster_header.as_deref().map(|h| ("clusterHeader", h)));
     seen.extend(debug_header.as_deref().map(|h| ("debugHeader", h)));
+    seen.extend(learn.as_ref().and_then(Learn::header).map(|h| ("learn.header", h)));
     for (i, (field, name)) in seen.iter().enumerate() {
         if let Some((other, _)) = seen.iter().take(i).find(|(_, n)| n == name) {
             return fail(field, format!("`{name}` is already used by {other}"));
@@ -345,7 +402,31 @@ pub fn load(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Settings
         host_cookie: host_cookie.map(str::to_string),
         key_header,
         inline_keys,
+        learn,
     })
+}
+
+/// The `learn` object: exactly one of `header` and `cookie`.
+fn learn(top: &Map<String, Value>) -> Result<Option<Learn>, ConfigError> {
+    let map = match top.get("learn") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(map)) => map,
+        Some(_) => return fail("learn", "must be an object: {\"header\": name} or {\"cookie\": name}"),
+    };
+    check_known(map, LEARN_FIELDS, "learn.")?;
+    match (map.contains_key("header"), map.contains_key("cookie")) {
+        (true, false) => Ok(Some(Learn::Header(header_name(map, "header", "learn.header", "")?))),
+        (false, true) => {
+            let name = string(map, "cookie", "learn.cookie")?.unwrap_or("");
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(is_token_char) {
+                return fail("learn.cookie", "must be 1-64 characters of an HTTP token (a cookie name)");
+            }
+            Ok(Some(Learn::Cookie(name.to_string())))
+        }
+        _ => {
+            fail("learn", "give exactly one of `header` (e.g. mcp-session-id) and `cookie` (e.g. JSESSIONID)")
+        }
+    }
 }
 
 impl Settings {
@@ -353,6 +434,7 @@ impl Settings {
         crate::token::Limits {
             max_lifetime: self.absolute_timeout_secs,
             idle_timeout: self.idle_timeout_secs,
+            envelopes: self.learn.is_some(),
         }
     }
 }
@@ -541,6 +623,21 @@ mod tests {
     }
 
     #[test]
+    fn learn_takes_the_apps_header_or_cookie_in_place_of_tethers() {
+        let s = load_str(r#"{"keysFromEnv":"TETHER_KEYS","learn":{"header":"mcp-session-id"}}"#).unwrap();
+        assert_eq!(s.learn, Some(Learn::Header("mcp-session-id".into())));
+        assert_eq!((s.cookie.is_none(), s.token_header.is_none()), (true, true));
+        assert!(s.limits().envelopes);
+        let s = load_str(r#"{"keysFromEnv":"TETHER_KEYS","learn":{"cookie":"JSESSIONID"},"hostCookie":"o"}"#)
+            .unwrap();
+        assert_eq!(
+            (s.learn, s.cookie, s.host_cookie.as_deref()),
+            (Some(Learn::Cookie("JSESSIONID".into())), None, Some("o"))
+        );
+        assert!(!load_str(r#"{"keysFromEnv":"TETHER_KEYS"}"#).unwrap().limits().envelopes);
+    }
+
+    #[test]
     fn same_site_none_implies_secure() {
         let s = load_str(r#"{"cookie":{"sameSite":"None"},"keysFromEnv":"TETHER_KEYS"}"#).unwrap();
         assert!(s.cookie.unwrap().secure);
@@ -621,6 +718,20 @@ mod tests {
             (&format!(r#"{{{k},"hostCookie":""}}"#), "hostCookie"),
             (&format!(r#"{{{k},"hostCookie":"a;b"}}"#), "hostCookie"),
             (&format!(r#"{{{k},"hostCookie":"o\r\nx: y"}}"#), "hostCookie"),
+            (&format!(r#"{{{k},"learn":"mcp-session-id"}}"#), "learn"),
+            (&format!(r#"{{{k},"learn":{{}}}}"#), "learn"),
+            (&format!(r#"{{{k},"learn":{{"header":"a","cookie":"b"}}}}"#), "learn"),
+            (&format!(r#"{{{k},"learn":{{"name":"a"}}}}"#), "learn.name"),
+            (&format!(r#"{{{k},"learn":{{"header":"Mcp-Session-Id"}}}}"#), "learn.header"),
+            (&format!(r#"{{{k},"learn":{{"header":"cookie"}}}}"#), "learn.header"),
+            (&format!(r#"{{{k},"learn":{{"header":"x-tether-key"}}}}"#), "learn.header"),
+            (&format!(r#"{{{k},"learn":{{"cookie":"a b"}}}}"#), "learn.cookie"),
+            (&format!(r#"{{{k},"learn":{{"cookie":""}}}}"#), "learn.cookie"),
+            (&format!(r#"{{{k},"learn":{{"cookie":"JSESSIONID"}},"cookie":{{}}}}"#), "cookie"),
+            (&format!(r#"{{{k},"learn":{{"cookie":"JSESSIONID"}},"type":"Header"}}"#), "type"),
+            (&format!(r#"{{{k},"learn":{{"header":"mcp-session-id"}},"idleTimeout":"1h"}}"#), "idleTimeout"),
+            (&format!(r#"{{{k},"learn":{{"header":"mcp-session-id"}},"repinAfter":"1s"}}"#), "repinAfter"),
+            (&format!(r#"{{{k},"learn":{{"cookie":"sid"}},"hostCookie":"sid"}}"#), "hostCookie"),
             (&format!(r#"{{{k},"hostCookie":"tether"}}"#), "hostCookie"),
             (&format!(r#"{{{k},"hostCookie":"o","hostHeader":"x-h"}}"#), "hostCookie"),
             (&format!(r#"{{{k},"clusterHeader":"x-tether-host"}}"#), "clusterHeader"),

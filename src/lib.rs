@@ -23,6 +23,7 @@ pub mod cookie;
 pub mod duration;
 pub mod filter;
 pub mod keyring;
+pub mod learn;
 pub mod session;
 pub mod token;
 

@@ -2,7 +2,7 @@
 //! which headers steer it, and which token (if any) the response must carry.
 
 use crate::address::{override_cookie_value, override_host_value, Owner};
-use crate::config::Settings;
+use crate::config::{Learn, Settings};
 use crate::cookie;
 use crate::token::{self, Rejection, SessionId, SessionToken};
 
@@ -46,6 +46,10 @@ pub struct Resolver<'a> {
     scope: &'a str,
     settings: &'a Settings,
     now: u64,
+    /// The cookie a token may arrive in: tether's, or the app's (`learn`).
+    cookie: Option<&'a str>,
+    /// Whether a token may arrive in a header: tether's (header mode) or the app's (`learn`).
+    header: bool,
     /// Values already verified (all refused), in order.
     checked: Vec<&'a [u8]>,
     rejected: Option<Rejection>,
@@ -55,7 +59,20 @@ pub struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     pub fn new(scope: &'a str, settings: &'a Settings, now: u64) -> Resolver<'a> {
-        Resolver { scope, settings, now, checked: Vec::new(), rejected: None, over_limit: false }
+        let learn = settings.learn.as_ref();
+        let cookie =
+            settings.cookie.as_ref().map(|c| c.name.as_str()).or_else(|| learn.and_then(Learn::cookie));
+        let header = settings.token_header.is_some() || learn.and_then(Learn::header).is_some();
+        Resolver {
+            scope,
+            settings,
+            now,
+            cookie,
+            header,
+            checked: Vec::new(),
+            rejected: None,
+            over_limit: false,
+        }
     }
 
     /// Verifies one candidate unless it was seen already or the cap is reached.
@@ -82,18 +99,18 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// The token header's value (header mode), if the request has one.
+    /// The token header's value (header mode, or `learn.header`), if the request has one.
     pub fn token_header(&mut self, value: Option<&'a [u8]>) -> Option<Affinity> {
-        match (value, &self.settings.token_header) {
-            (Some(value), Some(_)) => self.check(value, Carrier::Header),
+        match (value, self.header) {
+            (Some(value), true) => self.check(value, Carrier::Header),
             _ => None,
         }
     }
 
-    /// Every value of our cookie in one `Cookie` header value.
+    /// Every value of our cookie (or `learn.cookie`) in one `Cookie` header value.
     pub fn cookie_header(&mut self, header: &'a [u8]) -> Option<Affinity> {
-        let spec = self.settings.cookie.as_ref()?;
-        for value in cookie::values_named(header, spec.name.as_bytes()) {
+        let name = self.cookie?;
+        for value in cookie::values_named(header, name.as_bytes()) {
             if let Some(pinned) = self.check(value, Carrier::Cookie) {
                 return Some(pinned);
             }
@@ -106,7 +123,17 @@ impl<'a> Resolver<'a> {
 
     /// Whether another source could still change the answer (cookies on, cap not reached).
     pub fn wants_more(&self) -> bool {
-        self.settings.cookie.is_some() && !self.over_limit
+        self.cookie.is_some() && !self.over_limit
+    }
+
+    /// The text of the token that verified (the last one checked, once one has).
+    pub fn verified_text(&self) -> Option<&'a [u8]> {
+        self.checked.last().copied()
+    }
+
+    /// Why the last token refused was refused, if one was.
+    pub fn rejected(&self) -> Option<Rejection> {
+        self.rejected
     }
 
     /// How many candidates were verified so far.
@@ -285,6 +312,7 @@ pub fn respond(
                 expires_at: now.saturating_add(settings.absolute_timeout_secs),
                 cluster,
                 owner_away_since: None,
+                app_id: None,
             }),
         ),
         Affinity::Pinned { token, current, .. } => {
@@ -417,6 +445,7 @@ mod tests {
             expires_at: NOW + 600,
             cluster: String::new(),
             owner_away_since: None,
+            app_id: None,
         }
     }
 
@@ -632,6 +661,7 @@ mod tests {
             expires_at: NOW + 3600,
             cluster: String::new(),
             owner_away_since: None,
+            app_id: None,
         };
         assert_eq!(minted, Some(want));
 

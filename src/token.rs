@@ -6,13 +6,16 @@
 //!           | family(1: 4 or 6) | ip(4 or 16) | port(2) | cluster length(1) | cluster
 //!           [ | listener length(1) | listener ] only when the version byte has INTERNAL
 //!           [ | owner_away_since(8) ]           only when the version byte has OWNER_AWAY
+//!           [ | app id length(2) | app id ]     only when the version byte has APP_ID
 //! format 1 = 1 | key-id length(1) | key id | scope fingerprint(4) | claims | tag(16)
 //!            tag = HMAC-SHA256(key, label | scope | every byte before the tag), 128 bits
 //! format 2 = 2 | key-id length(1) | key id | nonce(24) | encrypted claims | tag(16)
 //!            XChaCha20-Poly1305, associated data = label | scope | version | key id
 //! version  = format, plus OWNER_AWAY (0x10) when the claims end with owner_away_since,
 //!            plus INTERNAL (0x20) when the owner is reached through an Envoy internal
-//!            listener (Istio ambient: `envoy://connect_originate/<ip:port>`)
+//!            listener (Istio ambient: `envoy://connect_originate/<ip:port>`),
+//!            plus APP_ID (0x40) in an envelope: the token wraps a session id the app
+//!            issued (`learn`), and its session id is the hash of that id
 //! ```
 //!
 //! A token whose owner is a plain `ip:port` host and is served (the usual case) is byte for
@@ -44,6 +47,14 @@ pub const ENCRYPTED: u8 = 2;
 pub const OWNER_AWAY: u8 = 0x10;
 /// Version flag: the claims name the internal listener in front of the owner.
 pub const INTERNAL: u8 = 0x20;
+/// Version flag: the claims end with the app's own session id (an envelope, `learn`).
+pub const APP_ID: u8 = 0x40;
+/// Longest app-issued session id an envelope carries. MCP allows any visible ASCII (a
+/// UUID, a hash, a JWT); servlet and PHP ids are 26-40 characters.
+pub const MAX_APP_ID_LEN: usize = 1024;
+/// Longest envelope text worth decoding: the largest token plus a length and the longest
+/// app id (1479 bytes).
+pub const MAX_ENVELOPE_TEXT: usize = (MAX_TOKEN_BYTES + 2 + MAX_APP_ID_LEN).div_ceil(3) * 4;
 pub const TAG_LEN: usize = 16;
 pub const NONCE_LEN: usize = 24;
 pub const SESSION_ID_LEN: usize = 16;
@@ -101,6 +112,15 @@ impl SessionId {
     pub fn log_name(&self) -> String {
         hex(&sha256_prefix(&self.0))
     }
+
+    /// The session id of an app-issued id: the first 128 bits of its SHA-256. Every Envoy
+    /// derives the same one, so the fallback owner is the same everywhere, whichever Envoy
+    /// wrapped the id.
+    pub fn of_app_id(app_id: &[u8]) -> SessionId {
+        let mut id = [0u8; SESSION_ID_LEN];
+        id.copy_from_slice(Sha256::digest(app_id).get(..SESSION_ID_LEN).unwrap_or(&[0; SESSION_ID_LEN]));
+        SessionId(id)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +137,15 @@ pub struct SessionToken {
     /// response from the owner in between): the session keeps its owner until this is
     /// `repinAfter` old. `None` while the owner serves. Never later than `issued_at`.
     pub owner_away_since: Option<u64>,
+    /// The session id the app issued (an envelope, `learn`): visible ASCII, at most
+    /// [`MAX_APP_ID_LEN`] bytes. `session` is then [`SessionId::of_app_id`] of it.
+    pub app_id: Option<Vec<u8>>,
+}
+
+/// Whether `id` can travel in an envelope: 1 to [`MAX_APP_ID_LEN`] bytes of visible ASCII
+/// (what MCP allows in `Mcp-Session-Id`; a cookie value never holds more).
+pub fn is_app_id(id: &[u8]) -> bool {
+    (1..=MAX_APP_ID_LEN).contains(&id.len()) && id.iter().all(|b| (0x21..0x7f).contains(b))
 }
 
 /// Why a token was not accepted. Every reason means the same to the user: no session.
@@ -165,6 +194,9 @@ pub struct Limits {
     pub max_lifetime: u64,
     /// The configured idle timeout, counted from `issued_at`.
     pub idle_timeout: Option<u64>,
+    /// Envelopes (`learn`) are expected: only a token carrying an app id verifies. Otherwise
+    /// only one without does, so neither kind passes for the other.
+    pub envelopes: bool,
 }
 
 /// A token that verified, with what it was sealed by.
@@ -219,6 +251,9 @@ fn head(format: u8, token: &SessionToken, key: &Key) -> Vec<u8> {
     if internal_listener(token).is_some() {
         version |= INTERNAL;
     }
+    if envelope_app_id(token).is_some() {
+        version |= APP_ID;
+    }
     bytes.push(version);
     // Key ids are at most 32 bytes (checked when the keyring is built).
     bytes.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
@@ -230,6 +265,12 @@ fn head(format: u8, token: &SessionToken, key: &Key) -> Vec<u8> {
 /// Envoy always can; a name that cannot is left out, as `encode_claims` leaves it).
 fn internal_listener(token: &SessionToken) -> Option<&[u8]> {
     token.owner.listener.as_deref().map(str::as_bytes).filter(|name| is_listener_name(name))
+}
+
+/// The app id, if the token has one an envelope can carry (one that cannot is left out,
+/// as `encode_claims` leaves it; the host never wraps such an id).
+fn envelope_app_id(token: &SessionToken) -> Option<&[u8]> {
+    token.app_id.as_deref().filter(|id| is_app_id(id))
 }
 
 fn encode_claims(token: &SessionToken, out: &mut Vec<u8>) {
@@ -259,9 +300,15 @@ fn encode_claims(token: &SessionToken, out: &mut Vec<u8>) {
     if let Some(since) = token.owner_away_since {
         out.extend_from_slice(&since.to_be_bytes());
     }
+    if let Some(id) = envelope_app_id(token) {
+        // `is_app_id`: at most MAX_APP_ID_LEN (1024) bytes.
+        out.extend_from_slice(&u16::try_from(id.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(id);
+    }
 }
 
-fn decode_claims(reader: &mut Reader, owner_away: bool, internal: bool) -> Result<SessionToken, Rejection> {
+fn decode_claims(reader: &mut Reader, flags: u8) -> Result<SessionToken, Rejection> {
+    let (owner_away, internal) = (flags & OWNER_AWAY != 0, flags & INTERNAL != 0);
     let issued_at = reader.u64()?;
     let expires_at = reader.u64()?;
     let session = SessionId(reader.array::<SESSION_ID_LEN>()?);
@@ -287,6 +334,16 @@ fn decode_claims(reader: &mut Reader, owner_away: bool, internal: bool) -> Resul
         None
     };
     let owner_away_since = if owner_away { Some(reader.u64()?) } else { None };
+    let app_id = if flags & APP_ID != 0 {
+        let len = usize::from(u16::from_be_bytes(reader.array::<2>()?));
+        let id = reader.take(len)?;
+        if !is_app_id(id) {
+            return Err(Rejection::Malformed);
+        }
+        Some(id.to_vec())
+    } else {
+        None
+    };
     Ok(SessionToken {
         session,
         owner: Owner { addr: SocketAddr::new(ip, port), listener },
@@ -294,6 +351,7 @@ fn decode_claims(reader: &mut Reader, owner_away: bool, internal: bool) -> Resul
         expires_at,
         cluster: cluster.to_string(),
         owner_away_since,
+        app_id,
     })
 }
 
@@ -334,20 +392,40 @@ pub fn open(
     now: u64,
     limits: Limits,
 ) -> Result<Verified, Rejection> {
-    if text.is_empty() || text.len() > MAX_TOKEN_TEXT {
+    let max = if limits.envelopes { MAX_ENVELOPE_TEXT } else { MAX_TOKEN_TEXT };
+    if text.is_empty() || text.len() > max {
         return Err(Rejection::Malformed);
+    }
+    if limits.envelopes {
+        // Envelopes are rare enough (one per request in `learn` mode) to decode on the heap.
+        let mut bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| Rejection::Malformed)?;
+        return open_decoded(&mut bytes, keyring, scope, now, limits);
     }
     // The buffer holds the decoder's conservative estimate for any text up to the cap, so
     // `decode_slice` accepts and refuses exactly the texts `decode` would.
     let mut buffer = [0u8; MAX_TOKEN_BYTES];
     let len = URL_SAFE_NO_PAD.decode_slice(text, &mut buffer).map_err(|_| Rejection::Malformed)?;
     let bytes = buffer.get_mut(..len).ok_or(Rejection::Malformed)?;
+    open_decoded(bytes, keyring, scope, now, limits)
+}
+
+fn open_decoded(
+    bytes: &mut [u8],
+    keyring: &Keyring,
+    scope: &str,
+    now: u64,
+    limits: Limits,
+) -> Result<Verified, Rejection> {
     let mut reader = Reader { rest: bytes };
     let version = reader.byte()?;
-    let format = version & !(OWNER_AWAY | INTERNAL);
-    let (owner_away, internal) = (version & OWNER_AWAY != 0, version & INTERNAL != 0);
+    let flags = version & (OWNER_AWAY | INTERNAL | APP_ID);
+    let format = version & !flags;
     if format != SIGNED && format != ENCRYPTED {
         return Err(Rejection::UnknownVersion);
+    }
+    // An envelope is not a session cookie, nor the reverse (same keys, same scope).
+    if (flags & APP_ID != 0) != limits.envelopes {
+        return Err(Rejection::Malformed);
     }
     let id_len = usize::from(reader.byte()?);
     let key_id = reader.take(id_len)?;
@@ -355,7 +433,7 @@ pub fn open(
     let (key, is_current) = keyring.find(key_id).ok_or(Rejection::UnknownKey)?;
     let (token, format) = if format == SIGNED {
         let fingerprint = reader.array::<4>()?;
-        let token = decode_claims(&mut reader, owner_away, internal)?;
+        let token = decode_claims(&mut reader, flags)?;
         let signed_len = bytes.len() - reader.rest.len();
         let tag_bytes = reader.take(TAG_LEN)?;
         if !reader.rest.is_empty() {
@@ -381,7 +459,7 @@ pub fn open(
             .decrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body, &tag)
             .map_err(|_| Rejection::BadSignature)?;
         let mut claims = Reader { rest: body };
-        let token = decode_claims(&mut claims, owner_away, internal)?;
+        let token = decode_claims(&mut claims, flags)?;
         if !claims.rest.is_empty() {
             return Err(Rejection::Malformed);
         }
@@ -451,6 +529,30 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_carries_the_apps_id_in_either_format_and_only_where_envelopes_are_expected() {
+        let keys = ring(&format!("k1={K1}"));
+        let key = keys.signing_key().unwrap();
+        let envelopes = Limits { envelopes: true, ..LIMITS };
+        for id in [b"3f2a9c1e-77b0".to_vec(), vec![b'~'; MAX_APP_ID_LEN]] {
+            let t = SessionToken {
+                session: SessionId::of_app_id(&id),
+                app_id: Some(id.clone()),
+                ..sample("10.0.0.2:80")
+            };
+            for text in [seal(&t, key, SCOPE), seal_encrypted(&t, key, SCOPE, [3; NONCE_LEN]).unwrap()] {
+                assert!(text.len() <= MAX_ENVELOPE_TEXT, "{}", text.len());
+                assert_eq!(open(text.as_bytes(), &keys, SCOPE, NOW, envelopes).unwrap().token, t);
+                assert_eq!(open_at(text.as_bytes(), &keys, NOW).err(), Some(Rejection::Malformed));
+            }
+        }
+        let plain = seal_with(&sample("10.0.0.2:80"), &keys);
+        assert_eq!(open(plain.as_bytes(), &keys, SCOPE, NOW, envelopes).err(), Some(Rejection::Malformed));
+        // The session id of an app id is the same everywhere (the fallback hashes it).
+        assert_eq!(SessionId::of_app_id(b"abc").to_hex(), "ba7816bf8f01cfea414140de5dae2223");
+        assert!(!is_app_id(b"") && !is_app_id(b"a b") && !is_app_id(&[b'a'; MAX_APP_ID_LEN + 1]));
+    }
+
+    #[test]
     fn a_session_is_logged_by_a_short_hash_of_its_id() {
         // `python3 -c 'import hashlib; print(hashlib.sha256(bytes(16)).hexdigest()[:8])'`
         assert_eq!(SessionId([0; 16]).log_name(), "374708ff");
@@ -459,7 +561,7 @@ mod tests {
     }
 
     const SCOPE: &str = "pods";
-    const LIMITS: Limits = Limits { max_lifetime: DAY, idle_timeout: None };
+    const LIMITS: Limits = Limits { max_lifetime: DAY, idle_timeout: None, envelopes: false };
 
     fn sample(owner: &str) -> SessionToken {
         SessionToken {
@@ -469,6 +571,7 @@ mod tests {
             expires_at: NOW + 3600,
             cluster: String::new(),
             owner_away_since: None,
+            app_id: None,
         }
     }
 
@@ -704,7 +807,7 @@ mod tests {
     #[test]
     fn idle_timeout_counts_from_issue_time() {
         let keys = ring(&format!("k1={K1}"));
-        let idle = Limits { max_lifetime: DAY, idle_timeout: Some(600) };
+        let idle = Limits { max_lifetime: DAY, idle_timeout: Some(600), envelopes: false };
         let text = seal_with(&sample("10.0.0.1:80"), &keys); // issued NOW - 10
         assert!(open(text.as_bytes(), &keys, SCOPE, NOW + 589, idle).is_ok());
         assert_eq!(open(text.as_bytes(), &keys, SCOPE, NOW + 590, idle), Err(Rejection::Expired));

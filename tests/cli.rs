@@ -94,6 +94,7 @@ fn token_inspect_prints_claims_or_the_reason() {
         expires_at: 1_800_003_600,
         cluster: "canary".into(),
         owner_away_since: None,
+        app_id: None,
     };
     let good = token::seal(&t, ring.signing_key().unwrap(), "pods");
     let now = "1800000100";
@@ -185,6 +186,7 @@ fn keygen_keys_run_the_filter_and_token_inspect_agrees_with_it() {
             expires_at: common::now() + 60,
             cluster: String::new(),
             owner_away_since: None,
+            app_id: None,
         };
         token::seal(&t, ring.signing_key().unwrap(), "elsewhere")
     };

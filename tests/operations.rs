@@ -24,8 +24,9 @@ fn start(pods: &[Pod], plugin_config: &str, keys: Option<&str>) -> Envoy {
 }
 
 /// Every counter tether defines, by its `/stats` name under `wasmcustom.tether.`.
-const COUNTERS: [&str; 15] = [
+const COUNTERS: [&str; 16] = [
     "affinity_hits",
+    "app_id_not_wrapped",
     "invalid_token.bad_signature",
     "invalid_token.expired",
     "invalid_token.issued_in_future",
@@ -105,6 +106,7 @@ fn counters_and_debug_header_match_known_traffic() {
         expires_at: now + 60,
         cluster: String::new(),
         owner_away_since: Some(now - 30),
+        app_id: None,
     };
     let away = token::seal(&away, demo_keyring().signing_key().unwrap(), DEMO_SCOPE);
     expect(Some(&away), "repinned", 2);
@@ -124,6 +126,8 @@ fn counters_and_debug_header_match_known_traffic() {
                 "tokens_over_limit" => 0,
                 // Every pod here is an ip:port host (internal addresses: istio.rs, doctor.rs).
                 "unusable_host" => 0,
+                // Learn mode only (mcp.rs, and learn_tests in the core).
+                "app_id_not_wrapped" => 0,
                 _ => 1,
             };
             (*name, n)

@@ -109,6 +109,7 @@ fn fake_tokens(max_bytes: usize, encrypted: bool) -> String {
             expires_at: now() + 3600,
             cluster: String::new(),
             owner_away_since: None,
+            app_id: None,
         };
         let text = if encrypted {
             token::seal_encrypted(&t, key, DEMO_SCOPE, [(i % 256) as u8; token::NONCE_LEN]).unwrap()

@@ -62,7 +62,7 @@ pub fn inspect(o: &Inspect, input: &str, out: &mut dyn Write, err: &mut dyn Writ
         }
     };
     let text = token_text(input);
-    let limits = Limits { max_lifetime: lifetime, idle_timeout: idle };
+    let limits = Limits { max_lifetime: lifetime, idle_timeout: idle, envelopes: false };
     let header = describe_header(text);
     let fingerprint = hex(&token::scope_fingerprint(o.scope));
     match token::open(text.as_bytes(), &keyring, o.scope, o.now, limits) {

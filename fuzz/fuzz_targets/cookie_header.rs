@@ -47,6 +47,7 @@ fn claims(owner: &str, session: u8, issued_at: u64) -> SessionToken {
         expires_at: issued_at + 3000,
         cluster: String::new(),
         owner_away_since: None,
+        app_id: None,
     }
 }
 
@@ -159,6 +160,7 @@ fuzz_target!(|data: &[u8]| {
                 expires_at: now + 3600,
                 cluster: String::new(),
                 owner_away_since: None,
+                app_id: None,
             }),
         ),
         Affinity::Pinned { token, current, .. } => {

@@ -12,7 +12,7 @@ const NOW: u64 = 1_800_000_000;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(keys) = Keyring::parse(KEYS, None) else { return };
-    let limits = Limits { max_lifetime: 86_400, idle_timeout: Some(3_600) };
+    let limits = Limits { max_lifetime: 86_400, idle_timeout: Some(3_600), envelopes: false };
     for scope in ["pods", ""] {
         if let Ok(verified) = token::open(data, &keys, scope, NOW, limits) {
             let key = keys.signing_key().unwrap();

@@ -1,8 +1,9 @@
 //! Arbitrary claims sealed in both formats, with either key, for any scope, checked at any
 //! time: opening what was sealed gives back exactly those claims, or exactly the refusal
 //! the claims call for (a missed owner's time later than the issue time, expired, issued in
-//! the future, lifetime too long); the same token
-//! never opens in another scope, nor without its key.
+//! the future, lifetime too long); the same token never opens in another scope, nor
+//! without its key. An envelope (claims with an app-issued id, `learn`) opens only where
+//! envelopes are expected, and a session token only where they are not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +32,11 @@ impl Input<'_> {
     }
     fn u64(&mut self) -> u64 {
         u64::from_be_bytes(self.bytes())
+    }
+    fn raw(&mut self, len: usize) -> Vec<u8> {
+        let (head, tail) = self.0.split_at(len.min(self.0.len()));
+        self.0 = tail;
+        head.to_vec()
     }
     fn text(&mut self, max: usize) -> String {
         let len = usize::from(self.u8()).min(max).min(self.0.len());
@@ -64,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits {
         max_lifetime: input.u64() % 1_000_000 + 1,
         idle_timeout: (flags & 4 != 0).then(|| input.u64() % 100_000 + 2),
+        envelopes: flags & 128 != 0,
     };
     // Read last, so the committed corpus keeps its meaning for the fields above.
     let owner_away_since = (flags & 32 != 0).then(|| near(input.u64()));
@@ -71,7 +78,12 @@ fuzz_target!(|data: &[u8]| {
     // that a token cannot carry is left out, as the encoder does.
     let listener = (flags & 64 != 0).then(|| input.text(80));
     let owner = Owner { addr: owner, listener };
-    let claims = SessionToken { session, owner, issued_at, expires_at, cluster, owner_away_since };
+    // An app-issued id of up to 1100 bytes (the envelope holds 1 to 1024 of visible ASCII).
+    let app_id = limits.envelopes.then(|| {
+        let len = usize::from(u16::from_be_bytes(input.bytes())) % 1100;
+        input.raw(len)
+    });
+    let claims = SessionToken { session, owner, issued_at, expires_at, cluster, owner_away_since, app_id };
 
     let keys = Keyring::parse(KEYS, None).unwrap();
     let only_a = Keyring::parse(ONLY_A, None).unwrap();
@@ -95,7 +107,9 @@ fuzz_target!(|data: &[u8]| {
     if !expected_claims.owner.listener.as_deref().is_some_and(|l| is_listener_name(l.as_bytes())) {
         expected_claims.owner.listener = None;
     }
-    let expected = if owner_away_since.is_some_and(|since| since > issued_at) {
+    // An id an envelope cannot carry is left out: the token is then no envelope.
+    let unwrappable = claims.app_id.as_deref().is_some_and(|id| !token::is_app_id(id));
+    let expected = if unwrappable || owner_away_since.is_some_and(|since| since > issued_at) {
         Err(Rejection::Malformed)
     } else if now >= expires_at
         || limits.idle_timeout.is_some_and(|idle| now >= issued_at.saturating_add(idle))
@@ -118,16 +132,20 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!("open(seal(x)) = {opened:?}, expected {expected:?} for {claims:?} at {now}"),
     }
 
-    // Never in another scope, never without the key that sealed it.
+    // Never in another scope, never without the key that sealed it (opened as the kind it is).
+    let as_sealed = Limits { envelopes: !unwrappable && limits.envelopes, ..limits };
     let other = format!("{scope}.other");
-    let elsewhere = token::open(sealed.as_bytes(), &keys, &other, now, limits);
+    let elsewhere = token::open(sealed.as_bytes(), &keys, &other, now, as_sealed);
     assert!(
         matches!(elsewhere, Err(Rejection::WrongScope | Rejection::BadSignature)),
         "opened in scope {other:?}: {elsewhere:?}"
     );
+    // Neither kind passes for the other.
+    let other_kind = Limits { envelopes: !as_sealed.envelopes, ..limits };
+    assert_eq!(token::open(sealed.as_bytes(), &keys, &scope, now, other_kind).err(), Some(Rejection::Malformed));
     if !current {
         assert_eq!(
-            token::open(sealed.as_bytes(), &only_a, &scope, now, limits).err(),
+            token::open(sealed.as_bytes(), &only_a, &scope, now, as_sealed).err(),
             Some(Rejection::UnknownKey)
         );
     }

@@ -27,7 +27,7 @@ pub const DEMO_SECRET: &str = "dGV0aGVyLWRlbW8ta2V5LURPLU5PVC1VU0UtSU4tUFJPRCEh"
 pub const COOKIE: &str = "tether";
 /// The scope tokens are bound to by default: the shipped cluster's name.
 pub const DEMO_SCOPE: &str = "pods";
-pub const DEMO_LIMITS: Limits = Limits { max_lifetime: 86_400, idle_timeout: None };
+pub const DEMO_LIMITS: Limits = Limits { max_lifetime: 86_400, idle_timeout: None, envelopes: false };
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -113,6 +113,7 @@ pub fn sealed_token(
         expires_at,
         cluster: String::new(),
         owner_away_since: None,
+        app_id: None,
     };
     token::seal(&t, ring.signing_key().unwrap(), DEMO_SCOPE)
 }
@@ -127,6 +128,7 @@ pub fn forged_token(owner: impl Into<Owner>, scope: &str) -> String {
         expires_at: now() + 600,
         cluster: String::new(),
         owner_away_since: None,
+        app_id: None,
     };
     token::seal(&t, other.signing_key().unwrap(), scope)
 }
@@ -178,6 +180,7 @@ pub fn scoped_token(owner: impl Into<Owner>, session: [u8; 16], scope: &str, clu
         expires_at: now() + 3600,
         cluster: cluster.to_string(),
         owner_away_since: None,
+        app_id: None,
     };
     token::seal(&t, demo_keyring().signing_key().unwrap(), scope)
 }

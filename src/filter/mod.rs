@@ -4,10 +4,11 @@
 //! cannot drift apart.
 
 use crate::address::Owner;
-use crate::config::{self, ConfigError, Settings};
+use crate::config::{self, ConfigError, Learn, Settings};
 use crate::cookie::{self, CookieRewrite};
+use crate::learn::{self, Envelope};
 use crate::session::{self, Affinity, HeaderPlan, Outcome, Served};
-use crate::token::{Rejection, SessionId, NONCE_LEN};
+use crate::token::{is_app_id, Rejection, SessionId, MAX_APP_ID_LEN, NONCE_LEN};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How a host hands a session's owner to Envoy.
@@ -42,11 +43,14 @@ pub enum Counter {
     /// Responses from an upstream host named in a form tether cannot pin (see
     /// [`Host::INTERNAL_OWNERS`] and [`Owner::parse`]): no session is pinned to it.
     UnusableHost,
+    /// App-issued ids (`learn`) passed to the client unwrapped: too long, or not visible
+    /// ASCII, for an envelope.
+    AppIdNotWrapped,
     Invalid(Rejection),
 }
 
 impl Counter {
-    pub const COUNT: usize = 7 + Rejection::ALL.len();
+    pub const COUNT: usize = 8 + Rejection::ALL.len();
 
     /// Every counter, in [`Counter::index`] order.
     pub fn all() -> impl Iterator<Item = Counter> {
@@ -58,6 +62,7 @@ impl Counter {
             Counter::OverLimit,
             Counter::OwnerAway,
             Counter::UnusableHost,
+            Counter::AppIdNotWrapped,
         ]
         .into_iter()
         .chain(Rejection::ALL.into_iter().map(Counter::Invalid))
@@ -73,7 +78,8 @@ impl Counter {
             Counter::OverLimit => 4,
             Counter::OwnerAway => 5,
             Counter::UnusableHost => 6,
-            Counter::Invalid(r) => 7 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Counter::AppIdNotWrapped => 7,
+            Counter::Invalid(r) => 8 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
@@ -87,6 +93,7 @@ impl Counter {
             Counter::OverLimit => "tether.tokens_over_limit".into(),
             Counter::OwnerAway => "tether.owner_away".into(),
             Counter::UnusableHost => "tether.unusable_host".into(),
+            Counter::AppIdNotWrapped => "tether.app_id_not_wrapped".into(),
             Counter::Invalid(r) => format!("tether.invalid_token.{}", r.as_str()),
         }
     }
@@ -230,6 +237,9 @@ static SCOPE_WARNED: AtomicBool = AtomicBool::new(false);
 /// Whether this process (wasm: this VM, one per Envoy worker) has already warned about an
 /// upstream host it cannot pin.
 static UNUSABLE_WARNED: AtomicBool = AtomicBool::new(false);
+/// Whether this process (wasm: this VM) has already warned about an app-issued id it
+/// cannot wrap.
+static NOT_WRAPPED_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// One request/response exchange.
 #[derive(Default)]
@@ -239,6 +249,9 @@ pub struct Stream {
     cluster_scope: String,
     /// The clock as the request read it (unix seconds).
     request_now: u64,
+    /// Learn mode: the text of the envelope that verified, sent again when the app repeats
+    /// the id to the pod that issued it.
+    envelope: Option<Vec<u8>>,
 }
 
 fn fresh_session_id<H: Host>(host: &mut H) -> Option<SessionId> {
@@ -363,13 +376,15 @@ struct Cookies<'a> {
 }
 
 /// The request's session: its first valid token, else a new session (`None` when no
-/// session id could be drawn).
+/// session id could be drawn). In learn mode only an envelope makes a session (the app
+/// issues new ones); the text of the one that verified goes to `envelope`.
 fn find_session<H: Host>(
     host: &mut H,
     filter: &Filter,
     scope: &str,
     now: u64,
     cookies: Cookies<'_>,
+    envelope: &mut Option<Vec<u8>>,
 ) -> Option<Affinity> {
     let settings = &filter.settings;
     let all_cookies: Vec<Vec<u8>>;
@@ -399,7 +414,42 @@ fn find_session<H: Host>(
     if resolver.over_limit() {
         host.count(Counter::OverLimit);
     }
+    if settings.learn.is_some() {
+        match (&found, resolver.rejected()) {
+            (Some(_), _) => *envelope = resolver.verified_text().map(<[u8]>::to_vec),
+            (None, Some(reason)) => host.count(Counter::Invalid(reason)),
+            (None, None) => {}
+        }
+        return found;
+    }
     found.or_else(|| resolver.new_session(|| fresh_session_id(host)))
+}
+
+/// Learn mode: gives the app back its own id in place of the envelope that verified.
+/// `cookies`: every Cookie header, when the host already read them (`hostCookie`, which
+/// writes them back itself).
+fn unwrap_envelope<H: Host>(
+    host: &mut H,
+    learn: &Learn,
+    app_id: &[u8],
+    envelope: &[u8],
+    cookies: Option<&mut Vec<Vec<u8>>>,
+) -> Result<(), String> {
+    match learn {
+        Learn::Header(name) => host.set_request_header(name, app_id),
+        Learn::Cookie(name) => {
+            if let Some(values) = cookies {
+                for value in values.iter_mut() {
+                    *value = learn::unwrap_cookie(value, name, envelope, app_id);
+                }
+                return Ok(());
+            }
+            let values = host.request_header_values("cookie")?;
+            let unwrapped: Vec<Vec<u8>> =
+                values.iter().map(|v| learn::unwrap_cookie(v, name, envelope, app_id)).collect();
+            host.set_request_header("cookie", &unwrapped.join(b"; ".as_slice()))
+        }
+    }
 }
 
 impl Stream {
@@ -422,7 +472,9 @@ impl Stream {
         }
         let now = host.now_secs();
         self.request_now = now;
-        let token_header = settings.token_header.as_ref().and_then(|name| host.request_header(name));
+        let token_header_name =
+            settings.token_header.as_deref().or(settings.learn.as_ref().and_then(Learn::header));
+        let token_header = token_header_name.and_then(|name| host.request_header(name));
         // Fast path: the first Cookie header (clients send one; HTTP/2 cookies arrive joined).
         // Only when it holds no valid token are all Cookie headers read, so a token in a
         // second Cookie header still counts. The resolver verifies each distinct value once
@@ -430,7 +482,7 @@ impl Stream {
         // `session::MAX_CANDIDATES` of them per request. With `hostCookie` every Cookie
         // header is rewritten below, so all of them are read at once.
         let first_cookie = host.request_header("cookie");
-        let rewritten: Option<Vec<Vec<u8>>> = match (&settings.host_cookie, &first_cookie) {
+        let mut rewritten: Option<Vec<Vec<u8>>> = match (&settings.host_cookie, &first_cookie) {
             (Some(_), Some(_)) => match host.request_header_values("cookie") {
                 Ok(values) => Some(values),
                 // Without every Cookie header, a client's owner cookie could survive.
@@ -444,7 +496,7 @@ impl Stream {
                 first: first_cookie.as_deref(),
                 all: rewritten.as_deref(),
             };
-            find_session(host, filter, scope, now, cookies)
+            find_session(host, filter, scope, now, cookies, &mut self.envelope)
         });
         // Client-sent copies of the internal headers would let a client pick its pod (or
         // cluster) without a token: each is replaced with tether's value, or removed.
@@ -473,6 +525,15 @@ impl Stream {
         }
         #[cfg(feature = "crash-test")]
         crash_test(host);
+        if let (Some(learn), Some(Affinity::Pinned { token, .. }), Some(envelope)) =
+            (&settings.learn, &affinity, &self.envelope)
+        {
+            let app_id = token.app_id.as_deref().unwrap_or_default();
+            if let Err(error) = unwrap_envelope(host, learn, app_id, envelope, rewritten.as_mut()) {
+                // The app must never see tether's envelope in place of its id.
+                return refuse(host, "give the app its session id back", &error);
+            }
+        }
         if settings.cluster_header.is_some() {
             host.reroute();
         }
@@ -533,30 +594,144 @@ impl Stream {
                 }
             }
         }
-        let Some(affinity) = &self.affinity else {
-            return;
+        let (session, decision) = match &settings.learn {
+            Some(learn) => match self.learned(host, learn, by, unusable, settings) {
+                Some(learned) => learned,
+                None => return,
+            },
+            None => {
+                let Some(affinity) = &self.affinity else {
+                    return;
+                };
+                let decision = if unusable {
+                    Some(Decision::UnusableHost)
+                } else {
+                    self.respond(host, affinity, by, settings)
+                };
+                (affinity.session(), decision)
+            }
         };
-        let decision =
-            if unusable { Some(Decision::UnusableHost) } else { self.respond(host, affinity, by, settings) };
         if settings.debug_header.is_none() && !settings.access_log {
             return;
         }
         let label = decision.map(|decision| match decision {
             Decision::LocalReply => "local-reply".to_string(),
             Decision::UnusableHost => "unusable-host".to_string(),
-            Decision::Upstream(outcome) => session::debug_label(affinity, outcome),
+            Decision::Upstream(outcome) => match &self.affinity {
+                Some(affinity) if settings.learn.is_none() => session::debug_label(affinity, outcome),
+                _ => outcome.as_str().to_string(),
+            },
         });
         if let (Some(name), Some(label)) = (&settings.debug_header, &label) {
             host.set_response_header(name, label.as_bytes());
         }
         if settings.access_log {
-            let session = affinity.session().log_name();
             let decision = label.as_deref().map(|l| host.set_log_field(LOG_DECISION, l));
-            let done = host.set_log_field(LOG_SESSION, &session).and(decision.unwrap_or(Ok(())));
+            let done = host.set_log_field(LOG_SESSION, &session.log_name()).and(decision.unwrap_or(Ok(())));
             if let Err(error) = done {
                 host.log(Level::Warn, &format!("cannot record the access log fields ({error})"));
             }
         }
+    }
+
+    /// Learn mode's response: the id the app issued, if any, goes to the client in an
+    /// envelope naming the pod that served. Returns the session and what happened (`None`:
+    /// the app issued no id and the request had no envelope).
+    fn learned<H: Host>(
+        &self,
+        host: &mut H,
+        learn: &Learn,
+        by: Option<Owner>,
+        unusable: bool,
+        settings: &Settings,
+    ) -> Option<(SessionId, Option<Decision>)> {
+        let pinned = match &self.affinity {
+            Some(Affinity::Pinned { token, current, .. }) => Some((token, *current)),
+            _ => None,
+        };
+        let set_cookies = match learn {
+            Learn::Cookie(_) => host.response_header_values("set-cookie"),
+            Learn::Header(_) => Vec::new(),
+        };
+        let issued: Option<Vec<u8>> = match learn {
+            Learn::Header(name) => host.response_header(name).filter(|v| !v.is_empty()),
+            Learn::Cookie(name) => set_cookies
+                .iter()
+                .rev()
+                .find_map(|v| learn::issued_by_set_cookie(v, name))
+                .map(<[u8]>::to_vec),
+        };
+        let session = match (&issued, pinned) {
+            (Some(id), _) => SessionId::of_app_id(id),
+            (None, Some((token, _))) => token.session,
+            (None, None) => return None,
+        };
+        if issued.as_deref().is_some_and(|id| !is_app_id(id)) {
+            host.count(Counter::AppIdNotWrapped);
+            if !NOT_WRAPPED_WARNED.swap(true, Ordering::Relaxed) {
+                host.log(
+                    Level::Warn,
+                    &format!("an app-issued session id is not 1-{MAX_APP_ID_LEN} bytes of visible ASCII: it reaches the client as the app sent it, without affinity (counter tether.app_id_not_wrapped)"),
+                );
+            }
+            return Some((session, None));
+        }
+        if unusable {
+            return Some((session, Some(Decision::UnusableHost)));
+        }
+        let Some(by) = by else {
+            return Some((session, Some(Decision::LocalReply)));
+        };
+        let cluster = match settings.cluster_header {
+            Some(_) => host.cluster_name().unwrap_or_default(),
+            None => String::new(),
+        };
+        // An envelope's issue time is the response's (a long request does not age it).
+        let now = if issued.is_some() { host.now_secs() } else { self.request_now };
+        let served = Served { by, cluster };
+        let (outcome, envelope) = learn::respond(pinned, issued.as_deref(), &served, now, settings);
+        if outcome != Outcome::Hit || H::CHEAP_DETAILS || envelope != Envelope::None {
+            let details = host.response_code_details();
+            if details.as_deref() != Some(b"via_upstream".as_slice()) {
+                return Some((session, Some(Decision::LocalReply)));
+            }
+        }
+        host.count(match outcome {
+            Outcome::Hit => Counter::Hits,
+            Outcome::New => Counter::Minted,
+            Outcome::Repinned => Counter::Repinned,
+            Outcome::Refreshed => Counter::Refreshed,
+            Outcome::OwnerAway => Counter::OwnerAway,
+        });
+        let text = match envelope {
+            Envelope::None => None,
+            Envelope::Echo => self.envelope.clone(),
+            Envelope::Seal(token) => {
+                let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
+                session::seal(&token, scope, settings, || random_nonce(host)).map(String::into_bytes)
+            }
+        };
+        if let (Some(text), Some(id)) = (text, &issued) {
+            match learn {
+                Learn::Header(name) => host.set_response_header(name, &text),
+                Learn::Cookie(name) => {
+                    host.remove_response_header("set-cookie");
+                    for value in &set_cookies {
+                        let wrap = learn::issued_by_set_cookie(value, name) == Some(id.as_slice());
+                        let value = if wrap { learn::wrap_set_cookie(value, &text) } else { value.clone() };
+                        if let Err(error) = host.add_response_header("set-cookie", &value) {
+                            host.log(Level::Warn, &format!("cannot add set-cookie ({error})"));
+                        }
+                    }
+                }
+            }
+            if let Some(value) = &settings.cache_control {
+                if host.response_header("cache-control").is_none() {
+                    add_response_header(host, "cache-control", value);
+                }
+            }
+        }
+        Some((session, Some(Decision::Upstream(outcome))))
     }
 
     /// Sends the token the response needs, if any, and asks caches to keep a response that
@@ -655,28 +830,31 @@ enum Decision {
 }
 
 #[cfg(test)]
+mod learn_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::token;
 
-    const KEYS: &str = "k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    const NOW: u64 = 1_790_000_000;
+    pub(super) const KEYS: &str = "k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    pub(super) const NOW: u64 = 1_790_000_000;
 
     /// Envoy as a map of headers and a few facts; records what the filter did.
     #[derive(Default)]
-    struct Fake<const DIRECT: bool> {
-        request: Vec<(String, Vec<u8>)>,
-        response: Vec<(String, Vec<u8>)>,
-        refuse_edits: bool,
+    pub(super) struct Fake<const DIRECT: bool> {
+        pub(super) request: Vec<(String, Vec<u8>)>,
+        pub(super) response: Vec<(String, Vec<u8>)>,
+        pub(super) refuse_edits: bool,
         /// Envoy cannot name the upstream cluster (`xds.cluster_name` absent).
-        no_cluster: bool,
+        pub(super) no_cluster: bool,
         /// `upstream.address` as Envoy prints it.
-        served_by: Option<String>,
-        via_upstream: bool,
-        override_host: Option<Owner>,
-        replied: Option<u32>,
-        counted: Vec<Counter>,
-        logged: Vec<(String, String)>,
+        pub(super) served_by: Option<String>,
+        pub(super) via_upstream: bool,
+        pub(super) override_host: Option<Owner>,
+        pub(super) replied: Option<u32>,
+        pub(super) counted: Vec<Counter>,
+        pub(super) logged: Vec<(String, String)>,
     }
 
     impl<const DIRECT: bool> Host for Fake<DIRECT> {
@@ -754,7 +932,7 @@ mod tests {
         Filter::load(json.as_bytes(), &|_| None, via).unwrap()
     }
 
-    fn token_for(owner: &str, filter: &Filter) -> String {
+    pub(super) fn token_for(owner: &str, filter: &Filter) -> String {
         token_in(owner, filter, "pods")
     }
 
@@ -766,11 +944,12 @@ mod tests {
             expires_at: NOW + 600,
             cluster: String::new(),
             owner_away_since: None,
+            app_id: None,
         };
         token::seal(&t, filter.settings.keyring.signing_key().unwrap(), scope)
     }
 
-    fn request<const D: bool>(headers: &[(&str, &str)]) -> Fake<D> {
+    pub(super) fn request<const D: bool>(headers: &[(&str, &str)]) -> Fake<D> {
         Fake {
             request: headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect(),
             via_upstream: true,
@@ -778,7 +957,7 @@ mod tests {
         }
     }
 
-    fn header<const D: bool>(host: &Fake<D>, name: &str) -> Option<String> {
+    pub(super) fn header<const D: bool>(host: &Fake<D>, name: &str) -> Option<String> {
         host.request.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap())
     }
 
@@ -910,7 +1089,7 @@ mod tests {
     /// One exchange through a host of either kind: the request's headers, the pod that
     /// served (and whether it answered), the app's response headers; the response after
     /// tether and what it gave the access log.
-    fn exchange<const D: bool>(
+    pub(super) fn exchange<const D: bool>(
         f: &Filter,
         request_headers: &[(&str, &str)],
         served_by: &str,
@@ -927,7 +1106,7 @@ mod tests {
         host
     }
 
-    fn response_values<const D: bool>(host: &Fake<D>, name: &str) -> Vec<String> {
+    pub(super) fn response_values<const D: bool>(host: &Fake<D>, name: &str) -> Vec<String> {
         host.response
             .iter()
             .filter(|(n, _)| n == name)
