@@ -136,8 +136,8 @@ bench: build build-native build-native-1.39
 	cargo bench --bench codec
 	python3 scripts/bench.py
 
-SIZE_LIMIT := 276480
-## size: the release .wasm (and its wasm-opt -Oz form, for reference); fails past 270 KB.
+SIZE_LIMIT := 286720
+## size: the release .wasm (and its wasm-opt -Oz form, for reference); fails past 280 KB.
 ## What users feel is memory, not module size: `make bench` reports Envoy's RSS on 2 workers.
 size: build
 	@command -v wasm-opt >/dev/null || (apt-get update -qq && apt-get install -y -qq binaryen)
@@ -145,7 +145,7 @@ size: build
 	  --enable-nontrapping-float-to-int $(WASM) -o target/tether.opt.wasm
 	@raw=$$(stat -c %s $(WASM)); opt=$$(stat -c %s target/tether.opt.wasm); \
 	  echo "tether.wasm: $$raw bytes (limit $(SIZE_LIMIT)); after wasm-opt -Oz: $$opt bytes"; \
-	  test $$raw -le $(SIZE_LIMIT) || { echo "tether.wasm is past the 270 KB limit"; exit 1; }
+	  test $$raw -le $(SIZE_LIMIT) || { echo "tether.wasm is past the 280 KB limit"; exit 1; }
 
 clean:
 	cargo clean

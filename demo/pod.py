@@ -15,6 +15,18 @@ For browsers (tests/browser/): GET /page.html -> a small HTML page naming the po
 (/whip, then /listening/start) and a WebSocket. A GET or POST sent with
 `Accept: application/json` is answered as JSON {"pod", "method", "path", "cookie"} (the
 Cookie it carried), with CORS headers for a credentialed fetch from another origin.
+
+A servlet-like session app under /webapp (for tether's learn mode, where the app issues
+its own session id): GET /webapp or /webapp/... with no JSESSIONID this pod knows (none,
+or an unknown one: Tomcat's way) starts a session with a new random id (32 hex digits)
+and answers `Set-Cookie: JSESSIONID=<id>; Path=/webapp; HttpOnly`; with a known one it
+counts the visit and sets no cookie. Sessions live in this pod's memory only, so a
+session that reaches another pod starts again there. The answer is JSON {"pod",
+"session" (the id in use), "presented" (the JSESSIONID values the request carried, in
+order), "visits" (1 on the first), "new", "cookie"} for `Accept: application/json`, else
+an HTML page carrying the same in <body data-pod data-session data-presented
+data-visits data-new>. (Not /app: tests/config.rs requests /app/x and expects no
+Set-Cookie from the pod.)
 """
 import argparse
 import base64
@@ -24,9 +36,13 @@ import http.server
 import json
 import socket
 import socketserver
+import secrets
 import struct
+import threading
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WEBAPP = "/webapp"  # the session app's context path, and its cookie's Path
+SESSION_COOKIE = "JSESSIONID"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -95,6 +111,52 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _cookie_values(self, name):
+        """Every value of cookie `name` across the request's Cookie headers, in order."""
+        values = []
+        for header in self.headers.get_all("cookie") or []:
+            for pair in header.split(";"):
+                key, sep, value = pair.strip().partition("=")
+                if sep and key == name:
+                    values.append(value)
+        return values
+
+    def _webapp(self):
+        """The servlet-like session app: a per-pod JSESSIONID and visit counter."""
+        presented = self._cookie_values(SESSION_COOKIE)
+        server = self.server
+        with server.sessions_lock:
+            # Like Tomcat: the first presented id this pod knows; else a new session.
+            session = next((v for v in presented if v in server.sessions), None)
+            new = session is None
+            if new:
+                session = secrets.token_hex(16).upper()
+                server.sessions[session] = 0
+            server.sessions[session] += 1
+            visits = server.sessions[session]
+        state = {"pod": server.pod_name, "session": session, "presented": presented,
+                 "visits": visits, "new": new,
+                 "cookie": " | ".join(self.headers.get_all("cookie") or [])}
+        if self._wants_json():
+            body, content_type = json.dumps(state).encode(), "application/json"
+        else:
+            attrs = "".join(
+                f' data-{k}="{html.escape(v if isinstance(v, str) else json.dumps(v), quote=True)}"'
+                for k, v in state.items() if k != "cookie")
+            body = WEBAPP_PAGE.replace("{pod}", html.escape(server.pod_name, quote=True)).replace(
+                "{attrs}", attrs).encode()
+            content_type = "text/html; charset=utf-8"
+        self.send_response(200)
+        self._common_headers()
+        if new:
+            self.send_header("set-cookie", f"{SESSION_COOKIE}={session}; Path={WEBAPP}; HttpOnly")
+        self.send_header("content-type", content_type)
+        self.send_header("cache-control", "no-store")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     def do_GET(self):
         if self.path == "/healthz":
             return self._answer("ok\n")
@@ -105,8 +167,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return None
         if self.headers.get("upgrade", "").lower() == "websocket":
             return self._websocket()
-        if self.path.split("?")[0] == "/page.html":
+        path = self.path.split("?")[0]
+        if path == "/page.html":
             return self._page()
+        if path == WEBAPP or path.startswith(WEBAPP + "/"):
+            return self._webapp()
         if self._wants_json():
             return self._answer_json()
         self._answer(self.server.pod_name + "\n")
@@ -221,6 +286,25 @@ window.demo = {
 """
 
 
+# The session app's page: its state in data attributes; `webapp.visit(path)` is one JSON
+# visit by fetch (the browser sends the cookie; the answer is the app's state).
+WEBAPP_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>session app: {pod}</title></head>
+<body{attrs}><h1>{pod}</h1>
+<script>
+"use strict";
+window.webapp = {
+  async visit(path) {
+    const r = await fetch(path, { headers: { accept: "application/json" },
+                                  credentials: "same-origin", cache: "no-store" });
+    return { status: r.status, pod: r.headers.get("x-pod"), seenKey: r.headers.get("x-seen-key"),
+             body: await r.json() };
+  },
+};
+</script></body></html>
+"""
+
+
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -236,6 +320,7 @@ def main():
     Server.address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     server = Server((args.host, args.port), Handler)
     server.pod_name = args.name
+    server.sessions, server.sessions_lock = {}, threading.Lock()  # the session app's
     print(f"{args.name} listening on {args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()

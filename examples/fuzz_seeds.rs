@@ -45,6 +45,11 @@ fn main() {
     };
     std::fs::write(dir.join("token_open").join("internal-listener"), token::seal(&ambient, key, "pods"))
         .unwrap();
+    // An envelope (learn mode) around an MCP session id.
+    let app_id = b"3f2a9c1e-77b0-4f1e-9d2a-0c5e8b1d2f40".to_vec();
+    let envelope =
+        SessionToken { session: SessionId::of_app_id(&app_id), app_id: Some(app_id), ..ambient.clone() };
+    std::fs::write(dir.join("token_open").join("envelope"), token::seal(&envelope, key, "pods")).unwrap();
     // An owner behind Istio ambient's internal listener, served in both forms.
     for (name, control) in [("internal-marker", 0u8), ("internal-marker-served-internal", 4)] {
         std::fs::write(dir.join("cookie_header").join(name), [&[control][..], b"@I\xfftether=@I"].concat())
@@ -56,6 +61,8 @@ fn main() {
         r#"{"keysFromEnv":"K","type":"CookieAndHeader","header":{"name":"x-s"},"idleTimeout":"10m","absoluteTimeout":"1h30m","tokenFormat":"Encrypted","scope":"svc","clusterHeader":"x-c","debugHeader":"x-d","cookie":{"name":"sid","path":"/a","domain":"example.com","secure":true,"httpOnly":false,"sameSite":"None","lifetimeType":"Permanent"}}"#,
         r#"{"keysFromEnv":"K","cookie":{"sameSite":"Strict"},"signingKeyId":"k"}"#,
         r#"{"keysFromEnv":"K","repinAfter":"1m30s"}"#,
+        r#"{"keysFromEnv":"K","learn":{"header":"mcp-session-id"},"tokenFormat":"Encrypted"}"#,
+        r#"{"keysFromEnv":"K","learn":{"cookie":"JSESSIONID"},"hostCookie":"o"}"#,
     ];
     for (i, c) in configs.iter().enumerate() {
         std::fs::write(dir.join("config_load").join(format!("seed-{i}")), c).unwrap();

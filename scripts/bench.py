@@ -354,8 +354,8 @@ def rss_two_workers(envoy_bin, names, workdir):
 
 
 # Host calls and other work on a hit (tether_hit: envoy/envoy.yaml, header mode, no `scope`),
-# read from src/filter.rs (via src/hosts/wasm.rs): what the attribution multiplies the per-call prices by. Keep in
-# step with filter.rs (the bench-diag build's debug counter is not used: these are fixed).
+# read from src/filter/mod.rs (via src/hosts/wasm.rs): what the attribution multiplies the per-call prices by. Keep in
+# step with src/filter/mod.rs (the bench-diag build's debug counter is not used: these are fixed).
 HIT_WORK = [
     # (item, how many per hit, diagnostic that prices one, how the price is derived)
     ("header read with a value (Cookie)", 1, "header_read"),

@@ -154,6 +154,38 @@ fn token_inspect_prints_claims_or_the_reason() {
 }
 
 #[test]
+fn token_inspect_opens_an_envelope_and_names_the_apps_id() {
+    let ring = Keyring::parse(KEYS, None).unwrap();
+    let id = b"3f2a9c1e-77b0-4f1e-9d2a-0c5e8b1d2f40".to_vec();
+    let t = SessionToken {
+        session: SessionId::of_app_id(&id),
+        owner: "10.1.2.3:8080".parse::<SocketAddr>().unwrap().into(),
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_003_600,
+        cluster: String::new(),
+        owner_away_since: None,
+        app_id: Some(id),
+    };
+    let envelope = token::seal(&t, ring.signing_key().unwrap(), "pods");
+    let line = format!("Mcp-Session-Id: {envelope}");
+    let inspect = |text: &str, at: &str| {
+        tether(&["token", "inspect", "--keys", KEYS, "--scope", "pods", "--now", at, text])
+    };
+    let (code, out, err) = inspect(&line, "1800000100");
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "token:    valid (signed, key k2, the signing key)",
+        "app id:   3f2a9c1e-77b0-4f1e-9d2a-0c5e8b1d2f40 (an envelope: the app's own session id)",
+        "owner:    10.1.2.3:8080",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    let (code, out, _) = inspect(&envelope, "1800004000");
+    assert_eq!(code, 1);
+    assert!(out.contains("refused: expired") && out.contains("passes it to the app unchanged"), "{out}");
+}
+
+#[test]
 fn keygen_keys_run_the_filter_and_token_inspect_agrees_with_it() {
     let (_, entry, _) = tether(&["keygen", "fresh"]);
     let entry = entry.trim().to_string();

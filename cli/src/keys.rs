@@ -24,12 +24,15 @@ pub struct Inspect<'a> {
     pub now: u64,
 }
 
-/// A cookie value, a `name=value` pair or a whole `Set-Cookie` line: the token in it.
+/// A cookie value, a `name=value` pair, a whole `Set-Cookie` line or a `Name: value` header
+/// line (an envelope in `Mcp-Session-Id`): the token in it.
 pub fn token_text(input: &str) -> &str {
     let input = input.trim();
     let input =
         input.strip_prefix("Set-Cookie:").or_else(|| input.strip_prefix("set-cookie:")).unwrap_or(input);
     let first = input.split(';').next().unwrap_or("").trim();
+    // base64url has no `:` either: a header line's name goes.
+    let first = first.split_once(':').map_or(first, |(_, value)| value.trim());
     match first.split_once('=') {
         // base64url has no `=`: a `=` separates a cookie name from the token.
         Some((_, value)) => value.trim(),
@@ -62,8 +65,10 @@ pub fn inspect(o: &Inspect, input: &str, out: &mut dyn Write, err: &mut dyn Writ
         }
     };
     let text = token_text(input);
-    let limits = Limits { max_lifetime: lifetime, idle_timeout: idle, envelopes: false };
     let header = describe_header(text);
+    // An envelope (learn mode) says so in its version byte.
+    let envelope = header.version & token::APP_ID != 0;
+    let limits = Limits { max_lifetime: lifetime, idle_timeout: idle, envelopes: envelope };
     let fingerprint = hex(&token::scope_fingerprint(o.scope));
     match token::open(text.as_bytes(), &keyring, o.scope, o.now, limits) {
         Ok(v) => {
@@ -82,6 +87,13 @@ pub fn inspect(o: &Inspect, input: &str, out: &mut dyn Write, err: &mut dyn Writ
                     ", not the signing key: re-signed as it passes"
                 }
             );
+            if let Some(id) = &t.app_id {
+                let _ = writeln!(
+                    out,
+                    "app id:   {} (an envelope: the app's own session id)",
+                    String::from_utf8_lossy(id)
+                );
+            }
             let _ = writeln!(out, "session:  {}", t.session.to_hex());
             let _ = writeln!(out, "log name: {} (accessLog's session field)", t.session.log_name());
             let _ = writeln!(out, "owner:    {}", t.owner);
@@ -123,7 +135,15 @@ pub fn inspect(o: &Inspect, input: &str, out: &mut dyn Write, err: &mut dyn Writ
                 }
             };
             let _ = writeln!(out, "token:    refused: {} — {why}", r.as_str());
-            let _ = writeln!(out, "          the filter treats it as no token: a new session");
+            let _ = writeln!(
+                out,
+                "          {}",
+                if envelope {
+                    "the filter passes it to the app unchanged, without affinity (learn mode)"
+                } else {
+                    "the filter treats it as no token: a new session"
+                }
+            );
             1
         }
     }
@@ -143,7 +163,7 @@ fn describe_header(text: &str) -> Header {
     let key_id =
         bytes.get(2..2 + id_len).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
     let fingerprint =
-        (version == token::SIGNED).then(|| bytes.get(2 + id_len..6 + id_len).map(hex)).flatten();
+        (version & 0x0f == token::SIGNED).then(|| bytes.get(2 + id_len..6 + id_len).map(hex)).flatten();
     Header { version, key_id, fingerprint }
 }
 

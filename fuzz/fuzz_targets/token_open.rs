@@ -1,5 +1,5 @@
-//! Any bytes as a token: never panics; whatever verifies re-seals to a token that
-//! verifies to the same claims.
+//! Any bytes as a token or an envelope (`learn`): never panics; whatever verifies
+//! re-seals to a token that verifies to the same claims.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,8 +12,9 @@ const NOW: u64 = 1_800_000_000;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(keys) = Keyring::parse(KEYS, None) else { return };
-    let limits = Limits { max_lifetime: 86_400, idle_timeout: Some(3_600), envelopes: false };
-    for scope in ["pods", ""] {
+    let token = Limits { max_lifetime: 86_400, idle_timeout: Some(3_600), envelopes: false };
+    let envelope = Limits { idle_timeout: None, envelopes: true, ..token };
+    for (scope, limits) in [("pods", token), ("", token), ("pods", envelope)] {
         if let Ok(verified) = token::open(data, &keys, scope, NOW, limits) {
             let key = keys.signing_key().unwrap();
             let again = token::seal(&verified.token, key, scope);

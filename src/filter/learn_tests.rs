@@ -246,3 +246,14 @@ fn an_id_in_an_envoy_reply_is_never_wrapped() {
     assert_eq!(response_values(&host, "x-tether"), ["local-reply"]);
     assert!(host.counted.is_empty());
 }
+
+#[test]
+fn the_start_up_line_names_the_apps_carrier() {
+    let line = mcp(OwnerVia::OverrideHost).describe();
+    assert!(
+        line.starts_with("configured: envelopes of the app's session id in header `mcp-session-id` (learn)"),
+        "{line}"
+    );
+    let line = jsessionid("", OwnerVia::SessionFilter).describe();
+    assert!(line.contains("in cookie `JSESSIONID` (learn)"), "{line}");
+}

@@ -193,11 +193,17 @@ impl Filter {
         let s = &self.settings;
         let keys = s.keyring.key_ids().join(",");
         let signing = s.keyring.signing_key().map_or("", |k| k.id());
-        let carriers = match (&s.cookie, &s.token_header) {
-            (Some(c), Some(h)) => format!("cookie `{}` and header `{h}`", c.name),
-            (Some(c), None) => format!("cookie `{}`", c.name),
-            (None, Some(h)) => format!("header `{h}`"),
-            (None, None) => "nothing".into(),
+        let carriers = match (&s.cookie, &s.token_header, &s.learn) {
+            (_, _, Some(Learn::Header(h))) => {
+                format!("envelopes of the app's session id in header `{h}` (learn)")
+            }
+            (_, _, Some(Learn::Cookie(c))) => {
+                format!("envelopes of the app's session id in cookie `{c}` (learn)")
+            }
+            (Some(c), Some(h), None) => format!("cookie `{}` and header `{h}`", c.name),
+            (Some(c), None, None) => format!("cookie `{}`", c.name),
+            (None, Some(h), None) => format!("header `{h}`"),
+            (None, None, None) => "nothing".into(),
         };
         format!(
             "configured: {carriers}, {:?} tokens, keys [{keys}] signing with `{signing}`, absolute timeout {}s, idle timeout {}, scope {}, owner to {} / key header {}",

@@ -754,6 +754,109 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(browser.context.cookies(), [])
         log(f"header mode: token from x-tether-session; 5 fetches (GET/POST) with it on {owner}, no cookie stored")
 
+    def test_learn_mode_wraps_the_apps_jsessionid_and_follows_its_pod(self):
+        """learn mode: the app (demo/pod.py's /webapp) issues its own JSESSIONID; the browser
+        keeps a signed envelope in its place, with the app's attributes; the app gets its own
+        id back on every request, on the pod that issued it. When that pod dies, the pod the
+        session lands on issues a new id, whose envelope replaces the browser's cookie."""
+        pods = self.start_pods()
+        envoy = self.start_envoy(self.plugin(absoluteTimeout="24h", learn={"cookie": "JSESSIONID"}), pods)
+        browser = self.start_browser()
+        page = browser.page()
+        first_response = len(browser.responses)
+
+        def load():
+            """A page load of the app: (response, the app's state from the page)."""
+            resp, pod = self.load(browser, envoy.url(APP, "/webapp/"))
+            state = page.evaluate("({...document.body.dataset})")
+            self.assertEqual(state["pod"], pod)
+            return resp, dict(pod=pod, session=state["session"], presented=json.loads(state["presented"]),
+                              visits=int(state["visits"]), new=state["new"] == "true")
+
+        def fetches(n, name):
+            """n JSON visits by fetch, one after the other: (pod, x-seen-key, the app's state)."""
+            calls = page.evaluate("""([n, name]) => (async () => { const out = [];
+                for (let i = 0; i < n; i++) out.push(await webapp.visit('/webapp/' + name + '/' + i));
+                return out; })()""", [n, name])
+            self.assertEqual([c["status"] for c in calls], [200] * n)
+            return [(c["pod"], c["seenKey"], c["body"]) for c in calls]
+
+        def envelope_of(resp, app_id):
+            """The envelope in the response's Set-Cookie (its only one), with the app's attributes."""
+            headers = set_cookie_of(resp).split("\n")  # Playwright joins several with newlines
+            self.assertEqual(len(headers), 1, f"Set-Cookie: {headers}")
+            self.assertTrue(headers[0].startswith("JSESSIONID="), f"Set-Cookie: {headers}")
+            value, _, attributes = headers[0][len("JSESSIONID="):].partition(";")
+            self.assertEqual(attributes, " Path=/webapp; HttpOnly", f"Set-Cookie: {headers}")
+            self.assertNotEqual(value, app_id)
+            self.assertRegex(value, r"^[A-Za-z0-9_-]{40,}$")
+            stored = self.only_cookie(browser, "JSESSIONID")
+            self.assertEqual((stored["value"], stored["path"], stored["httpOnly"], stored["secure"],
+                              stored["expires"]), (value, "/webapp", True, False, -1))
+            return value
+
+        # The first load: no JSESSIONID yet; the pod issues one, tether wraps it.
+        resp, state = load()
+        owner, app_id = state["pod"], state["session"]
+        self.assertEqual((state["presented"], state["visits"], state["new"]), ([], 1, True))
+        envelope = envelope_of(resp, app_id)
+        page.evaluate("document.cookie = 'theme=dark; path=/'")  # a cookie of the page's own
+        log(f"first load on {owner}: app id {app_id}; the browser keeps JSESSIONID=<envelope, "
+            f"{len(envelope)} chars>; Path=/webapp; HttpOnly")
+
+        # 3 fetches and 2 reloads: the app sees its own id (never the envelope) on its pod.
+        seen = fetches(3, "api")
+        states = [body for _, _, body in seen]
+        for _ in range(2):
+            resp, state = load()
+            states.append(state)
+        self.assertEqual([(s["pod"], s["session"], s["presented"], s["visits"], s["new"]) for s in states],
+                         [(owner, app_id, [app_id], v, False) for v in range(2, 7)])
+        for pod, key, body in seen:
+            self.assertEqual(pod, owner)
+            self.assertEqual(sorted(body["cookie"].split("; ")), sorted([f"JSESSIONID={app_id}", "theme=dark"]))
+        keys = {key for _, key, _ in seen}
+        self.assertEqual(len(keys), 1, f"x-tether-key the pod saw: {keys}")
+        self.assertNotIn("-", keys)
+        self.assertEqual(self.only_cookie(browser, "JSESSIONID")["value"], envelope)
+        later = browser.responses[first_response + 1:]
+        self.assertEqual([(r.url, set_cookie_of(r)) for r in later if set_cookie_of(r)], [])
+        log(f"3 fetches and 2 reloads on {owner}, visits 2..6, the app saw JSESSIONID={app_id} "
+            f"(and theme=dark) each time; no Set-Cookie")
+
+        # The owner dies: the next load lands elsewhere; that app does not know the id (tether
+        # still gives it the raw one) and issues a new one, whose envelope replaces the cookie.
+        next(p for p in pods if p.name == owner).kill()
+        killed_at = time.monotonic()
+        resp, state = load()
+        moved = time.monotonic() - killed_at
+        new_owner, new_id = state["pod"], state["session"]
+        self.assertNotEqual(new_owner, owner)
+        self.assertEqual((state["presented"], state["visits"], state["new"]), ([app_id], 1, True))
+        self.assertNotEqual(new_id, app_id)
+        new_envelope = envelope_of(resp, new_id)
+        self.assertNotEqual(new_envelope, envelope)
+        after = len(browser.responses)
+
+        seen = fetches(2, "after-kill")
+        states = [body for _, _, body in seen]
+        resp, state = load()
+        states.append(state)
+        self.assertEqual([(s["pod"], s["session"], s["presented"], s["visits"], s["new"]) for s in states],
+                         [(new_owner, new_id, [new_id], v, False) for v in range(2, 5)])
+        new_keys = {key for _, key, _ in seen}
+        self.assertEqual(len(new_keys), 1, f"x-tether-key the pod saw: {new_keys}")
+        self.assertNotIn("-", new_keys)
+        self.assertNotEqual(new_keys, keys)
+        self.assertEqual(self.only_cookie(browser, "JSESSIONID")["value"], new_envelope)
+        self.assertEqual([(r.url, set_cookie_of(r)) for r in browser.responses[after:] if set_cookie_of(r)], [])
+
+        # Learn mode mints nothing of its own: no tether cookie, ever.
+        self.assertEqual(browser.cookies("tether"), [])
+        self.assertEqual([r.url for r in browser.responses if "tether=" in set_cookie_of(r)], [])
+        log(f"owner {owner} killed: the next load ({moved:.2f}s) on {new_owner}, whose app saw "
+            f"JSESSIONID={app_id}, issued {new_id}; its envelope replaced the cookie; 2 fetches and a "
+            f"reload stayed there, visits 2..4; no tether cookie")
 
 def main():
     result = unittest.main(exit=False, verbosity=2).result

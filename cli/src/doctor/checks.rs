@@ -6,7 +6,7 @@ use super::{Finding, Report, Severity};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use tether::address::Owner;
-use tether::config::Settings;
+use tether::config::{Learn, Settings};
 use tether::filter::{Filter, OwnerVia};
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -153,6 +153,8 @@ struct Names {
     host_header: String,
     host_cookie: Option<String>,
     key_header: String,
+    /// Learn mode's header (MCP's `mcp-session-id`): its GET event streams last long.
+    learn_header: Option<String>,
     /// Who honours the owner: `stateful_session` (wasm) or the override host tether sets
     /// itself (native).
     via: OwnerVia,
@@ -164,6 +166,7 @@ impl Names {
             host_header: s.host_header.clone(),
             host_cookie: s.host_cookie.clone(),
             key_header: s.key_header.clone(),
+            learn_header: s.learn.as_ref().and_then(Learn::header).map(str::to_string),
             via,
         }
     }
@@ -353,8 +356,13 @@ fn check_tether(ctx: &mut Ctx, hcm: &ConnectionManager, index: usize, place: &st
         }
     };
     ctx.report.notes.push(format!(
-        "{place}: tether ({}), {}, keyHeader {}",
+        "{place}: tether ({}){}, {}, keyHeader {}",
         plugin.delivery,
+        match &settings.learn {
+            Some(Learn::Header(h)) => format!(", learns the app's session id from header {h}"),
+            Some(Learn::Cookie(c)) => format!(", learns the app's session id from cookie {c}"),
+            None => String::new(),
+        },
         match (&settings.host_cookie, via) {
             (_, OwnerVia::OverrideHost) => "owner by Envoy's upstream override host".to_string(),
             (Some(c), _) => format!("hostCookie {c}"),
@@ -644,6 +652,17 @@ fn check_route(
             format!("do not list `{}` in request_headers_to_remove", names.key_header),
         )
     }));
+
+    // Learn mode's streams (MCP's GET event stream) outlive Envoy's default route timeout.
+    if names.learn_header.is_some() {
+        let timeout = str_at(action, &["timeout"]);
+        let seconds = timeout.and_then(|t| t.strip_suffix('s')).and_then(|t| t.parse::<f64>().ok());
+        ctx.check((seconds != Some(0.0)).then(|| {
+            (Severity::Warning, "learn-stream-timeout", place, "route.timeout",
+             format!("route timeout {} ends every response stream after that long: an MCP client's GET event stream, and any tool call that streams longer, is cut and must reconnect", timeout.unwrap_or("15s (Envoy's default)")),
+             "timeout: 0s on the route, with an idle_timeout to end streams that go quiet (envoy/mcp.yaml)".to_string())
+        }));
+    }
 
     // Retries.
     let policy = action.get("retry_policy").or_else(|| vh.get("retry_policy"));
