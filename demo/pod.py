@@ -26,7 +26,10 @@ session that reaches another pod starts again there. The answer is JSON {"pod",
 order), "visits" (1 on the first), "new", "cookie"} for `Accept: application/json`, else
 an HTML page carrying the same in <body data-pod data-session data-presented
 data-visits data-new>. (Not /app: tests/config.rs requests /app/x and expects no
-Set-Cookie from the pod.)
+Set-Cookie from the pod.) A request header `x-demo-session-header: <name>` switches the app
+to an MCP-like header session instead: the id is read from request header <name> and
+issued in response header <name>, on every answer of the session as MCP servers do, and no
+cookie is set.
 """
 import argparse
 import base64
@@ -123,7 +126,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _webapp(self):
         """The servlet-like session app: a per-pod JSESSIONID and visit counter."""
-        presented = self._cookie_values(SESSION_COOKIE)
+        by_header = self.headers.get("x-demo-session-header")
+        if by_header:
+            presented = self.headers.get_all(by_header) or []
+        else:
+            presented = self._cookie_values(SESSION_COOKIE)
         server = self.server
         with server.sessions_lock:
             # Like Tomcat: the first presented id this pod knows; else a new session.
@@ -148,7 +155,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             content_type = "text/html; charset=utf-8"
         self.send_response(200)
         self._common_headers()
-        if new:
+        if by_header:
+            self.send_header(by_header, session)
+        elif new:
             self.send_header("set-cookie", f"{SESSION_COOKIE}={session}; Path={WEBAPP}; HttpOnly")
         self.send_header("content-type", content_type)
         self.send_header("cache-control", "no-store")

@@ -279,6 +279,8 @@ fn shipped_configurations_give_exactly_their_findings() {
     for (name, expect) in [
         ("envoy/envoy.yaml", shipped_findings()),
         ("envoy/canary.yaml", shipped_findings()),
+        // Learn mode in front of MCP servers: retries only what no server saw, no route timeout.
+        ("envoy/mcp.yaml", shipped_findings()),
         // The native build: no session filter needed; its demo key is inline.
         ("envoy/native.yaml", native_findings()),
         // The documented alternative: it works, with its measured caveat, and it does not
@@ -471,6 +473,43 @@ fn each_broken_native_variant_yields_exactly_its_finding() {
         println!("Envoy {} does not load the native module: variants not validated", envoy_release());
     }
     check_variants("doctor-native-variants", native_variants(), validate);
+}
+
+/// Learn mode (envoy/mcp.yaml): a route timeout that ends MCP's event streams, and retries
+/// of requests a server may have received, which no other server can answer.
+#[test]
+fn each_broken_learn_mode_variant_yields_exactly_its_finding() {
+    let base = std::fs::read_to_string(repo().join("envoy/mcp.yaml")).unwrap();
+    let plus = |extra: &[(Severity, &'static str, &str)]| {
+        let mut v = shipped_findings();
+        v.extend(found(extra));
+        v.sort();
+        v
+    };
+    let retry_on = "retry_on: connect-failure,refused-stream,reset-before-request";
+    let variants = vec![
+        Variant {
+            name: "learn-default-timeout",
+            yaml: edit(&base, "                  timeout: 0s\n", ""),
+            expect: plus(&[(Warning, "learn-stream-timeout", R)]),
+        },
+        Variant {
+            name: "learn-timeout-15s",
+            yaml: edit(&base, "timeout: 0s", "timeout: 15s"),
+            expect: plus(&[(Warning, "learn-stream-timeout", R)]),
+        },
+        Variant {
+            name: "learn-retry-reset",
+            yaml: edit(&base, retry_on, "retry_on: connect-failure,reset,gateway-error"),
+            expect: plus(&[(Warning, "learn-retry-reset", R)]),
+        },
+        Variant {
+            name: "learn-no-connect-retry",
+            yaml: edit(&base, retry_on, "retry_on: refused-stream"),
+            expect: plus(&[(Error, "retry-on", R)]),
+        },
+    ];
+    check_variants("doctor-learn-variants", variants, true);
 }
 
 /// The pages that count the variants give the numbers of the tables above.

@@ -150,6 +150,30 @@ fn envoy_gateway_manifests_as_envoy_gateway_renders_them() {
 /// With the EnvoyPatchPolicy (override_host_status with DRAINING), a terminating pod keeps
 /// its sessions (HTTP and WebSocket reconnects), gets no new one, and its sessions move only
 /// once it is gone.
+/// Learn mode under Envoy Gateway: the EnvoyExtensionPolicy's config exactly as
+/// docs/configuration.md shows it (the app's `mcp-session-id` learned), every other manifest
+/// as shipped.
+#[test]
+fn learn_mode_needs_only_the_documented_plugin_configuration() {
+    let mut pods = Pod::start_many(3);
+    let manifests = pinned("eg-learn");
+    let file = manifests.join("envoyextensionpolicy.yaml");
+    let shipped = std::fs::read_to_string(&file).unwrap();
+    let documented = learn::documented_config("envoy-gateway/envoyextensionpolicy.yaml");
+    std::fs::write(&file, learn::replace_block(&shipped, "    config:\n", &documented)).unwrap();
+    let out = scratch_dir("eg-learn-rendered");
+    let yaml = render(&manifests, &ready(&pods), &out, false);
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    assert!(
+        envoy.log().contains("in header `mcp-session-id` (learn)"),
+        "the plugin read the documented config"
+    );
+    learn::header_session(&envoy, &mut pods, CLUSTER, |addr| addr.into());
+}
+
 #[test]
 fn draining_pod_keeps_its_sessions_with_the_envoy_patch_policy() {
     let manifests = pinned("eg-drain");

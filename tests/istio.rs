@@ -422,6 +422,34 @@ fn header_mode_gateway_to_ambient_pods() {
     println!("ambient, header mode: {aimed} of 30 spoofed new sessions on the aimed pod (hash: ~10); owner killed, answered by {served:?}");
 }
 
+/// Learn mode under Istio: the gateway's WasmPlugin with exactly the pluginConfig
+/// docs/configuration.md shows (the app's `mcp-session-id` learned), every other manifest as
+/// shipped (the cookie label, hostCookie): the app's id is wrapped, steers, and the session
+/// moves only when the app issues a new id.
+#[test]
+fn learn_mode_needs_only_the_documented_plugin_configuration() {
+    let dir = istio_copy("istio-learn-manifests");
+    let file = dir.join("wasmplugin-gateway.yaml");
+    let shipped = std::fs::read_to_string(&file).unwrap();
+    let documented = learn::documented_config("istio/wasmplugin-gateway.yaml");
+    std::fs::write(&file, learn::replace_block(&shipped, "  pluginConfig:\n", &documented)).unwrap();
+    let mut pods = Pod::start_many(3);
+    let out = scratch_dir("istio-learn");
+    let (envoy_yaml, ecds) = render_in(
+        dir.to_str().unwrap(),
+        file.to_str().unwrap(),
+        &pods.iter().map(|p| p.addr).collect::<Vec<_>>(),
+        &out,
+        Mesh::Sidecar,
+    );
+    assert_eq!(plugin_json(&ecds)["learn"]["header"], learn::HEADER);
+    let envoy = Envoy::start(
+        EnvoyConfig::from_yaml(envoy_yaml).process_env("TETHER_KEYS", DEMO_KEYS),
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    learn::header_session(&envoy, &mut pods, &cluster_name(&out), |addr| Mesh::Sidecar.owner(addr));
+}
+
 /// Without previous_hosts (istiod cannot set it for an HTTPRoute, and leaves it out with a
 /// consistent hash anyway), a retry goes back to the dead owner until outlier detection
 /// (2 local-origin failures) ejects it. So one retry is not enough: the first request of

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod learn;
 pub mod renderers;
 
 use std::collections::HashSet;

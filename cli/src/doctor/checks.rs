@@ -155,6 +155,8 @@ struct Names {
     key_header: String,
     /// Learn mode's header (MCP's `mcp-session-id`): its GET event streams last long.
     learn_header: Option<String>,
+    /// Learn mode (either carrier): only the app's own server knows a session id.
+    learn: bool,
     /// Who honours the owner: `stateful_session` (wasm) or the override host tether sets
     /// itself (native).
     via: OwnerVia,
@@ -167,6 +169,7 @@ impl Names {
             host_cookie: s.host_cookie.clone(),
             key_header: s.key_header.clone(),
             learn_header: s.learn.as_ref().and_then(Learn::header).map(str::to_string),
+            learn: s.learn.is_some(),
             via,
         }
     }
@@ -673,11 +676,18 @@ fn check_route(
             let on: Vec<&str> = str_at(p, &["retry_on"]).unwrap_or("").split(',').map(str::trim).collect();
             let connect = on.iter().any(|r| matches!(*r, "connect-failure" | "5xx" | "gateway-error"));
             let reset = on.iter().any(|r| matches!(*r, "reset" | "5xx"));
-            let missing: Vec<&str> = [(!connect).then_some("connect-failure"), (!reset).then_some("reset")].into_iter().flatten().collect();
+            // In learn mode a request the owner may have received is better failed than
+            // retried: no other server knows its session id (below).
+            let missing: Vec<&str> = [(!connect).then_some("connect-failure"), (!reset && !names.learn).then_some("reset")].into_iter().flatten().collect();
             ctx.check((!missing.is_empty()).then(|| {
                 (Severity::Error, "retry-on", place, "retry_policy.retry_on",
-                 format!("retry_on `{}` does not retry {}: requests in flight to a pod that dies fail", on.join(","), missing.join(" or ")),
-                 "retry_on: connect-failure,reset,gateway-error".to_string())
+                 format!("retry_on `{}` does not retry {}: requests {} a pod that dies fail", on.join(","), missing.join(" or "), if names.learn { "sent to" } else { "in flight to" }),
+                 if names.learn { "retry_on: connect-failure,refused-stream,reset-before-request" } else { "retry_on: connect-failure,reset,gateway-error" }.to_string())
+            }));
+            ctx.check((names.learn && reset).then(|| {
+                (Severity::Warning, "learn-retry-reset", place, "retry_policy.retry_on",
+                 format!("retry_on `{}` retries a request reset after a server received it on another server, which does not know the app's session id: the session ends there (MCP: 404) though its owner may be alive, e.g. when the owner closed a kept-alive connection as the request arrived", on.join(",")),
+                 "retry_on: connect-failure,refused-stream,reset-before-request (only what no server saw; envoy/mcp.yaml)".to_string())
             }));
             let previous = list(p, &["retry_host_predicate"]).iter().any(|h| {
                 str_at(h, &["name"]) == Some("envoy.retry_host_predicates.previous_hosts")
