@@ -31,6 +31,14 @@ fn shipped_findings() -> Found {
     found(&[(Warning, "keys-in-config", L)])
 }
 
+/// The shipped file's findings and `extra`.
+fn shipped_plus(extra: &[(Severity, &'static str, &str)]) -> Found {
+    let mut v = shipped_findings();
+    v.extend(found(extra));
+    v.sort();
+    v
+}
+
 fn file(path: &Path) -> doctor::Report {
     doctor::diagnose(Input::File(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -187,12 +195,7 @@ fn variants() -> Vec<Variant> {
     let shipped = || EnvoyConfig::shipped();
     let y = |c: EnvoyConfig| c.yaml;
     let base = shipped().yaml;
-    let plus = |extra: &[(Severity, &'static str, &str)]| {
-        let mut v = shipped_findings();
-        v.extend(found(extra));
-        v.sort();
-        v
-    };
+    let plus = shipped_plus;
     let mut all = route_and_cluster_variants(&base, &shipped_findings());
     all.extend([
         Variant {
@@ -480,12 +483,7 @@ fn each_broken_native_variant_yields_exactly_its_finding() {
 #[test]
 fn each_broken_learn_mode_variant_yields_exactly_its_finding() {
     let base = std::fs::read_to_string(repo().join("envoy/mcp.yaml")).unwrap();
-    let plus = |extra: &[(Severity, &'static str, &str)]| {
-        let mut v = shipped_findings();
-        v.extend(found(extra));
-        v.sort();
-        v
-    };
+    let plus = shipped_plus;
     let retry_on = "retry_on: connect-failure,refused-stream,reset-before-request";
     let variants = vec![
         Variant {

@@ -68,6 +68,17 @@ impl Counter {
         .chain(Rejection::ALL.into_iter().map(Counter::Invalid))
     }
 
+    /// The counter of what a response did to its session.
+    pub fn of(outcome: Outcome) -> Counter {
+        match outcome {
+            Outcome::Hit => Counter::Hits,
+            Outcome::New => Counter::Minted,
+            Outcome::Repinned => Counter::Repinned,
+            Outcome::Refreshed => Counter::Refreshed,
+            Outcome::OwnerAway => Counter::OwnerAway,
+        }
+    }
+
     /// A dense index (0..[`Counter::COUNT`]) for hosts that keep ids in an array.
     pub fn index(self) -> usize {
         match self {
@@ -702,13 +713,7 @@ impl Stream {
                 return Some((session, Some(Decision::LocalReply)));
             }
         }
-        host.count(match outcome {
-            Outcome::Hit => Counter::Hits,
-            Outcome::New => Counter::Minted,
-            Outcome::Repinned => Counter::Repinned,
-            Outcome::Refreshed => Counter::Refreshed,
-            Outcome::OwnerAway => Counter::OwnerAway,
-        });
+        host.count(Counter::of(outcome));
         let text = match envelope {
             Envelope::None => None,
             Envelope::Echo => self.envelope.clone(),
@@ -791,13 +796,7 @@ impl Stream {
                 return Some(Decision::LocalReply);
             }
         }
-        host.count(match outcome {
-            Outcome::Hit => Counter::Hits,
-            Outcome::New => Counter::Minted,
-            Outcome::Repinned => Counter::Repinned,
-            Outcome::Refreshed => Counter::Refreshed,
-            Outcome::OwnerAway => Counter::OwnerAway,
-        });
+        host.count(Counter::of(outcome));
         if let Some(token) = token {
             let scope = settings.scope.as_deref().unwrap_or(&self.cluster_scope);
             let sealed = session::seal(&token, scope, settings, || random_nonce(host))?;
