@@ -1,4 +1,7 @@
-//! Reading the affinity cookie from `Cookie` headers and writing `Set-Cookie`.
+//! Reading the affinity cookie from `Cookie` headers and writing `Set-Cookie`, and the
+//! edits learn mode makes to the app's cookie. Hand-written: tether needs a few byte-level
+//! operations on header values, not a cookie jar, and a cookie crate would bring its
+//! parser and date handling into the wasm module.
 
 /// Values of every cookie called `name` in one `Cookie` header value, in order.
 ///
@@ -74,6 +77,61 @@ pub fn with_owner_cookie<'a>(
 pub fn set_cookie_name(value: &[u8]) -> &[u8] {
     let pair = value.split(|&b| b == b';').next().unwrap_or_default();
     trim(pair.split(|&b| b == b'=').next().unwrap_or_default())
+}
+
+/// The value a `Set-Cookie` header gives cookie `name`, unless it deletes the cookie (an
+/// empty value, or `Max-Age` of zero or less); `None` too for another cookie. Learn mode:
+/// the session id an app issues.
+pub fn set_cookie_value<'a>(set_cookie: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    if set_cookie_name(set_cookie) != name.as_bytes() {
+        return None;
+    }
+    let mut parts = set_cookie.split(|&b| b == b';');
+    let pair = parts.next()?;
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    let value = trim(pair.get(eq + 1..).unwrap_or_default());
+    let deletes = parts.any(|attribute| {
+        let attribute = trim(attribute);
+        let eq = attribute.iter().position(|&b| b == b'=').unwrap_or(attribute.len());
+        let (key, value) = attribute.split_at(eq);
+        key.eq_ignore_ascii_case(b"max-age")
+            && trim(value.get(1..).unwrap_or_default()).first().is_some_and(|b| *b == b'-' || *b == b'0')
+    });
+    (!deletes && !value.is_empty()).then_some(value)
+}
+
+/// `set_cookie` with its value replaced by `value`; the name and every attribute are kept
+/// byte for byte.
+pub fn with_set_cookie_value(set_cookie: &[u8], value: &[u8]) -> Vec<u8> {
+    let eq = set_cookie.iter().position(|&b| b == b'=').unwrap_or(set_cookie.len());
+    let end = set_cookie.iter().position(|&b| b == b';').unwrap_or(set_cookie.len());
+    let mut out = Vec::with_capacity(set_cookie.len() + value.len());
+    out.extend_from_slice(set_cookie.get(..eq).unwrap_or(set_cookie));
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.extend_from_slice(set_cookie.get(end.max(eq)..).unwrap_or_default());
+    out
+}
+
+/// A `Cookie` header value with every `name=<from>` pair (the value as [`values_named`]
+/// reads it) turned into `name=<to>`; everything else is kept byte for byte.
+pub fn with_value_replaced(header: &[u8], name: &str, from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + to.len());
+    for (i, pair) in header.split(|&b| b == b';').enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        if values_named(pair, name.as_bytes()).next() == Some(from) {
+            let lead = pair.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+            out.extend_from_slice(pair.get(..lead).unwrap_or_default());
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(to);
+        } else {
+            out.extend_from_slice(pair);
+        }
+    }
+    out
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -249,5 +307,40 @@ mod tests {
         );
         let bare = CookieSpec { http_only: false, same_site: None, ..spec() };
         assert_eq!(bare.render("T", 1), "tether=T; Path=/");
+    }
+
+    #[test]
+    fn set_cookie_issues_its_value_unless_it_deletes_the_cookie() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"JSESSIONID=ABC123; Path=/app; HttpOnly", Some(b"ABC123")),
+            (b" JSESSIONID = ABC123 ;Secure", Some(b"ABC123")),
+            (b"JSESSIONID=\"ABC\"; Path=/", Some(b"\"ABC\"")),
+            (b"JSESSIONID=; Path=/", None),
+            (b"JSESSIONID=ABC; Max-Age=0", None),
+            (b"JSESSIONID=ABC; max-age=-1; Path=/", None),
+            (b"JSESSIONID=ABC; Max-Age=3600", Some(b"ABC")),
+            (b"OTHER=ABC", None),
+            (b"JSESSIONIDX=ABC", None),
+            (b"JSESSIONID", None),
+            (b"JSESSIONID=a b", Some(b"a b")),
+        ];
+        for (value, want) in cases {
+            assert_eq!(set_cookie_value(value, "JSESSIONID"), *want, "{}", String::from_utf8_lossy(value));
+        }
+    }
+
+    #[test]
+    fn wrapping_keeps_every_attribute_and_unwrapping_every_other_cookie() {
+        assert_eq!(
+            with_set_cookie_value(b"JSESSIONID=ABC; Path=/app; HttpOnly", b"ENV"),
+            b"JSESSIONID=ENV; Path=/app; HttpOnly"
+        );
+        assert_eq!(with_set_cookie_value(b"JSESSIONID=ABC", b"ENV"), b"JSESSIONID=ENV");
+        let header = b"a=1; JSESSIONID=ENV;b=\"2\"; JSESSIONID=OTHER";
+        assert_eq!(
+            with_value_replaced(header, "JSESSIONID", b"ENV", b"ABC"),
+            b"a=1; JSESSIONID=ABC;b=\"2\"; JSESSIONID=OTHER".to_vec()
+        );
+        assert_eq!(with_value_replaced(b"x=ENV", "JSESSIONID", b"ENV", b"ABC"), b"x=ENV".to_vec());
     }
 }

@@ -71,81 +71,6 @@ pub fn respond(
     (outcome, Envelope::Seal(token))
 }
 
-/// The id a `Set-Cookie` value issues for cookie `name`: its value, unless it deletes the
-/// cookie (an empty value, or `Max-Age` of zero or less). `None` also for another cookie.
-/// Whether an envelope can carry the id is for the caller to check ([`crate::token::is_app_id`]).
-pub fn issued_by_set_cookie<'a>(set_cookie: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let mut parts = set_cookie.split(|&b| b == b';');
-    let pair = parts.next()?;
-    let eq = pair.iter().position(|&b| b == b'=')?;
-    let (pair_name, value) = pair.split_at(eq);
-    if trim(pair_name) != name.as_bytes() {
-        return None;
-    }
-    let value = trim(value.get(1..).unwrap_or_default());
-    let deletes = parts.any(|attribute| {
-        let attribute = trim(attribute);
-        let (key, value) =
-            attribute.split_at(attribute.iter().position(|&b| b == b'=').unwrap_or(attribute.len()));
-        key.eq_ignore_ascii_case(b"max-age")
-            && trim(value.get(1..).unwrap_or_default()).first().is_some_and(|b| *b == b'-' || *b == b'0')
-    });
-    (!deletes && !value.is_empty()).then_some(value)
-}
-
-/// `set_cookie` with its value replaced by `envelope`; the name and every attribute the
-/// app set are kept byte for byte.
-pub fn wrap_set_cookie(set_cookie: &[u8], envelope: &[u8]) -> Vec<u8> {
-    let eq = set_cookie.iter().position(|&b| b == b'=').unwrap_or(set_cookie.len());
-    let end = set_cookie.iter().position(|&b| b == b';').unwrap_or(set_cookie.len());
-    let mut out = Vec::with_capacity(set_cookie.len() + envelope.len());
-    out.extend_from_slice(set_cookie.get(..eq).unwrap_or(set_cookie));
-    out.push(b'=');
-    out.extend_from_slice(envelope);
-    out.extend_from_slice(set_cookie.get(end.max(eq)..).unwrap_or_default());
-    out
-}
-
-/// A `Cookie` header value with every `name=<envelope>` pair turned back into
-/// `name=<app id>`; everything else is kept byte for byte.
-pub fn unwrap_cookie(header: &[u8], name: &str, envelope: &[u8], app_id: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(header.len() + app_id.len());
-    for (i, pair) in header.split(|&b| b == b';').enumerate() {
-        if i > 0 {
-            out.push(b';');
-        }
-        let matches = pair.iter().position(|&b| b == b'=').is_some_and(|eq| {
-            let (pair_name, value) = pair.split_at(eq);
-            trim(pair_name) == name.as_bytes()
-                && unquote(trim(value.get(1..).unwrap_or_default())) == envelope
-        });
-        if matches {
-            let lead = pair.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
-            out.extend_from_slice(pair.get(..lead).unwrap_or_default());
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'=');
-            out.extend_from_slice(app_id);
-        } else {
-            out.extend_from_slice(pair);
-        }
-    }
-    out
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = bytes.iter().position(|b| !is_space(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !is_space(b)).map_or(start, |i| i + 1);
-    bytes.get(start..end).unwrap_or_default()
-}
-
-fn unquote(value: &[u8]) -> &[u8] {
-    match value {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => value,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,45 +146,5 @@ mod tests {
         );
         let away = respond(Some((&t, false)), None, &served("10.0.0.3:80"), NOW, &s);
         assert_eq!(away, (Outcome::OwnerAway, Envelope::None));
-    }
-
-    #[test]
-    fn set_cookie_issues_its_value_unless_it_deletes_the_cookie() {
-        let cases: &[(&[u8], Option<&[u8]>)] = &[
-            (b"JSESSIONID=ABC123; Path=/app; HttpOnly", Some(b"ABC123")),
-            (b" JSESSIONID = ABC123 ;Secure", Some(b"ABC123")),
-            (b"JSESSIONID=\"ABC\"; Path=/", Some(b"\"ABC\"")),
-            (b"JSESSIONID=; Path=/", None),
-            (b"JSESSIONID=ABC; Max-Age=0", None),
-            (b"JSESSIONID=ABC; max-age=-1; Path=/", None),
-            (b"JSESSIONID=ABC; Max-Age=3600", Some(b"ABC")),
-            (b"OTHER=ABC", None),
-            (b"JSESSIONIDX=ABC", None),
-            (b"JSESSIONID", None),
-            (b"JSESSIONID=a b", Some(b"a b")),
-        ];
-        for (value, want) in cases {
-            assert_eq!(
-                issued_by_set_cookie(value, "JSESSIONID"),
-                *want,
-                "{}",
-                String::from_utf8_lossy(value)
-            );
-        }
-    }
-
-    #[test]
-    fn wrapping_keeps_every_attribute_and_unwrapping_every_other_cookie() {
-        assert_eq!(
-            wrap_set_cookie(b"JSESSIONID=ABC; Path=/app; HttpOnly", b"ENV"),
-            b"JSESSIONID=ENV; Path=/app; HttpOnly"
-        );
-        assert_eq!(wrap_set_cookie(b"JSESSIONID=ABC", b"ENV"), b"JSESSIONID=ENV");
-        let header = b"a=1; JSESSIONID=ENV;b=\"2\"; JSESSIONID=OTHER";
-        assert_eq!(
-            unwrap_cookie(header, "JSESSIONID", b"ENV", b"ABC"),
-            b"a=1; JSESSIONID=ABC;b=\"2\"; JSESSIONID=OTHER".to_vec()
-        );
-        assert_eq!(unwrap_cookie(b"x=ENV", "JSESSIONID", b"ENV", b"ABC"), b"x=ENV".to_vec());
     }
 }

@@ -457,13 +457,13 @@ fn unwrap_envelope<H: Host>(
         Learn::Cookie(name) => {
             if let Some(values) = cookies {
                 for value in values.iter_mut() {
-                    *value = learn::unwrap_cookie(value, name, envelope, app_id);
+                    *value = cookie::with_value_replaced(value, name, envelope, app_id);
                 }
                 return Ok(());
             }
             let values = host.request_header_values("cookie")?;
             let unwrapped: Vec<Vec<u8>> =
-                values.iter().map(|v| learn::unwrap_cookie(v, name, envelope, app_id)).collect();
+                values.iter().map(|v| cookie::with_value_replaced(v, name, envelope, app_id)).collect();
             host.set_request_header("cookie", &unwrapped.join(b"; ".as_slice()))
         }
     }
@@ -672,11 +672,9 @@ impl Stream {
         };
         let issued: Option<Vec<u8>> = match learn {
             Learn::Header(name) => host.response_header(name).filter(|v| !v.is_empty()),
-            Learn::Cookie(name) => set_cookies
-                .iter()
-                .rev()
-                .find_map(|v| learn::issued_by_set_cookie(v, name))
-                .map(<[u8]>::to_vec),
+            Learn::Cookie(name) => {
+                set_cookies.iter().rev().find_map(|v| cookie::set_cookie_value(v, name)).map(<[u8]>::to_vec)
+            }
         };
         let session = match (&issued, pinned) {
             (Some(id), _) => SessionId::of_app_id(id),
@@ -728,8 +726,9 @@ impl Stream {
                 Learn::Cookie(name) => {
                     host.remove_response_header("set-cookie");
                     for value in &set_cookies {
-                        let wrap = learn::issued_by_set_cookie(value, name) == Some(id.as_slice());
-                        let value = if wrap { learn::wrap_set_cookie(value, &text) } else { value.clone() };
+                        let wrap = cookie::set_cookie_value(value, name) == Some(id.as_slice());
+                        let value =
+                            if wrap { cookie::with_set_cookie_value(value, &text) } else { value.clone() };
                         if let Err(error) = host.add_response_header("set-cookie", &value) {
                             host.log(Level::Warn, &format!("cannot add set-cookie ({error})"));
                         }
