@@ -21,7 +21,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tether::token::{self, Limits, SessionToken};
 
 /// The Python with the pinned MCP SDK (`scripts/mcp.sh`, installing it if needed).
 fn python() -> &'static Path {
@@ -339,14 +338,6 @@ impl Report {
     }
 }
 
-/// Opens an envelope as `envoy/mcp.yaml`'s tether would (demo key, the cluster's scope).
-fn open_envelope(text: &str) -> SessionToken {
-    let limits = Limits { envelopes: true, ..DEMO_LIMITS };
-    token::open(text.as_bytes(), &demo_keyring(), DEMO_SCOPE, now(), limits)
-        .unwrap_or_else(|e| panic!("envelope {text} does not verify: {e:?}"))
-        .token
-}
-
 /// The server's own session ids are `uuid4().hex`.
 fn is_server_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -382,7 +373,7 @@ fn check_tethered_session(
     let id = text(&results[0]["session_seen"]).to_string();
     assert!(is_server_id(&id), "{at}: the server saw `{id}`, not one of its own ids");
     assert_ne!(envelope, id, "{at}: the client holds the server's own id");
-    let sealed = open_envelope(&envelope);
+    let sealed = learn::open_envelope(&envelope, DEMO_SCOPE);
     let addr = replicas.iter().find(|r| r.name == server).unwrap().addr;
     assert_eq!(sealed.app_id.as_deref(), Some(id.as_bytes()), "{at}: the envelope names another id");
     assert_eq!(sealed.owner.addr, addr, "{at}: the envelope names another server");

@@ -666,14 +666,17 @@ impl Stream {
             Some(Affinity::Pinned { token, current, .. }) => Some((token, *current)),
             _ => None,
         };
-        let set_cookies = match learn {
-            Learn::Cookie(_) => host.response_header_values("set-cookie"),
-            Learn::Header(_) => Vec::new(),
-        };
-        let issued: Option<Vec<u8>> = match learn {
-            Learn::Header(name) => host.response_header(name).filter(|v| !v.is_empty()),
+        // The id the app issued, if any (and, for a cookie, every Set-Cookie to rewrite).
+        let (set_cookies, issued) = match learn {
+            Learn::Header(name) => (Vec::new(), host.response_header(name).filter(|v| !v.is_empty())),
             Learn::Cookie(name) => {
-                set_cookies.iter().rev().find_map(|v| cookie::set_cookie_value(v, name)).map(<[u8]>::to_vec)
+                let set_cookies = host.response_header_values("set-cookie");
+                let issued = set_cookies
+                    .iter()
+                    .rev()
+                    .find_map(|v| cookie::set_cookie_value(v, name))
+                    .map(<[u8]>::to_vec);
+                (set_cookies, issued)
             }
         };
         let session = match (&issued, pinned) {

@@ -41,7 +41,8 @@ pub fn replace_block(text: &str, key_line: &str, block: &str) -> String {
     format!("{}{block}{}", &text[..start], &text[end..])
 }
 
-fn open(envelope: &str, scope: &str) -> SessionToken {
+/// The claims of an envelope sealed with the demo key for `scope` (panics if it does not verify).
+pub fn open_envelope(envelope: &str, scope: &str) -> SessionToken {
     let limits = Limits { envelopes: true, ..DEMO_LIMITS };
     token::open(envelope.as_bytes(), &super::demo_keyring(), scope, now(), limits)
         .unwrap_or_else(|e| panic!("envelope {envelope} does not verify in scope {scope}: {e:?}"))
@@ -80,7 +81,7 @@ pub fn header_session(
     let id = state["session"].as_str().unwrap().to_string();
     let envelope = envelope.expect("the app's id came back wrapped");
     assert_ne!(envelope, id, "the client got the app's raw id");
-    let sealed = open(&envelope, scope);
+    let sealed = open_envelope(&envelope, scope);
     assert_eq!(sealed.app_id.as_deref(), Some(id.as_bytes()));
     assert_eq!(sealed.owner, owner(pod_by_name(pods, &pod).addr));
     let other = pods.iter().find(|p| p.name != pod).unwrap();
@@ -104,7 +105,7 @@ pub fn header_session(
     );
     let renewed = renewed.expect("the new id came back wrapped");
     let new_id = state["session"].as_str().unwrap().to_string();
-    assert_eq!(open(&renewed, scope).app_id.as_deref(), Some(new_id.as_bytes()));
+    assert_eq!(open_envelope(&renewed, scope).app_id.as_deref(), Some(new_id.as_bytes()));
     for i in 0..5 {
         let (at, state, _) = visit(envoy, Some(&renewed), &[]);
         assert_eq!(
